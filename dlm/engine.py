@@ -1,0 +1,182 @@
+"""The engine interface: one forward pass for a batch of sequences, KV cache kept per sequence.
+
+Samplers talk to every engine (PyTorch here, ONNX Runtime, TensorRT, a Triton denoiser model over
+BLS) through `step()`, which carries token ids in and (token, confidence) pairs out: logits never
+leave the engine, because the fused DenoiseStep op runs inside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dlm.config import ModelConfig
+from dlm.model import DiffusionLM
+
+
+@dataclass
+class PassRequest:
+    """What one sequence asks of one forward pass.
+
+    The engine first cuts the sequence's cache back to `start` positions (rollback), runs the
+    `tokens` at positions start.., with the last `tail` of them attending to each other
+    (block-bidirectional; 0 = causal), appends their keys/values to the cache if `write`, and
+    returns the chosen token and confidence for the last `n_out` positions.
+    """
+
+    seq_id: int
+    start: int
+    tokens: list[int]
+    tail: int
+    write: bool
+    n_out: int
+    temperature: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class PassResult:
+    tokens: np.ndarray  # [n_out] int64: argmax (temperature 0) or Gumbel-max sample
+    confidence: np.ndarray  # [n_out] float32: softmax probability of that token
+
+
+class Engine(Protocol):
+    config: ModelConfig
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]: ...
+
+    def release(self, seq_id: int) -> None: ...
+
+
+def check_pass(p: PassRequest, cached: int, max_position: int) -> None:
+    """Reject a pass that no engine could run; the message names the field."""
+    if not p.tokens:
+        raise ValueError(f"pass.tokens for sequence {p.seq_id}: must not be empty")
+    if not 0 <= p.start <= cached:
+        raise ValueError(f"pass.start={p.start} for sequence {p.seq_id}: must be in [0, {cached}]"
+                         " (the cached length)")
+    if not 0 <= p.tail <= len(p.tokens):
+        raise ValueError(f"pass.tail={p.tail}: must be in [0, {len(p.tokens)}]")
+    if not 1 <= p.n_out <= len(p.tokens):
+        raise ValueError(f"pass.n_out={p.n_out}: must be in [1, {len(p.tokens)}]")
+    if p.start + len(p.tokens) > max_position:
+        raise ValueError(f"sequence {p.seq_id} would reach position {p.start + len(p.tokens)}: "
+                         f"the model allows at most {max_position}")
+
+
+def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.ndarray]:
+    """The padded int64 inputs of one engine call (every engine builds them the same way)."""
+    b, t = len(passes), max(len(p.tokens) for p in passes)
+    k = max(p.n_out for p in passes)
+    ids = np.zeros((b, t), np.int64)
+    out_index = np.zeros((b, k), np.int64)
+    for i, p in enumerate(passes):
+        n = len(p.tokens)
+        ids[i, :n] = p.tokens
+        # Positions of the last n_out tokens, padded by repeating the last one.
+        out_index[i] = np.minimum(np.arange(n - p.n_out, n - p.n_out + k), n - 1)
+    return {
+        "input_ids": ids,
+        "past_len": np.array([p.start for p in passes], np.int64),
+        "n_new": np.array([len(p.tokens) for p in passes], np.int64),
+        "tail": np.array([p.tail for p in passes], np.int64),
+        "out_index": out_index,
+        "temperature": np.array([p.temperature for p in passes], np.float32),
+        "seed": np.array([p.seed for p in passes], np.int64),
+    }
+
+
+class KVStore:
+    """Per-sequence K/V in growable tensors [L, Hkv, capacity, D]; rollback is a length change."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.k: dict[int, torch.Tensor] = {}
+        self.v: dict[int, torch.Tensor] = {}
+        self.length: dict[int, int] = {}
+
+    def cached(self, seq_id: int) -> int:
+        return self.length.get(seq_id, 0)
+
+    def gather(self, seq_ids: list[int], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Past K/V [L, B, Hkv, P, D] for a batch, P = max(starts), zero-padded."""
+        c = self.cfg
+        p = max(starts)
+        shape = (c.num_layers, len(seq_ids), c.num_kv_heads, p, c.head_dim)
+        k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        for i, (sid, s) in enumerate(zip(seq_ids, starts)):
+            if s:
+                k[:, i, :, :s] = self.k[sid][:, :, :s]
+                v[:, i, :, :s] = self.v[sid][:, :, :s]
+        return k, v
+
+    def write(self, seq_id: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k/v [L, Hkv, n, D] at positions start..start+n-1; the length becomes start+n."""
+        n = k.shape[2]
+        end = start + n
+        if seq_id not in self.k or self.k[seq_id].shape[2] < end:
+            cap = max(64, 2 * end)
+            shape = (self.cfg.num_layers, self.cfg.num_kv_heads, cap, self.cfg.head_dim)
+            nk = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            nv = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            if seq_id in self.k:
+                old = self.length[seq_id]
+                nk[:, :, :old] = self.k[seq_id][:, :, :old]
+                nv[:, :, :old] = self.v[seq_id][:, :, :old]
+            self.k[seq_id], self.v[seq_id] = nk, nv
+        self.k[seq_id][:, :, start:end] = k
+        self.v[seq_id][:, :, start:end] = v
+        self.length[seq_id] = end
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        if seq_id in self.length:
+            self.length[seq_id] = min(self.length[seq_id], length)
+
+    def release(self, seq_id: int) -> None:
+        for d in (self.k, self.v, self.length):
+            d.pop(seq_id, None)
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+
+class TorchEngine:
+    """The PyTorch engine: the reference for every other engine, and the GPU fallback."""
+
+    def __init__(self, model: DiffusionLM, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        if dtype is not None:
+            self.model = self.model.to(dtype)
+        self.config = model.cfg
+        self.kv = KVStore(self.config, self.device, next(self.model.parameters()).dtype)
+
+    @torch.inference_mode()
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        from plugins.denoise_step.reference import denoise_step_torch
+
+        for p in passes:
+            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
+            self.kv.truncate(p.seq_id, p.start)
+        arrays = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
+        x = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+        past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
+        logits, new_k, new_v = self.model(x["input_ids"], past_k, past_v, x["past_len"],
+                                          x["n_new"], x["tail"], x["out_index"])
+        tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
+        tokens, conf = tokens.cpu().numpy(), conf.float().cpu().numpy()
+        results = []
+        for i, p in enumerate(passes):
+            if p.write:
+                n = len(p.tokens)
+                self.kv.write(p.seq_id, p.start, new_k[:, i, :, :n], new_v[:, i, :, :n])
+            results.append(PassResult(tokens[i, : p.n_out], conf[i, : p.n_out]))
+        return results
+
+    def release(self, seq_id: int) -> None:
+        self.kv.release(seq_id)

@@ -1,0 +1,206 @@
+"""The decoder: RMSNorm, RoPE (optional YaRN and Llama-4 query scaling), GQA attention, SwiGLU.
+
+Module names follow Nemotron-Labs Diffusion checkpoints (`encoder.*`, `diffusion_head`), so those
+load without renaming; other families are mapped in `dlm.checkpoint`.
+
+The forward pass is a pure function of its inputs (no cache object, no side effects), so that it
+exports to ONNX whole: committed keys/values come in as `past_k`/`past_v`, the new ones go out, and
+the caller (an engine) decides what to keep. The attention pattern of a pass is given by
+
+    past_len [B]  cached positions each row sees (rows may differ: ragged batches, rollback)
+    n_new    [B]  valid new tokens per row (new tokens are right-padded to T)
+    tail     [B]  the last `tail` valid new tokens see each other (block-bidirectional);
+                  the others are causal. tail 0 = causal pass; tail = n_new = all bidirectional.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlm.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [head_dim / 2] and the cos/sin magnitude (YaRN's mscale)."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    if cfg.yarn is None or cfg.yarn.factor == 1.0:
+        return inv_freq.float(), 1.0
+    y = cfg.yarn
+
+    # YaRN: interpolate the low frequencies by `factor`, keep the high ones, ramp in between.
+    def dim_for_rotations(n: float) -> float:
+        return dim * math.log(y.original_max_position / (n * 2 * math.pi)) / (
+            2 * math.log(cfg.rope_theta))
+
+    low = max(math.floor(dim_for_rotations(y.beta_fast)), 0)
+    high = min(math.ceil(dim_for_rotations(y.beta_slow)), dim // 2 - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    extrapolate = 1.0 - ramp
+    inv_freq = inv_freq / y.factor * (1 - extrapolate) + inv_freq * extrapolate
+    return inv_freq.float(), 0.1 * math.log(y.factor) + 1.0
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D]; cos/sin [B, 1, T, D/2]. Rotates the two halves of the head (Llama style)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def pass_mask(past_len: torch.Tensor, n_new: torch.Tensor, tail: torch.Tensor, past: int,
+              new: int) -> torch.Tensor:
+    """Boolean attention mask [B, new, past + new]: True where a query may attend to a key."""
+    j_past = torch.arange(past, device=past_len.device)
+    t = torch.arange(new, device=past_len.device)
+    past_ok = (j_past[None, :] < past_len[:, None])[:, None, :].expand(-1, new, -1)
+    q, k = t[None, :, None], t[None, None, :]
+    valid_k = k < n_new[:, None, None]
+    block_start = (n_new - tail)[:, None, None]
+    in_block = (q >= block_start) & (k >= block_start)
+    new_ok = (valid_k & ((k <= q) | in_block)) | (k == q)
+    return torch.cat([past_ok, new_ok], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.q_proj = nn.Linear(h, cfg.num_heads * d, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
+
+    def forward(self, x, cos, sin, qscale, mask, past_k, past_v):
+        # x [B, T, hidden]; past_k/v [B, Hkv, P, D]; mask [B, T, P + T]
+        b, t, _ = x.shape
+        cfg = self.cfg
+        q = self.q_proj(x).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if qscale is not None:
+            q = q * qscale.to(q.dtype)
+        keys = torch.cat([past_k, k], dim=2)
+        values = torch.cat([past_v, v], dim=2)
+        rep = cfg.num_heads // cfg.num_kv_heads
+        if rep > 1:
+            keys = keys.repeat_interleave(rep, dim=1)
+            values = values.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, qscale, mask, past_k, past_v):
+        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, past_k, past_v)
+        x = x + self.dropout(a)
+        x = x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        return x, k, v
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class DiffusionLM(nn.Module):
+    """A tri-mode diffusion LM: one set of weights for causal and block-bidirectional passes."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg.validate()
+        self.encoder = Encoder(cfg)
+        self.diffusion_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        inv_freq, mscale = rope_frequencies(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rope_mscale = mscale
+
+    def empty_past(self, batch: int, device=None, dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero-length past keys/values [L, B, Hkv, 0, D]."""
+        c = self.cfg
+        dtype = dtype or self.diffusion_head.weight.dtype
+        z = torch.zeros(c.num_layers, batch, c.num_kv_heads, 0, c.head_dim, device=device,
+                        dtype=dtype)
+        return z, z
+
+    def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+               past_k: torch.Tensor, past_v: torch.Tensor):
+        """Final hidden states [B, T, hidden] and the new keys/values [L, B, Hkv, T, D].
+
+        input_ids/positions [B, T]; mask [B, T, P + T] bool; past_k/v [L, B, Hkv, P, D].
+        """
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2]
+        cos = (freqs.cos() * self.rope_mscale)[:, None]
+        sin = (freqs.sin() * self.rope_mscale)[:, None]
+        qscale = None
+        if self.cfg.query_scale_beta > 0:
+            # Llama-4 attention temperature: sharpen queries at positions past max_position.
+            steps = torch.floor((positions.float() + 1) / self.cfg.query_scale_max_position)
+            qscale = (1 + self.cfg.query_scale_beta * torch.log1p(steps))[:, None, :, None]
+        x = self.encoder.embed_tokens(input_ids)
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.encoder.layers):
+            x, k, v = layer(x, cos, sin, qscale, mask, past_k[i], past_v[i])
+            new_k.append(k)
+            new_v.append(v)
+        return self.encoder.norm(x), torch.stack(new_k), torch.stack(new_v)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.diffusion_head(hidden)
+
+    def forward(self, input_ids, past_k, past_v, past_len, n_new, tail, out_index):
+        """One pass. Returns logits [B, K, V] at `out_index` [B, K] and new K/V [L, B, Hkv, T, D].
+
+        For `logits_shift` models (Dream) the logits at new position i are those the network
+        produced at position i - 1: every family then predicts a position's own token.
+        """
+        b, t = input_ids.shape
+        positions = past_len[:, None] + torch.arange(t, device=input_ids.device)[None, :]
+        mask = pass_mask(past_len, n_new, tail, past_k.shape[3], t)
+        h, new_k, new_v = self.hidden(input_ids, positions, mask, past_k, past_v)
+        if self.cfg.logits_shift:
+            h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
+        idx = out_index[..., None].expand(-1, -1, h.shape[-1])
+        return self.logits(torch.gather(h, 1, idx)), new_k, new_v
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,50 @@
+"""Text in, text out, in process: a model folder's engine, tokenizer and generation defaults."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlm import checkpoint
+from dlm.engine import Engine, TorchEngine
+from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
+from dlm.tokenizer import TextTokenizer
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+def generation_defaults(folder: str | Path) -> dict:
+    """`generation_config.json` of a model folder (block_length, threshold, ...), or {}."""
+    path = Path(folder) / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@dataclass
+class Pipeline:
+    engine: Engine
+    tokenizer: TextTokenizer
+    defaults: dict
+    limits: Limits
+
+    @classmethod
+    def load(cls, folder: str | Path = DEFAULT_MODEL, device: str = "cpu",
+             limits: Limits | None = None) -> Pipeline:
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        model = checkpoint.load(folder)
+        return cls(TorchEngine(model, device), TextTokenizer(folder), generation_defaults(folder),
+                   limits or Limits())
+
+    def request(self, prompt: str, stop_words: list[str] | None = None, **knobs) -> GenerationRequest:
+        """A validated request: the folder's defaults, overridden by the knobs that are not None."""
+        fields = {k: v for k, v in self.defaults.items()
+                  if k in ("mode", "block_length", "threshold", "steps", "max_tokens")}
+        fields.update({k: v for k, v in knobs.items() if v is not None})
+        stops = [self.tokenizer.encode(s) for s in (stop_words or [])]
+        req = GenerationRequest(self.tokenizer.encode(prompt), stop_sequences=stops, **fields)
+        return req.validate(self.engine.config, self.limits)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return generate(self.engine, requests, self.limits)

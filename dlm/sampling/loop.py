@@ -1,0 +1,102 @@
+"""The one decoding loop: every request is a policy generator; each step batches the next pass
+of every request in flight into one engine call (step-level batching)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+from dlm.engine import Engine, PassRequest, PassResult
+from dlm.sampling.ar import ar
+from dlm.sampling.diffusion import diffusion
+from dlm.sampling.request import GenerationRequest, Limits
+from dlm.sampling.self_spec import self_spec
+from dlm.sampling.sequence import BlockStats, Sequence
+
+Policy = Callable[[Sequence], Generator[PassRequest, PassResult, None]]
+
+POLICIES: dict[str, Policy] = {"ar": ar, "diffusion": diffusion, "self_spec": self_spec}
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    num_forward_passes: int
+    finish_reason: str
+    blocks: list[BlockStats]
+    seconds: float
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.num_output_tokens / max(1, self.num_forward_passes)
+
+
+class Scheduler:
+    """Requests in flight and their pending passes. `step()` runs one batched engine call."""
+
+    def __init__(self, engine: Engine, limits: Limits | None = None, use_cache: bool = True,
+                 max_batch: int = 64) -> None:
+        self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
+        self.policies = dict(POLICIES)
+        if not use_cache:
+            self.policies["diffusion"] = functools.partial(diffusion, use_cache=False)
+        self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
+        self._next_id = 0
+
+    def add(self, request: GenerationRequest, on_commit=None) -> Sequence:
+        request.validate(self.engine.config, self.limits)
+        seq = Sequence(self._next_id, request, self.engine.config, on_commit=on_commit)
+        self._next_id += 1
+        gen = self.policies[request.mode](seq)
+        self.pending[seq.seq_id] = (seq, gen, next(gen))
+        return seq
+
+    def cancel(self, seq: Sequence) -> None:
+        """Drop a request between passes and free its cache."""
+        if seq.seq_id in self.pending:
+            del self.pending[seq.seq_id]
+            seq.finish("cancelled")
+            self._close(seq)
+
+    def step(self) -> list[Sequence]:
+        """One engine call for up to max_batch requests; returns the requests that finished."""
+        ids = list(self.pending)[: self.max_batch]
+        results = self.engine.step([self.pending[i][2] for i in ids])
+        finished = []
+        for i, res in zip(ids, results):
+            seq, gen, _ = self.pending[i]
+            try:
+                self.pending[i] = (seq, gen, gen.send(res))
+            except StopIteration:
+                del self.pending[i]
+                self._close(seq)
+                finished.append(seq)
+        return finished
+
+    def _close(self, seq: Sequence) -> None:
+        seq.seconds = time.perf_counter() - seq.started
+        self.engine.release(seq.seq_id)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+
+def generate(engine: Engine, requests: list[GenerationRequest], limits: Limits | None = None,
+             use_cache: bool = True, on_commit=None) -> list[GenerationResult]:
+    """Run a batch of requests to completion (all in flight together)."""
+    sched = Scheduler(engine, limits, use_cache=use_cache, max_batch=max(1, len(requests)))
+    seqs = [sched.add(r, on_commit) for r in requests]
+    while len(sched):
+        sched.step()
+    return [to_result(s) for s in seqs]
+
+
+def to_result(seq: Sequence) -> GenerationResult:
+    return GenerationResult(list(seq.output), seq.nfe, seq.finish_reason or "length", seq.blocks,
+                            seq.seconds)

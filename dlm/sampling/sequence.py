@@ -1,0 +1,100 @@
+"""Per-request state shared by every policy: output, stopping rules, forward-pass count, stats."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dlm.config import ModelConfig
+from dlm.engine import PassRequest
+from dlm.sampling.request import GenerationRequest
+
+_M32 = 0xFFFFFFFF
+
+
+def pass_seed(request_seed: int, pass_index: int) -> int:
+    """The noise seed of one pass: a function of the request's seed and the pass number only,
+    so a request samples the same tokens alone or in any batch."""
+    x = (request_seed ^ (request_seed >> 32) ^ (pass_index * 0x9E3779B9)) & _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+@dataclass
+class BlockStats:
+    tokens: int  # tokens committed by this block or round
+    passes: int  # forward passes it took
+
+
+@dataclass
+class Sequence:
+    """One request in flight. Policies read `request`, call `make_pass` and `commit`."""
+
+    seq_id: int
+    request: GenerationRequest
+    cfg: ModelConfig
+    output: list[int] = field(default_factory=list)
+    nfe: int = 0
+    done: bool = False
+    finish_reason: str | None = None
+    blocks: list[BlockStats] = field(default_factory=list)
+    # The block being denoised, mask ids included, for live displays; None outside diffusion.
+    block_view: list[int] | None = None
+    on_commit: Callable[[Sequence, list[int]], None] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.request.max_tokens - len(self.output)
+
+    def make_pass(self, start: int, tokens: list[int], tail: int, write: bool,
+                  n_out: int) -> PassRequest:
+        """A pass of this sequence; counts it (every pass counts, prefill and commit included)."""
+        self.nfe += 1
+        return PassRequest(self.seq_id, start, list(tokens), tail, write, n_out,
+                           float(self.request.temperature),
+                           pass_seed(self.request.seed, self.nfe))
+
+    def commit(self, tokens: list[int]) -> None:
+        """Append final tokens in order, stopping at end_id, a stop sequence or max_tokens."""
+        if self.done:
+            return
+        new: list[int] = []
+        for t in tokens:
+            if t == self.request.end_id:
+                self._finish("eos")
+                break
+            new.append(t)
+            self.output.append(t)
+            cut = self._stop_sequence_cut()
+            if cut is not None:
+                removed = len(self.output) - cut
+                del self.output[cut:]
+                new = new[: max(0, len(new) - removed)]
+                self._finish("stop")
+                break
+            if self.remaining <= 0:
+                self._finish("length")
+                break
+        if new and self.on_commit is not None:
+            self.on_commit(self, new)
+
+    def _stop_sequence_cut(self) -> int | None:
+        for stop in self.request.stop_sequences:
+            n = len(stop)
+            if len(self.output) >= n and self.output[-n:] == stop:
+                return len(self.output) - n
+        return None
+
+    def _finish(self, reason: str) -> None:
+        self.done = True
+        self.finish_reason = reason
+
+    def finish(self, reason: str) -> None:
+        if not self.done:
+            self._finish(reason)

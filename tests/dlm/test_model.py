@@ -1,0 +1,76 @@
+"""The forward pass: cache equivalence, attention patterns, ragged batches, RoPE variants."""
+
+import torch
+
+from dlm.config import YarnScaling
+from dlm.model import pass_mask
+from tests.conftest import tiny_model
+
+
+def run(model, ids, past=None, past_len=0, tail=0):
+    ids = torch.tensor([ids])
+    pk, pv = past if past is not None else model.empty_past(1)
+    n = ids.shape[1]
+    out_index = torch.arange(n)[None]
+    return model(ids, pk, pv, torch.tensor([past_len]), torch.tensor([n]), torch.tensor([tail]),
+                 out_index)
+
+
+def test_causal_cache_equals_full_recompute():
+    m = tiny_model()
+    seq = [5, 9, 17, 33, 40, 41, 7, 12]
+    full, k, v = run(m, seq)
+    _, k1, v1 = run(m, seq[:5])
+    part, _, _ = run(m, seq[5:], past=(k1, v1), past_len=5)
+    torch.testing.assert_close(part, full[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+def test_block_pass_sees_later_block_positions():
+    m = tiny_model()
+    seq = [5, 9, 17, 33, 40, 41]
+    causal, _, _ = run(m, seq)
+    block, _, _ = run(m, seq, tail=3)
+    torch.testing.assert_close(block[:, :3], causal[:, :3])  # prefix stays causal
+    assert not torch.allclose(block[:, 3], causal[:, 3])  # first block position sees the rest
+
+
+def test_pass_mask_shapes_and_padding():
+    mask = pass_mask(torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([0, 1]), 2, 3)
+    assert mask.shape == (2, 3, 5)
+    assert mask[0, 0].tolist() == [True, True, True, False, False]
+    assert mask[1, 0].tolist() == [False, False, True, False, False]
+    assert mask[1, 2].tolist() == [False, False, True, False, True]  # pad sees only itself
+
+
+def test_ragged_batch_equals_rows():
+    m = tiny_model()
+    a, b = [5, 9, 17, 33, 40], [8, 11]
+    ids = torch.tensor([a, b + [0, 0, 0]])
+    pk, pv = m.empty_past(2)
+    out_index = torch.tensor([[4], [1]])
+    logits, _, _ = m(ids, pk, pv, torch.tensor([0, 0]), torch.tensor([5, 2]), torch.tensor([0, 0]),
+                     out_index)
+    la, _, _ = run(m, a)
+    lb, _, _ = run(m, b)
+    torch.testing.assert_close(logits[0, 0], la[0, 4], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1, 0], lb[0, 1], atol=1e-5, rtol=1e-5)
+
+
+def test_yarn_and_query_scaling_run_and_change_outputs():
+    base = tiny_model()
+    scaled = tiny_model(yarn=YarnScaling(factor=4.0, original_max_position=64),
+                        query_scale_beta=0.5, query_scale_max_position=4)
+    seq = list(range(4, 30))
+    a, _, _ = run(base, seq)
+    b, _, _ = run(scaled, seq)
+    assert torch.isfinite(b).all()
+    assert not torch.allclose(a, b)
+
+
+def test_dream_shift_moves_logits_by_one():
+    plain = tiny_model(qkv_bias=True, attention="bidirectional")
+    shifted = tiny_model(qkv_bias=True, attention="bidirectional", logits_shift=True)
+    seq = [5, 9, 17, 33]
+    a, _, _ = run(plain, seq, tail=4)
+    b, _, _ = run(shifted, seq, tail=4)
+    torch.testing.assert_close(b[:, 1:], a[:, :-1])

@@ -1,0 +1,149 @@
+"""The three modes on tiny random models: exactness, batching, schedules, stopping."""
+
+import numpy as np
+import pytest
+
+from dlm.engine import TorchEngine
+from dlm.sampling import GenerationRequest, RequestError, generate
+from dlm.sampling.select import by_count, by_threshold, schedule
+from tests.conftest import random_prompts, tiny_model
+
+END = 63  # a token id the tests use as end_id, so random models rarely stop early
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return TorchEngine(tiny_model())
+
+
+def reqs(prompts, **kw):
+    kw.setdefault("end_id", END)
+    return [GenerationRequest(list(p), **kw) for p in prompts]
+
+
+def test_self_spec_equals_ar_in_ragged_batches(engine):
+    prompts = random_prompts(12, lo=2, hi=40, seed=1)
+    for block in (4, 8, 16):
+        ar = generate(engine, reqs(prompts, mode="ar", max_tokens=30))
+        ss = generate(engine, reqs(prompts, mode="self_spec", max_tokens=30, block_length=block))
+        for a, s in zip(ar, ss):
+            assert s.token_ids == a.token_ids
+
+
+def test_self_spec_equals_ar_on_a_confident_model():
+    # A model whose drafts are often right: scale the head so confidences are high.
+    m = tiny_model(seed=3)
+    m.diffusion_head.weight.data *= 8
+    e = TorchEngine(m)
+    prompts = random_prompts(6, seed=2)
+    ar = generate(e, reqs(prompts, mode="ar", max_tokens=40))
+    ss = generate(e, reqs(prompts, mode="self_spec", max_tokens=40))
+    assert [r.token_ids for r in ss] == [r.token_ids for r in ar]
+
+
+@pytest.mark.parametrize("knobs", [{"threshold": 0.05}, {"threshold": 0.9}, {"steps": 4},
+                                   {"steps": 8, "block_length": 8}])
+def test_diffusion_cache_equals_recompute(engine, knobs):
+    prompts = random_prompts(6, seed=4)
+    cached = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs))
+    full = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs),
+                    use_cache=False)
+    for a, b in zip(cached, full):
+        assert a.token_ids == b.token_ids
+        assert a.num_forward_passes == b.num_forward_passes
+
+
+@pytest.mark.parametrize("mode,knobs", [("ar", {}), ("diffusion", {"threshold": 0.1}),
+                                        ("diffusion", {"steps": 2}), ("self_spec", {})])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_batch_equals_one_by_one(engine, mode, knobs, temperature):
+    prompts = random_prompts(5, seed=5)
+    kw = dict(mode=mode, max_tokens=20, temperature=temperature, seed=11, **knobs)
+    batch = generate(engine, reqs(prompts, **kw))
+    for p, b in zip(prompts, batch):
+        (one,) = generate(engine, reqs([p], **kw))
+        assert one.token_ids == b.token_ids and one.num_forward_passes == b.num_forward_passes
+
+
+def test_seed_changes_samples_and_repeats(engine):
+    p = random_prompts(1, seed=6)
+    a = generate(engine, reqs(p, mode="ar", max_tokens=20, temperature=1.0, seed=1))[0]
+    b = generate(engine, reqs(p, mode="ar", max_tokens=20, temperature=1.0, seed=1))[0]
+    c = generate(engine, reqs(p, mode="ar", max_tokens=20, temperature=1.0, seed=2))[0]
+    assert a.token_ids == b.token_ids and a.token_ids != c.token_ids
+
+
+def test_forward_counts_follow_the_schedule(engine):
+    p = random_prompts(1, seed=7)
+    # steps = block length: one token per pass; per block: 1 seeded + 7 denoise passes + commit.
+    r = generate(engine, reqs(p, mode="diffusion", max_tokens=24, block_length=8, steps=8))[0]
+    assert r.num_output_tokens == 24
+    assert [b.passes for b in r.blocks] == [8, 8, 7]  # the last block needs no commit pass
+    assert r.num_forward_passes == 1 + 8 + 8 + 7  # prefill counted
+    r = generate(engine, reqs(p, mode="diffusion", max_tokens=24, block_length=8, steps=2))[0]
+    assert r.num_forward_passes == 1 + 3 + 3 + 2
+    r = generate(engine, reqs(p, mode="ar", max_tokens=24))[0]
+    assert r.num_forward_passes == 24
+
+
+def test_threshold_above_every_confidence_still_progresses(engine):
+    p = random_prompts(1, seed=8)
+    r = generate(engine, reqs(p, mode="diffusion", max_tokens=16, block_length=8,
+                              threshold=1.0))[0]
+    assert r.num_output_tokens == 16
+    assert r.num_forward_passes == 1 + 8 + 7  # one token per denoise pass
+
+
+def test_stops_at_end_id_and_stop_sequences(engine):
+    p = random_prompts(1, seed=9)
+    free = generate(engine, reqs(p, mode="ar", max_tokens=20))[0].token_ids
+    stop_at = free[5]
+    first = free.index(stop_at)
+    for mode in ("ar", "diffusion", "self_spec"):
+        r = generate(engine, reqs(p, mode=mode, max_tokens=20, end_id=stop_at))[0]
+        if mode != "diffusion":
+            assert r.token_ids == free[:first] and r.finish_reason == "eos"
+        assert stop_at not in r.token_ids
+    r = generate(engine, reqs(p, mode="ar", max_tokens=20, stop_sequences=[free[3:5]]))[0]
+    assert r.token_ids == free[:3] and r.finish_reason == "stop"
+    r = generate(engine, reqs(p, mode="ar", max_tokens=7))[0]
+    assert r.token_ids == free[:7] and r.finish_reason == "length"
+
+
+@pytest.mark.parametrize("field,value", [("mode", "beam"), ("max_tokens", 0),
+                                         ("max_tokens", 10**6), ("threshold", 0.0),
+                                         ("threshold", float("nan")), ("temperature", -1.0),
+                                         ("steps", 3), ("block_length", 0)])
+def test_bad_requests_name_the_field(engine, field, value):
+    r = GenerationRequest([5, 6], **{field: value})
+    with pytest.raises(RequestError, match=field):
+        r.validate(engine.config)
+
+
+def test_empty_prompt_rejected(engine):
+    with pytest.raises(RequestError, match="text_input"):
+        GenerationRequest([]).validate(engine.config)
+
+
+def test_bidirectional_family_decodes_by_diffusion_only():
+    e = TorchEngine(tiny_model(attention="bidirectional"))
+    p = random_prompts(3, seed=10)
+    r = generate(e, reqs(p, mode="diffusion", max_tokens=16, steps=8))
+    assert all(x.num_output_tokens == 16 and x.num_forward_passes == 16 for x in r)
+    with pytest.raises(RequestError, match="mode"):
+        GenerationRequest([5], mode="ar").validate(e.config)
+
+
+def test_select_edge_cases():
+    conf = np.array([0.2, 0.95, 0.5, 0.97])
+    all_masked = np.ones(4, bool)
+    assert by_threshold(conf, all_masked, 0.9).tolist() == [False, True, False, True]
+    assert by_threshold(conf, all_masked, 0.99).tolist() == [False, False, False, True]
+    none = np.zeros(4, bool)
+    assert not by_threshold(conf, none, 0.5).any()
+    some = np.array([True, False, True, False])
+    assert by_threshold(conf, some, 0.99).tolist() == [False, False, True, False]
+    assert by_count(conf, all_masked, 2).tolist() == [False, True, False, True]
+    ties = np.array([0.5, 0.5, 0.5, 0.5])
+    assert by_count(ties, all_masked, 1).tolist() == [True, False, False, False]
+    assert schedule(7, 4) == [2, 2, 2, 1] and schedule(3, 8) == [1, 1, 1]
