@@ -19,6 +19,8 @@ class TextTokenizer:
         self.tok = Tokenizer.from_file(str(path))
         cfg_path = folder / "tokenizer_config.json"
         self.config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        # Source text that merely contains a special token's spelling stays text.
+        self.tok.encode_special_tokens = bool(self.config.get("split_special_tokens", False))
         self.chat_template: str | None = self.config.get("chat_template")
         self.add_bos = bool(self.config.get("add_bos_token", False))
         bos = self.config.get("bos_token")

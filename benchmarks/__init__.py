@@ -1,0 +1,1 @@
+"""Benchmarks: forward-pass timing on real hardware, mode comparisons, serving load tests."""

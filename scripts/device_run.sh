@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU session of this project, as one prepared script (see README "GPU runs").
+# Usage on a CUDA machine, from the repository root, with build/corpus made by
+#   python -m dlm.train.corpus --out build/corpus
+#   OUT=dir bash scripts/device_run.sh [train|checks|all]
+# train:  trains the default model on the GPU (same recipe as the CPU one, bigger budget)
+# checks: the DenoiseStep kernel check (plugins) and the 8B-shaped forward benchmark
+set -uo pipefail
+OUT=${OUT:-build/device}
+WHAT=${1:-all}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+log() { echo "== $(date +%T) $*"; }
+log "device: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1)"
+$PY -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)"
+
+if [[ $WHAT == train || $WHAT == all ]]; then
+  log "train (budget: ${PRETRAIN_MIN:-3.3} + ${DISTILL_MIN:-1.7} minutes)"
+  timeout ${TRAIN_TIMEOUT:-420} $PY -m dlm.train.train --device cuda --corpus build/corpus \
+    --out "$OUT/default" --work /tmp/train --batch ${BATCH:-128} --seq-len 256 --block 32 \
+    --pretrain-minutes "${PRETRAIN_MIN:-3.3}" --distill-minutes "${DISTILL_MIN:-1.7}" \
+    --distill-sequences ${DISTILL_SEQ:-4096} --distill-rounds 2 --eval-every 250 \
+    --warmup 200 --lr 3e-3 --distill-lr 1e-3 2>&1 | tr '\r' '\n' | grep -v '^\(pretrain\|distill\): ' \
+    | tail -n 200
+  rm -f "$OUT/default/tokenizer.json" "$OUT/default/tokenizer_config.json" \
+    "$OUT/default/generation_config.json"   # rebuilt from build/corpus on the way back
+fi
+
+if [[ $WHAT == checks || $WHAT == all ]]; then
+  log "DenoiseStep kernel check"
+  timeout 150 $PY -m plugins.denoise_step.gpu_check --out "$OUT/gpu_check.md" 2>&1 | tail -n 80
+  log "8B-shaped forward benchmark"
+  timeout 180 $PY -m benchmarks.gpu_forward --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
+fi
+log "done"
