@@ -97,8 +97,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if qscale is not None:
             q = q * qscale.to(q.dtype)
-        keys = torch.cat([past_k, k], dim=2)
-        values = torch.cat([past_v, v], dim=2)
+        keys = torch.cat([past_k.to(k.dtype), k], dim=2)  # past may be stored in another dtype
+        values = torch.cat([past_v.to(v.dtype), v], dim=2)
         rep = cfg.num_heads // cfg.num_kv_heads
         if rep > 1:
             keys = keys.repeat_interleave(rep, dim=1)

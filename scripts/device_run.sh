@@ -20,8 +20,8 @@ if [[ $WHAT == train || $WHAT == all ]]; then
   timeout ${TRAIN_TIMEOUT:-420} $PY -m dlm.train.train --device cuda --corpus build/corpus \
     --out "$OUT/default" --work /tmp/train --batch ${BATCH:-128} --seq-len 256 --block 32 \
     --pretrain-minutes "${PRETRAIN_MIN:-3.3}" --distill-minutes "${DISTILL_MIN:-1.7}" \
-    --distill-sequences ${DISTILL_SEQ:-4096} --distill-rounds 2 --eval-every 250 \
-    --warmup 200 --lr 3e-3 --distill-lr 1e-3 2>&1 | tr '\r' '\n' | grep -v '^\(pretrain\|distill\): ' \
+    --distill-sequences ${DISTILL_SEQ:-4096} --eval-every 250 \
+    --warmup 200 --lr 3e-3 --distill-lr 1e-3 ${TRAIN_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v '^\(pretrain\|distill\): ' \
     | tail -n 200
   rm -f "$OUT/default/tokenizer.json" "$OUT/default/tokenizer_config.json" \
     "$OUT/default/generation_config.json"   # rebuilt from build/corpus on the way back

@@ -54,6 +54,7 @@ class Recipe:
     distill_rounds: int = 3
     distill_sequences: int = 2048  # continuations generated per round
     distill_lr: float = 1e-3
+    distill_fraction: float = 0.5  # share of each distillation batch that is self-generated
     eval_every: int = 200
     eval_windows: int = 64
     seed: int = 0
@@ -205,13 +206,13 @@ class Trainer:
         r = self.r
         round_steps = max(1, r.distill_steps // r.distill_rounds) if r.distill_steps else 0
         round_seconds = r.distill_minutes * 60 / r.distill_rounds
-        half = r.batch // 2
+        own = max(1, round(r.batch * r.distill_fraction))
         while True:
             data = self.continuations()
             t0, n = time.perf_counter(), 0
             while n < round_steps if round_steps else time.perf_counter() - t0 < round_seconds:
-                idx = torch.from_numpy(self.rng.integers(0, len(data), size=r.batch - half))
-                yield torch.cat([data[idx], windows(self.train, half, r.seq_len, self.rng)])
+                idx = torch.from_numpy(self.rng.integers(0, len(data), size=own))
+                yield torch.cat([data[idx], windows(self.train, r.batch - own, r.seq_len, self.rng)])
                 n += 1
 
     def continuations(self) -> torch.Tensor:
@@ -221,7 +222,7 @@ class Trainer:
         self.model.eval()
         t0 = time.perf_counter()
         seqs = []
-        for chunk in prompts.split(256):
+        for chunk in prompts.split(1024):
             with self.autocast():
                 seqs.append(greedy_continue(self.model, chunk.to(self.dev),
                                             r.seq_len - r.distill_prefix).cpu())
@@ -254,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("build/train"))
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this model folder's weights (e.g. to distill further)")
     ap.add_argument("--shard-mb", type=float, default=15.0, help="safetensors shard size")
     for f, v in asdict(Recipe()).items():
         ap.add_argument("--" + f.replace("_", "-"), type=type(v) if not isinstance(v, bool)
@@ -269,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
           f"corpus {len(tr.train) / 1e6:.2f} M train tokens; recipe {asdict(recipe)}")
     if args.resume and (args.work / "state.pt").exists():
         tr.resume()
-    if tr.phase == "pretrain":
+    elif args.init is not None:
+        tr.model.load_state_dict(checkpoint.load(args.init).state_dict())
+        print(f"initialised from {args.init}")
+    if tr.phase == "pretrain" and (recipe.pretrain_steps > 0 or recipe.pretrain_minutes > 0):
         tr.train_phase("pretrain", recipe.pretrain_steps, recipe.pretrain_minutes, recipe.lr,
                        tr.pretrain_batches())
         if tr.best is not None:

@@ -4,7 +4,7 @@ Two forms of the same op (contract: `contract.py`):
 
 1. Standard ops (primary; what ONNX Runtime runs on CPU): `export_standard_onnx` exports
    `denoise_step_torch` with `torch.onnx.export(..., dynamo=True)` as a standalone graph with
-   dynamic B, T, V. The greedy/sampling choice becomes an ONNX `If` (no noise for greedy batches).
+   dynamic B, T, V. Sampling rows are gathered with NonZero, so greedy rows draw no noise.
    A model whose forward ends in `denoise_step_torch` exports the same subgraph.
 2. Plugin node: `denoise_step_op` emits one custom-domain node `dlm::DenoiseStep` while
    `torch.onnx.export` traces (and runs the PyTorch implementation otherwise), so an exporter can
@@ -93,9 +93,10 @@ def export_onnx(
     plugin=False: standard ops only. plugin=True: a single `dlm::DenoiseStep` node.
     """
     program = torch.onnx.export(
-        DenoiseStep(plugin=plugin),
+        DenoiseStep(plugin=plugin).eval(),
         _example_inputs(logits_dtype),
         dynamo=True,
+        verbose=False,
         input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
         dynamic_shapes=_dynamic_shapes(),

@@ -11,11 +11,13 @@ that the torch.onnx dynamo exporter turns into standard ONNX ops: the hash uses 
 (no uint32 tensors, no Python loops over data), multiplications are split so that no product
 exceeds 2**49, and under export the right shifts become exact float64 floor divisions (the
 exporter lowers int64 `>>` through uint64 BitShift and `//` through Mod/Where corrections, both
-several passes more). Rows with temperature 0 skip the noise: in eager mode by a Python branch on
-"any row samples", under export through `torch.cond` (an ONNX `If`), so a greedy batch never
-computes the hash. A mixed batch computes noise for every row and keeps argmax where
-temperature == 0. Values (temperature >= 0, seed range) are not checked here: that would read
-the data (a device sync); the request validator and `contract.check_values` do it.
+several passes more). Noise is drawn only for the rows with temperature > 0: they are gathered
+by a data-dependent index (NonZero/Gather/ScatterND in ONNX), so a greedy batch computes no hash
+(zero rows) and a mixed batch pays only for its sampling rows; in eager mode a batch with no
+sampling row skips that code altogether. (torch.cond, exported as an ONNX If, did the same for
+all-greedy batches only, and tripled export time.) Values (temperature >= 0, seed range) are
+not checked here: that would read the data (a device sync); the request validator and
+`contract.check_values` do it.
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ def denoise_step_numpy(
 
 def _tracing() -> bool:
     """True while an exporter or compiler traces us (no data-dependent Python control flow)."""
-    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting())
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return bool(torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or is_exporting())
 
 
 def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,20 +95,23 @@ def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
     return x >> k
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2**32 for x in [0, 2**32) without int64 overflow: c split into 16-bit halves,
-    x * c = x * c_lo + ((x * c_hi) mod 2**16) * 2**16 (mod 2**32); every product < 2**49."""
+def _mul32_(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x = (x * c) mod 2**32, in place, for x in [0, 2**32) without int64 overflow: c split in
+    16-bit halves, x * c = x * c_lo + ((x * c_hi) mod 2**16) * 2**16 (mod 2**32); every
+    intermediate < 2**49. In place because each op on [B, T, V] int64 is a full memory pass."""
     c_hi, c_lo = c >> 16, c & 0xFFFF
-    return (x * c_lo + ((x * c_hi) & 0xFFFF) * 65536) & MASK32
+    hi = (x * c_hi).bitwise_and_(0xFFFF).mul_(65536)
+    return x.mul_(c_lo).add_(hi).bitwise_and_(MASK32)
 
 
 def hash32_torch(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 on int64 tensors holding values in [0, 2**32)."""
-    x = x ^ _shr(x, 16)
-    x = _mul32(x, HASH_MUL1)
-    x = x ^ _shr(x, 15)
-    x = _mul32(x, HASH_MUL2)
-    return x ^ _shr(x, 16)
+    """lowbias32 on int64 tensors holding values in [0, 2**32); x itself is left unchanged."""
+    x = x ^ _shr(x, 16)  # a new tensor: the in-place steps below never touch the caller's
+    x = _mul32_(x, HASH_MUL1)
+    x ^= _shr(x, 15)
+    x = _mul32_(x, HASH_MUL2)
+    x ^= _shr(x, 16)
+    return x
 
 
 def gumbel_noise_torch(seed: torch.Tensor, t_len: int, v_len: int) -> torch.Tensor:
@@ -115,8 +120,8 @@ def gumbel_noise_torch(seed: torch.Tensor, t_len: int, v_len: int) -> torch.Tens
     key = hash32_torch((seed[:, None] + hash32_torch(t)[None, :]) & MASK32)  # [B, T]
     v = torch.arange(v_len, dtype=torch.int64, device=seed.device)
     h = hash32_torch(key[:, :, None] ^ v[None, None, :])  # [B, T, V]
-    u = (h.to(torch.float64) + 0.5) * (1.0 / TWO_POW_32)  # power-of-two scale: exact
-    return -torch.log(-torch.log(u))
+    u = h.to(torch.float64).add_(0.5).mul_(1.0 / TWO_POW_32)  # power-of-two scale: exact
+    return u.log_().neg_().log_().neg_()  # -log(-log(u))
 
 
 def _sample_rows(x: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor,
@@ -130,7 +135,7 @@ def _sample_rows(x: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor,
     rows = torch.nonzero(temperature > 0)[:, 0]  # [S]
     temp = temperature.index_select(0, rows).to(torch.float64)  # [S]
     g = gumbel_noise_torch(seed.index_select(0, rows), x.shape[1], x.shape[2])  # [S, T, V]
-    scores = x.index_select(0, rows).to(torch.float64) / temp[:, None, None] + g
+    scores = g.add_(x.index_select(0, rows).to(torch.float64) / temp[:, None, None])
     return token.index_put((rows,), torch.argmax(scores, dim=-1))
 
 
@@ -142,10 +147,12 @@ def denoise_step_torch(
     check_dtypes(*(_TORCH_DTYPE_NAMES.get(t.dtype, str(t.dtype))
                    for t in (logits, temperature, seed)))
     x = logits.to(torch.float32)  # exact for fp16/bf16; argmax is unchanged by it
-    token = torch.argmax(x, dim=-1)  # first index on ties
+    m, token = torch.max(x, dim=-1, keepdim=True)  # one pass: row max and its first index
+    token = token[..., 0]
     if _tracing() or bool(torch.any(temperature > 0)):
         token = _sample_rows(x, temperature, seed, token)
-    m = torch.amax(x, dim=-1, keepdim=True)
     chosen = torch.gather(x, -1, token[..., None])
-    conf = torch.exp(chosen - m)[..., 0] / torch.exp(x - m).sum(dim=-1)
+    # exp in place on the one temporary; float32 sums (torch.softmax's CPU kernel was seen
+    # 2e-5 off float64 at V=131072, this form 2e-7).
+    conf = torch.exp(chosen - m)[..., 0] / (x - m).exp_().sum(dim=-1)
     return token, conf

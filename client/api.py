@@ -1,0 +1,217 @@
+"""Generate through the `ensemble` model: gRPC streaming (tritonclient) or HTTP generate.
+
+Both clients take the contract's knobs as keyword arguments (max_tokens, stream, temperature,
+random_seed, stop_words, end_id, mode, block_length, threshold, steps; None = the server's
+default) and return a `Result`; `on_update(Update)` sees every streamed response, and with
+`return_block_text=True` the block being denoised (masked positions as placeholders).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Input name -> (numpy dtype, Triton datatype); every input is a [1, n] tensor (batch of one).
+INPUT_TYPES = {
+    "text_input": (np.object_, "BYTES"), "max_tokens": (np.int32, "INT32"),
+    "stream": (bool, "BOOL"), "temperature": (np.float32, "FP32"),
+    "random_seed": (np.uint64, "UINT64"), "stop_words": (np.object_, "BYTES"),
+    "end_id": (np.int32, "INT32"), "mode": (np.object_, "BYTES"),
+    "block_length": (np.int32, "INT32"), "threshold": (np.float32, "FP32"),
+    "steps": (np.int32, "INT32"), "return_block_text": (bool, "BOOL"),
+}
+
+
+class ClientError(RuntimeError):
+    """The server's error for a request (a bad knob names the field), or a transport error."""
+
+
+@dataclass
+class Update:
+    text: str  # newly committed text
+    block_text: str  # the block being denoised ("" unless asked for)
+    num_output_tokens: int
+    num_forward_passes: int
+
+
+@dataclass
+class Result:
+    text: str
+    num_output_tokens: int
+    num_forward_passes: int
+    seconds: float
+    responses: int
+    first_response_seconds: float | None = None
+    updates: list[Update] = field(default_factory=list, repr=False)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.num_output_tokens / max(1, self.num_forward_passes)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.num_output_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"tokens {self.num_output_tokens}  forward passes {self.num_forward_passes}  "
+                f"TPF {self.tokens_per_forward:.2f}  {self.seconds:.3f} s  "
+                f"{self.tokens_per_second:.1f} tokens/s")
+
+
+def request_values(prompt: str, max_tokens: int, **knobs) -> dict:
+    """The request's inputs as Python values, None-valued knobs left out."""
+    unknown = sorted(set(knobs) - set(INPUT_TYPES))
+    if unknown:
+        raise TypeError(f"unknown knobs {unknown}; known: {sorted(INPUT_TYPES)}")
+    values = {"text_input": prompt, "max_tokens": max_tokens}
+    values.update({k: v for k, v in knobs.items() if v is not None})
+    if "stop_words" in values and not values["stop_words"]:
+        del values["stop_words"]
+    return values
+
+
+def _array(name: str, value) -> np.ndarray:
+    dtype = INPUT_TYPES[name][0]
+    items = list(value) if name == "stop_words" else [value]
+    if dtype is np.object_:
+        items = [v.encode() if isinstance(v, str) else v for v in items]
+    return np.array([items], dtype=dtype)
+
+
+class _Collector:
+    def __init__(self, on_update: Callable[[Update], None] | None) -> None:
+        self.on_update, self.t0 = on_update, time.perf_counter()
+        self.parts: list[str] = []
+        self.updates: list[Update] = []
+        self.first: float | None = None
+
+    def add(self, u: Update) -> None:
+        if self.first is None:
+            self.first = time.perf_counter() - self.t0
+        self.parts.append(u.text)
+        self.updates.append(u)
+        if self.on_update is not None:
+            self.on_update(u)
+
+    def result(self) -> Result:
+        last = self.updates[-1] if self.updates else Update("", "", 0, 0)
+        return Result("".join(self.parts), last.num_output_tokens, last.num_forward_passes,
+                      time.perf_counter() - self.t0, len(self.updates), self.first,
+                      self.updates)
+
+
+class GrpcClient:
+    """gRPC streaming (the ensemble is decoupled: even `stream=False` uses the stream API and
+    gets exactly one response)."""
+
+    def __init__(self, url: str = "127.0.0.1:8001", model: str = "ensemble",
+                 timeout: float = 600.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self.grpc, self.model, self.timeout = grpcclient, model, timeout
+        self.client = grpcclient.InferenceServerClient(url)
+
+    def generate(self, prompt: str, max_tokens: int = 64,
+                 on_update: Callable[[Update], None] | None = None,
+                 cancel_after: int | None = None, **knobs) -> Result:
+        """`cancel_after=n`: cancel the request after n responses (used by tests)."""
+        inputs = []
+        for name, value in request_values(prompt, max_tokens, **knobs).items():
+            a = _array(name, value)
+            t = self.grpc.InferInput(name, list(a.shape), INPUT_TYPES[name][1])
+            t.set_data_from_numpy(a)
+            inputs.append(t)
+        responses: queue.Queue = queue.Queue()
+        got = _Collector(on_update)
+        self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
+        cancelled = False
+        try:
+            self.client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)
+            while True:
+                try:
+                    result, error = responses.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise ClientError(f"no response within {self.timeout} s") from None
+                if error is not None:
+                    raise ClientError(error.message() if hasattr(error, "message") else str(error))
+                response = result.get_response()
+                if response.outputs:
+                    got.add(_update(lambda name: _first(result.as_numpy(name))))
+                if response.parameters["triton_final_response"].bool_param:
+                    break
+                if cancel_after is not None and len(got.updates) >= cancel_after:
+                    cancelled = True
+                    break
+        finally:
+            self.client.stop_stream(cancel_requests=cancelled)
+        return got.result()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _first(a: np.ndarray | None):
+    """The value of a [1, 1] output as a Python value (None if absent)."""
+    if a is None or a.size == 0:
+        return None
+    v = a.reshape(-1)[0]
+    return v.decode("utf-8") if isinstance(v, bytes) else v.item()
+
+
+def _update(get: Callable[[str], object]) -> Update:
+    """An Update from a response's outputs, `get(name)` giving each as a Python value."""
+    return Update(get("text_output") or "", get("block_text") or "",
+                  int(get("num_output_tokens") or 0), int(get("num_forward_passes") or 0))
+
+
+class HttpClient:
+    """HTTP through Triton's generate endpoints: `generate` (one JSON answer) or
+    `generate_stream` (server-sent events, one per response)."""
+
+    def __init__(self, url: str = "127.0.0.1:8000", model: str = "ensemble",
+                 timeout: float = 600.0) -> None:
+        self.base = url if url.startswith("http") else f"http://{url}"
+        self.model, self.timeout = model, timeout
+
+    def generate(self, prompt: str, max_tokens: int = 64,
+                 on_update: Callable[[Update], None] | None = None,
+                 endpoint: str | None = None, **knobs) -> Result:
+        values = request_values(prompt, max_tokens, **knobs)
+        endpoint = endpoint or ("generate_stream" if values.get("stream") else "generate")
+        if endpoint not in ("generate", "generate_stream"):
+            raise ValueError(f"endpoint={endpoint!r}: must be generate or generate_stream")
+        body = json.dumps(values).encode()
+        req = urllib.request.Request(f"{self.base}/v2/models/{self.model}/{endpoint}", body,
+                                     {"Content-Type": "application/json"})
+        got = _Collector(on_update)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                if endpoint == "generate":
+                    got.add(_http_update(json.loads(r.read())))
+                else:
+                    for line in r:
+                        if line.startswith(b"data:"):
+                            got.add(_http_update(json.loads(line[5:])))
+        except urllib.error.HTTPError as e:
+            raise ClientError(_http_error(e.read())) from None
+        return got.result()
+
+
+def _http_update(obj: dict) -> Update:
+    if "error" in obj:
+        raise ClientError(obj["error"])
+    return _update(obj.get)
+
+
+def _http_error(body: bytes) -> str:
+    try:
+        return json.loads(body)["error"]
+    except (ValueError, KeyError):
+        return body.decode("utf-8", "replace")

@@ -1,0 +1,106 @@
+"""Custom metrics of the `dlm` and `denoiser` models, served by Triton on its metrics port
+(Prometheus text at http://127.0.0.1:8002/metrics, beside Triton's own `nv_*` families).
+
+`pb` is the Python backend's `triton_python_backend_utils` (or a fake in tests): the families
+are made with `pb.MetricFamily(name, description, kind)` and `family.Metric(labels=...)`.
+
+dlm_requests{mode}                   counter    requests admitted
+dlm_forward_passes{mode}             counter    forward passes run (prefill and commit included)
+dlm_output_tokens{mode}              counter    tokens committed
+dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / passes
+dlm_self_spec_accepted_tokens        histogram  per self-spec verify round: tokens accepted
+dlm_sequences_in_flight              gauge      requests in the scheduler
+dlm_denoiser_live_sequences          gauge      sequences whose KV cache the denoiser holds
+dlm_denoiser_calls / _passes         counter    denoiser calls, and passes run in them
+"""
+
+from __future__ import annotations
+
+from dlm.sampling import MODES, GenerationRequest
+from dlm.sampling.sequence import Sequence
+
+TPF_BUCKETS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
+ACCEPT_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
+
+
+class _Families:
+    """Makes MetricFamily objects and keeps them alive: the backend refuses to update a Metric
+    whose family was garbage-collected."""
+
+    def __init__(self, pb) -> None:
+        self.mf, self.kept = pb.MetricFamily, []
+        self.COUNTER, self.GAUGE, self.HISTOGRAM = self.mf.COUNTER, self.mf.GAUGE, self.mf.HISTOGRAM
+
+    def __call__(self, **kw):
+        self.kept.append(self.mf(**kw))
+        return self.kept[-1]
+
+
+class ServingMetrics:
+    """The orchestrator's metrics (see `dlm.serving.orchestrator.NullMetrics`)."""
+
+    def __init__(self, pb, model: str = "dlm") -> None:
+        mf = _Families(pb)
+        label = {"model": model}
+
+        def per_mode(name: str, doc: str, kind, **kw) -> dict:
+            family = mf(name=name, description=doc, kind=kind)
+            return {m: family.Metric(labels={**label, "mode": m}, **kw) for m in MODES}
+
+        self.requests = per_mode("dlm_requests", "Requests admitted, per generation mode",
+                                 mf.COUNTER)
+        self.passes = per_mode("dlm_forward_passes", "Forward passes run, per generation mode",
+                               mf.COUNTER)
+        self.tokens = per_mode("dlm_output_tokens", "Output tokens committed, per generation mode",
+                               mf.COUNTER)
+        self.tpf = per_mode("dlm_tokens_per_forward",
+                            "Tokens per forward pass of each finished request", mf.HISTOGRAM,
+                            buckets=TPF_BUCKETS)
+        self.accepted = mf(name="dlm_self_spec_accepted_tokens",
+                           description="Tokens accepted per self-speculation verify round",
+                           kind=mf.HISTOGRAM).Metric(labels=label, buckets=ACCEPT_BUCKETS)
+        self.inflight = mf(name="dlm_sequences_in_flight",
+                           description="Requests in the dlm scheduler",
+                           kind=mf.GAUGE).Metric(labels=label)
+        self.families = mf
+
+    def admitted(self, request: GenerationRequest) -> None:
+        self.requests[request.mode].increment(1)
+
+    def progressed(self, mode: str, passes: int, tokens: int) -> None:
+        if passes:
+            self.passes[mode].increment(passes)
+        if tokens:
+            self.tokens[mode].increment(tokens)
+
+    def finished(self, seq: Sequence) -> None:
+        mode = seq.request.mode
+        if seq.nfe:
+            self.tpf[mode].observe(len(seq.output) / seq.nfe)
+        if mode == "self_spec":
+            for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
+                self.accepted.observe(block.tokens)
+
+    def in_flight(self, n: int) -> None:
+        self.inflight.set(n)
+
+
+class DenoiserMetrics:
+    def __init__(self, pb, model: str = "denoiser") -> None:
+        mf = _Families(pb)
+        label = {"model": model}
+        self.live = mf(name="dlm_denoiser_live_sequences",
+                       description="Sequences whose KV cache the denoiser holds",
+                       kind=mf.GAUGE).Metric(labels=label)
+        self.calls = mf(name="dlm_denoiser_calls", description="Denoiser calls (engine steps)",
+                        kind=mf.COUNTER).Metric(labels=label)
+        self.passes = mf(name="dlm_denoiser_passes", description="Passes run by the denoiser",
+                         kind=mf.COUNTER).Metric(labels=label)
+        self.families = mf
+
+    def update(self, live: int, calls: int, passes: int) -> None:
+        self.live.set(live)
+        if calls:
+            self.calls.increment(calls)
+        if passes:
+            self.passes.increment(passes)

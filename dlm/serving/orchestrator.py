@@ -1,0 +1,298 @@
+"""The `dlm` model's logic: one scheduler thread driving every request in flight.
+
+Requests are queued from any thread (`submit`). Each loop iteration of the scheduler thread
+admits the queued requests, drops the cancelled ones, runs ONE `Scheduler.step()` (one denoiser
+call carrying the next pass of every request in flight: step-level continuous batching) and
+emits per-request `Event`s. The engine is usually a `RemoteEngine`, which sends the packed passes
+to the `denoiser` model (a BLS call) and tells it which sequences to release on its next call
+(or on a release-only call when nothing else runs).
+
+Events, per request: with `stream`, one whenever new tokens were committed (and, with
+`block_views`, whenever the block being denoised changed); always exactly one final event (the
+only data event without `stream`): finished, cancelled, or failed with `error`.
+
+Cancellation is seen two ways before every pass: the request's own `is_cancelled()` (a `dlm`
+request sent directly), and the engine's `cancelled` set (for ensemble requests, Triton 2.51
+marks only the steps scheduled after the cancellation, i.e. `postprocessing`, which tells the
+denoiser, whose next answer tells us; see `dlm.serving.wire`). So that a request with nothing
+to say still passes through `postprocessing` now and then, a `heartbeat` event (no data, to be
+dropped there) is emitted for a request silent for `heartbeat_s`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlm.config import ModelConfig
+from dlm.engine import Engine, PassRequest, PassResult
+from dlm.sampling import GenerationRequest, Limits, RequestError, Scheduler
+from dlm.sampling.sequence import Sequence
+from dlm.serving.wire import pack_passes, unpack_results
+
+log = logging.getLogger(__name__)
+
+Call = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+class RemoteEngine:
+    """An Engine whose forward passes run elsewhere: `call` takes the wire inputs of
+    `dlm.serving.wire` and returns its outputs (in the server: a BLS request to `denoiser`).
+
+    Sequence ids go out as `namespace * 2**32 + local id`, so several schedulers (several `dlm`
+    instances, each its own process) can share one denoiser. Released sequences ride along on
+    the next call; `flush()` sends them alone when no pass follows.
+    """
+
+    def __init__(self, config: ModelConfig, call: Call, namespace: int | None = None) -> None:
+        self.config, self.call = config, call
+        self.base = ((os.getpid() if namespace is None else namespace) & 0x7FFFFFFF) << 32
+        self.to_release: list[int] = []
+        self.cancelled: set[int] = set()  # local ids the denoiser reported cancelled
+
+    def wire_id(self, seq_id: int) -> int:
+        return self.base + seq_id
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        wire = [dataclasses.replace(p, seq_id=self.base + p.seq_id) for p in passes]
+        release, self.to_release = self.to_release, []
+        try:
+            out = self.call(pack_passes(wire, release))
+        except BaseException:
+            self.to_release = release + self.to_release
+            raise
+        self.cancelled.update(int(k) - self.base for k in out.get("cancelled", ()))
+        return unpack_results(out, passes)
+
+    def release(self, seq_id: int) -> None:
+        self.to_release.append(self.base + seq_id)
+
+    def flush(self) -> None:
+        """Send the pending releases alone (dropped, not retried, if that call fails)."""
+        if self.to_release:
+            release, self.to_release = self.to_release, []
+            self.call(pack_passes([], release))
+
+
+@dataclass
+class Event:
+    output_ids: list[int]  # every token committed so far
+    shown: int  # how many of them the previous event of this request covered
+    num_forward_passes: int
+    num_output_tokens: int
+    # The rest of the block being denoised, from its first masked position (its committed
+    # prefix is already in output_ids), mask ids included; None when not asked or not denoising.
+    block_view: list[int] | None
+    final: bool
+    finish_reason: str | None = None  # eos | stop | length | cancelled | error
+    error: str | None = None
+    key: int = 0  # the sequence's id on the wire (what `cancel` names)
+    heartbeat: bool = False  # no data: only lets postprocessing see a cancellation
+
+
+@dataclass
+class Job:
+    request: GenerationRequest
+    emit: Callable[[Event], None]
+    is_cancelled: Callable[[], bool]
+    stream: bool
+    block_views: bool
+    seq: Sequence | None = None
+    shown: int = 0
+    view: list[int] | None = None
+    counted_passes: int = 0
+    counted_tokens: int = 0
+    done: bool = False
+    last_sent: float = field(default_factory=time.monotonic)
+
+
+class NullMetrics:
+    """The metrics interface the orchestrator reports to (see `dlm.serving.metrics`)."""
+
+    def admitted(self, request: GenerationRequest) -> None: ...
+    def progressed(self, mode: str, passes: int, tokens: int) -> None: ...
+    def finished(self, seq: Sequence) -> None: ...
+    def in_flight(self, n: int) -> None: ...
+
+
+class Orchestrator:
+    def __init__(self, engine: Engine, limits: Limits | None = None, max_batch: int = 64,
+                 metrics: NullMetrics | None = None, heartbeat_s: float | None = None) -> None:
+        self.engine, self.heartbeat_s = engine, heartbeat_s
+        self.remote_cancelled: set[int] = getattr(engine, "cancelled", set())
+        self.wire_id = getattr(engine, "wire_id", lambda seq_id: seq_id)
+        self.scheduler = Scheduler(engine, limits, max_batch=max_batch)
+        self.metrics = metrics or NullMetrics()
+        self.jobs: dict[int, Job] = {}  # seq_id -> job, requests in flight
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ any thread
+    def submit(self, request: GenerationRequest, emit: Callable[[Event], None],
+               is_cancelled: Callable[[], bool] | None = None, stream: bool = False,
+               block_views: bool = False) -> None:
+        """Queue a request; `emit` is called from the scheduler thread (see module doc)."""
+        job = Job(request, emit, is_cancelled or (lambda: False), stream, block_views)
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify()
+
+    def start(self) -> Orchestrator:
+        self._thread = threading.Thread(target=self._run, name="dlm-scheduler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the thread; requests still queued or in flight get a final error event."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for job in list(self._queue) + list(self.jobs.values()):
+            self._fail(job, "the server is shutting down")
+        self._queue.clear()
+
+    # ------------------------------------------------------------------ scheduler thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._queue or self.jobs or self._stopping or self._releases()):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            try:
+                self.run_once()
+            except Exception:  # the loop must survive: log it, fail what was in flight
+                log.exception("dlm scheduler iteration failed")
+                for job in list(self.jobs.values()):
+                    self._fail(job, "internal error in the dlm scheduler (see server log)")
+
+    def run_once(self) -> None:
+        """One iteration: admit, drop cancelled, one batched step, emit events."""
+        self._admit()
+        self._drop_cancelled()
+        if self.jobs:
+            self._step()
+        elif self._releases():
+            self.engine.flush()
+        self.metrics.in_flight(len(self.jobs))
+
+    def _releases(self) -> bool:
+        return bool(getattr(self.engine, "to_release", None))
+
+    def _admit(self) -> None:
+        with self._cond:
+            queued, self._queue = list(self._queue), deque()
+        for job in queued:
+            try:
+                job.seq = self.scheduler.add(job.request)
+            except RequestError as e:
+                self._send(job, Event([], 0, 0, 0, None, True, "error", str(e)))
+                continue
+            self.jobs[job.seq.seq_id] = job
+            self.metrics.admitted(job.request)
+
+    def _drop_cancelled(self) -> None:
+        for job in list(self.jobs.values()):
+            try:
+                cancelled = job.is_cancelled()
+            except Exception as e:
+                log.exception("is_cancelled() failed for sequence %d", job.seq.seq_id)
+                self._fail(job, f"could not check cancellation: {e}")
+                continue
+            if cancelled or job.seq.seq_id in self.remote_cancelled:
+                self.remote_cancelled.discard(job.seq.seq_id)
+                self.scheduler.cancel(job.seq)
+                self._finish(job, "cancelled")
+
+    def _step(self) -> None:
+        try:
+            self.scheduler.step()
+        except Exception as e:
+            log.exception("denoiser step failed")
+            for job in list(self.jobs.values()):
+                self._fail(job, f"denoiser step failed: {e}")
+            return
+        now = time.monotonic()
+        for job in list(self.jobs.values()):
+            seq = job.seq
+            self.metrics.progressed(job.request.mode, seq.nfe - job.counted_passes,
+                                    len(seq.output) - job.counted_tokens)
+            job.counted_passes, job.counted_tokens = seq.nfe, len(seq.output)
+            if seq.seq_id not in self.scheduler.pending:
+                self.metrics.finished(seq)
+                self._finish(job, seq.finish_reason or "length")
+                continue
+            if job.stream:
+                event = self._event(job, final=False)
+                if len(seq.output) > job.shown or event.block_view != job.view:
+                    self._send(job, event)
+                    continue
+            if self.heartbeat_s is not None and now - job.last_sent >= self.heartbeat_s:
+                self._send(job, Event([], 0, seq.nfe, len(seq.output), None, False,
+                                      key=self.wire_id(seq.seq_id), heartbeat=True))
+
+    def _event(self, job: Job, final: bool, reason: str | None = None) -> Event:
+        seq = job.seq
+        view = None
+        if job.block_views and seq.block_view is not None and not final:
+            # The committed prefix of the block is the leading run of unmasked positions.
+            mask = seq.cfg.mask_token_id
+            first = next((i for i, t in enumerate(seq.block_view) if t == mask), None)
+            view = list(seq.block_view[first:]) if first is not None else None
+        return Event(list(seq.output), min(job.shown, len(seq.output)), seq.nfe, len(seq.output),
+                     view, final, reason, key=self.wire_id(seq.seq_id))
+
+    def _finish(self, job: Job, reason: str) -> None:
+        self.jobs.pop(job.seq.seq_id, None)
+        self._send(job, self._event(job, final=True, reason=reason))
+
+    def _fail(self, job: Job, message: str) -> None:
+        if job.seq is not None:
+            self.scheduler.cancel(job.seq)  # no-op unless pending; frees the cache
+            self.jobs.pop(job.seq.seq_id, None)
+        self._send(job, Event([], 0, job.seq.nfe if job.seq else 0, 0, None, True, "error",
+                              message))
+
+    def _send(self, job: Job, event: Event) -> None:
+        if job.done:
+            return
+        job.done, job.last_sent = event.final, time.monotonic()
+        if not event.heartbeat:
+            job.shown, job.view = len(event.output_ids), event.block_view
+        try:
+            job.emit(event)
+        except Exception:
+            # A response that cannot be sent (client gone): stop generating for it.
+            log.exception("could not send a response; dropping the request")
+            if job.seq is not None and job.seq.seq_id in self.jobs:
+                self.scheduler.cancel(job.seq)
+                self.jobs.pop(job.seq.seq_id, None)
+            job.done = True
+
+
+def event_arrays(event: Event) -> dict[str, np.ndarray]:
+    """An event as the `dlm` model's output tensors (batch of one) for `postprocessing`."""
+    row = np.asarray(event.output_ids, np.int32).reshape(1, -1)
+    view = np.asarray(event.block_view or [], np.int32).reshape(1, -1)
+    return {
+        "output_ids": row,
+        "shown": np.array([[event.shown]], np.int32),
+        "final": np.array([[event.final]], bool),
+        "num_forward_passes": np.array([[event.num_forward_passes]], np.int32),
+        "num_output_tokens": np.array([[event.num_output_tokens]], np.int32),
+        "block_ids": view,
+        "seq_key": np.array([[event.key]], np.int64),
+        "heartbeat": np.array([[event.heartbeat]], bool),
+    }

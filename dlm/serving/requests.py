@@ -1,0 +1,132 @@
+"""Text and knobs in, a validated request out (the `preprocessing` model), and the request's
+form on the way to the `dlm` model: `input_ids` INT32 [n] plus a JSON string of the knobs.
+
+Defaults come from the model folder's `generation_config.json` exactly as in
+`python -m dlm generate` (both go through `Pipeline.request`), so a request gives the same
+tokens in process and through the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dlm.checkpoint import config_from_hf
+from dlm.config import ModelConfig
+from dlm.pipeline import Pipeline, generation_defaults
+from dlm.sampling import GenerationRequest, Limits, RequestError
+from dlm.tokenizer import TextTokenizer
+
+# Request fields that travel as JSON (prompt_ids travel as a tensor).
+KNOBS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "prompt_ids")
+
+
+def model_config(folder: str | Path) -> ModelConfig:
+    """The ModelConfig of a checkpoint folder, without loading weights."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no config.json (is MODEL a checkpoint folder?)")
+    return config_from_hf(json.loads(path.read_text()))
+
+
+@dataclasses.dataclass
+class _ConfigOnly:
+    """What `Pipeline.request` needs of an engine: its config (no weights here)."""
+
+    config: ModelConfig
+
+
+class Preprocessor:
+    def __init__(self, folder: str | Path, limits: Limits | None = None,
+                 chat_template: bool = False) -> None:
+        self.config = model_config(folder)
+        self.tokenizer = TextTokenizer(folder)
+        self.pipeline = Pipeline(_ConfigOnly(self.config), self.tokenizer,
+                                 generation_defaults(folder), limits or Limits())
+        if chat_template and not self.tokenizer.chat_template:
+            raise ValueError(f"apply_chat_template=true but {folder} has no chat_template")
+        self.chat_template = chat_template
+
+    def __call__(self, text: str | bytes, stop_words: list | None = None,
+                 **knobs) -> GenerationRequest:
+        """A validated request; knobs that are None take the model's defaults.
+
+        Raises RequestError naming the field (text_input, max_tokens, mode, ...).
+        """
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RequestError(f"text_input: must be UTF-8 text ({e})") from None
+        stops = []
+        for s in stop_words or []:
+            try:
+                stops.append(s.decode("utf-8") if isinstance(s, bytes) else str(s))
+            except UnicodeDecodeError as e:
+                raise RequestError(f"stop_words: must be UTF-8 text ({e})") from None
+        if self.chat_template and text:
+            text = self.tokenizer.apply_chat_template(text)
+        return self.pipeline.request(text, stop_words=stops, **knobs)
+
+
+def to_wire(request: GenerationRequest, stream: bool = False,
+            block_views: bool = False) -> tuple[np.ndarray, str]:
+    """(input_ids INT32 [n], JSON of the knobs and the response options)."""
+    knobs = {k: getattr(request, k) for k in KNOBS}
+    knobs.update(stream=bool(stream), block_views=bool(block_views))
+    return np.asarray(request.prompt_ids, np.int32), json.dumps(knobs)
+
+
+def from_wire(input_ids: np.ndarray, payload: str | bytes) -> tuple[GenerationRequest, bool, bool]:
+    """(request, stream, block_views) from `to_wire`'s form."""
+    knobs = json.loads(payload)
+    stream, block_views = bool(knobs.pop("stream")), bool(knobs.pop("block_views"))
+    unknown = sorted(set(knobs) - set(KNOBS))
+    if unknown:
+        raise RequestError(f"request: unknown fields {unknown}; known: {list(KNOBS)}")
+    ids = [int(i) for i in np.asarray(input_ids).reshape(-1)]
+    return GenerationRequest(ids, **knobs), stream, block_views
+
+
+# Ensemble input -> GenerationRequest field, for the optional scalar knobs.
+SCALAR_INPUTS = {"max_tokens": "max_tokens", "temperature": "temperature",
+                 "random_seed": "seed", "end_id": "end_id", "mode": "mode",
+                 "block_length": "block_length", "threshold": "threshold", "steps": "steps"}
+
+
+def scalar(name: str, array: np.ndarray):
+    """One value of a [1] (or [1, 1]) input as a Python value; FP32 as its shortest decimal
+    (0.9 stays 0.9, as on the command line)."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.size != 1:
+        raise RequestError(f"{name}: must hold exactly one value, got {flat.size}")
+    v = flat[0]
+    if isinstance(v, bytes):
+        try:
+            return v.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RequestError(f"{name}: must be UTF-8 text ({e})") from None
+    if isinstance(v, np.floating):
+        return float(str(v))
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
+    """The ensemble's input tensors (absent optional ones left out) -> (input_ids, request JSON).
+
+    Raises RequestError naming the field."""
+    if "text_input" not in inputs:
+        raise RequestError("text_input: required")
+    text = np.asarray(inputs["text_input"]).reshape(-1)
+    if text.size != 1:
+        raise RequestError(f"text_input: must hold exactly one prompt, got {text.size}")
+    knobs = {field: scalar(name, inputs[name]) for name, field in SCALAR_INPUTS.items()
+             if name in inputs}
+    stops = list(np.asarray(inputs["stop_words"]).reshape(-1)) if "stop_words" in inputs else []
+    request = pre(text[0], stop_words=stops, **knobs)
+    flags = {k: bool(scalar(k, inputs[k])) if k in inputs else False
+             for k in ("stream", "return_block_text")}
+    return to_wire(request, stream=flags["stream"], block_views=flags["return_block_text"])

@@ -1,0 +1,262 @@
+"""`make engine`: checkpoint -> ONNX -> parity checks -> (TensorRT plan) -> manifest.json.
+
+    python -m export --model models/default --backend auto --out build/engine [--force]
+
+Steps, each printed with its time:
+1. load the checkpoint and hash its files (config.json, safetensors, index);
+2. skip everything if `manifest.json` in --out names the same checkpoint hash, exporter version,
+   backend and precision and its files exist (re-running with nothing changed takes a second);
+3. export the denoiser graph (export/onnx_export.py), check it (onnx.checker, I/O contract, one
+   ONNX Runtime run), write `denoiser.onnx`;
+4. parity, PyTorch vs ONNX Runtime (export/parity.py): logits on random inputs of several shapes
+   incl. cached prefixes, then whole generations in every mode at temperature 0 (identical tokens
+   and pass counts required) and, for the record, at temperature 0.8;
+5. backend tensorrt (or auto with TensorRT and a GPU present): the plugin-form graph
+   `denoiser.trt.onnx` and the plan `denoiser.plan` (export/tensorrt_build.py);
+6. write `manifest.json`: source path and hash, shapes, precision, backend, opset, parity figures,
+   timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it.
+
+Backend torch writes only the manifest (`engines.load_engine` then serves the checkpoint with
+`dlm.engine.TorchEngine`). Backend auto = tensorrt where `import tensorrt` works and CUDA is
+available, else onnxruntime. On these machines TensorRT is absent: steps 5 never ran here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import export
+
+# torch, onnx and onnxruntime are imported only past the up-to-date check, so that a re-run with
+# nothing changed takes a fraction of a second instead of the seconds their imports cost.
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+MANIFEST = "manifest.json"
+ONNX_FILE = "denoiser.onnx"
+TRT_ONNX_FILE = "denoiser.trt.onnx"
+PLAN_FILE = "denoiser.plan"
+TIMING_CACHE_FILE = "timing.cache"
+GEN_MAX_TOKENS_BLOCKS = 2  # generation parity: this many blocks per prompt
+
+
+class ParityError(RuntimeError):
+    """An exported stage disagrees with the stage before it; the message carries the figures."""
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The files an engine depends on: config.json and the weights (not the tokenizer)."""
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors")),
+             *sorted(folder.glob("*.safetensors.index.json"))]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise FileNotFoundError(f"--model {folder}: missing {missing}")
+    return files
+
+
+def checkpoint_hash(folder: str | Path) -> str:
+    """sha256 over (name, size, bytes) of `checkpoint_files`, streamed."""
+    h = hashlib.sha256()
+    for f in checkpoint_files(Path(folder)):
+        h.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    """The exporter's version and those of the tools whose output the build depends on."""
+    return {"exporter": export.EXPORTER_VERSION,
+            **{name: metadata.version(name) for name in ("torch", "onnx", "onnxruntime")}}
+
+
+def resolve_backend(requested: str) -> str:
+    """auto -> tensorrt where TensorRT and a GPU are present, else onnxruntime."""
+    if requested not in BACKENDS:
+        raise ValueError(f"--backend={requested!r}: must be one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested
+    from importlib.util import find_spec
+
+    if find_spec("tensorrt") is None:  # cheap: importing export.tensorrt_build imports torch
+        return "onnxruntime"
+    import torch
+
+    return "tensorrt" if torch.cuda.is_available() else "onnxruntime"
+
+
+def up_to_date(out: Path, source_hash: str, backend: str, precision: str,
+               options: dict) -> dict | None:
+    """The existing manifest if it describes this very build, else None."""
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    same = (m.get("source", {}).get("sha256") == source_hash and m.get("backend") == backend
+            and m.get("precision") == precision and m.get("versions") == tool_versions()
+            and m.get("options") == options)
+    files_there = all((out / f).exists() for f in m.get("files", {}).values())
+    return m if same and files_there else None
+
+
+def _io_spec(cfg) -> dict:
+    from export import onnx_export
+
+    fixed = onnx_export.static_axes(cfg)
+
+    def spec(table: dict) -> dict:
+        return {n: {"dtype": d, "shape": [fixed.get(a, a) for a in axes]}
+                for n, (d, axes) in table.items()}
+
+    return {"inputs": spec(onnx_export.INPUTS), "outputs": spec(onnx_export.OUTPUTS)}
+
+
+def build(model_dir: str | Path, out_dir: str | Path, backend: str = "auto",
+          precision: str = "auto", force: bool = False, threads: int = 0,
+          max_batch: int = 16, log: Callable[[str], None] = print) -> dict:
+    """Run the steps of the module doc; returns the manifest (raises ParityError on failure)."""
+    model_dir, out = Path(model_dir), Path(out_dir)
+    backend = resolve_backend(backend)
+    if backend != "tensorrt" and precision not in ("auto", "fp32"):
+        raise ValueError(f"--precision={precision}: the {backend} backend runs fp32 only")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def done(step: str, msg: str) -> None:
+        nonlocal clock
+        timings[step] = round(time.perf_counter() - clock, 3)
+        log(f"[{step}] {msg} ({timings[step]:.1f} s)")
+        clock = time.perf_counter()
+
+    source_hash = checkpoint_hash(model_dir)
+    trt_precision = None
+    if backend == "tensorrt":
+        import torch
+
+        from export.tensorrt_build import choose_precision, require_tensorrt
+
+        require_tensorrt()
+        trt_precision = choose_precision(precision, torch.cuda.get_device_capability())
+    resolved_precision = trt_precision or "fp32"
+    options = {"max_batch": max_batch} if backend == "tensorrt" else {}
+    if not force:
+        manifest = up_to_date(out, source_hash, backend, resolved_precision, options)
+        if manifest is not None:
+            log(f"[skip] {out / MANIFEST} is up to date (checkpoint sha256 {source_hash[:12]}, "
+                f"exporter {export.EXPORTER_VERSION}, backend {backend}): nothing to do")
+            return manifest
+    from dlm import checkpoint
+    from export import onnx_export
+
+    model = checkpoint.load(model_dir)
+    cfg = model.cfg
+    done("load", f"{model_dir}: {cfg.family}, {model.num_parameters() / 1e6:.2f} M params, "
+                 f"sha256 {source_hash[:12]}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-done build must not look finished
+    manifest: dict = {
+        "format": 1, "backend": backend, "precision": resolved_precision,
+        "source": {"path": str(model_dir.resolve()), "sha256": source_hash,
+                   "files": [f.name for f in checkpoint_files(model_dir)]},
+        "versions": tool_versions(), "options": options, "config": cfg.to_dict(),
+        "io": _io_spec(cfg), "files": {},
+    }
+    if backend != "torch":
+        parity_graph = onnx_export.export_parity_graph(model)
+        graph = onnx_export.deployment_graph(parity_graph)
+        done("export", f"denoiser graph, {len(graph.graph.node)} nodes, opset "
+                       f"{onnx_export.DEFAULT_OPSET}")
+        summary = onnx_export.check_graph(graph, cfg)
+        onnx_export.save(graph, out / ONNX_FILE)
+        manifest["opset"] = summary["opset"]
+        manifest["files"]["onnx"] = ONNX_FILE
+        done("check", f"onnx.checker + I/O contract + ONNX Runtime run; wrote {out / ONNX_FILE}")
+        manifest["parity"] = check_parity(model, model_dir, parity_graph, out / ONNX_FILE,
+                                          threads, log)
+        done("parity", "PyTorch vs ONNX Runtime: logits max abs diff "
+                       f"{manifest['parity']['pass']['logits_max_abs_diff']:.2e}, tokens identical "
+                       "in every mode at temperature 0")
+    if backend == "tensorrt":
+        from export import tensorrt_build
+
+        manifest.update(tensorrt_build.build_from_model(model, out, trt_precision, log,
+                                                        max_batch=max_batch))
+        manifest["files"].update({"trt_onnx": TRT_ONNX_FILE, "plan": PLAN_FILE})
+        done("tensorrt", f"{out / PLAN_FILE} ({trt_precision})")
+    manifest["timings"] = timings
+    manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"[done] {out / MANIFEST}: backend {backend}, precision {resolved_precision}, "
+        f"{sum(timings.values()):.1f} s")
+    return manifest
+
+
+def check_parity(model, model_dir: Path, parity_graph, onnx_path: Path, threads: int,
+                 log: Callable[[str], None]) -> dict:
+    """Pass and generation parity (export/parity.py); raises ParityError with the figures."""
+    from dlm.engine import TorchEngine
+    from export import parity
+    from export.ort_engine import OrtEngine, ort_session
+
+    session = ort_session(parity_graph, threads)
+    names = [o.name for o in session.get_outputs()]
+    passes = parity.pass_parity(
+        model, lambda feed: dict(zip(names, session.run(names, feed), strict=True)))
+    for line in parity.format_pass_parity(passes):
+        log(line)
+    if not passes["ok"]:
+        raise ParityError("PyTorch vs ONNX Runtime logits/tokens differ beyond tolerance:\n"
+                          + "\n".join(parity.format_pass_parity(passes)))
+    cfg = model.cfg
+    tokenizer = None
+    if (model_dir / "tokenizer.json").exists():
+        from dlm.tokenizer import TextTokenizer
+
+        tokenizer = TextTokenizer(model_dir)
+    prompts = parity.parity_prompts(cfg, tokenizer)
+    max_tokens = GEN_MAX_TOKENS_BLOCKS * cfg.block_length
+    reference, engine = TorchEngine(model), OrtEngine(onnx_path, cfg, threads=threads)
+    gens = {}
+    for temperature in (0.0, 0.8):
+        gen = parity.generation_parity(reference, engine, prompts, max_tokens, temperature)
+        log(f"  generations at temperature {temperature}:")
+        for line in parity.format_generation_parity(gen):
+            log(line)
+        gens[str(temperature)] = gen
+    if not gens["0.0"]["ok"]:
+        raise ParityError("PyTorch vs ONNX Runtime generations differ at temperature 0:\n"
+                          + "\n".join(parity.format_generation_parity(gens["0.0"])))
+    return {"pass": passes, "generation": gens}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint folder (config.json + safetensors)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--out", default="build/engine", help="engine folder")
+    p.add_argument("--precision", default="auto",
+                   help="TensorRT: auto | fp32 | bf16 | fp16 (ONNX Runtime: fp32)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = per core)")
+    p.add_argument("--max-batch", type=int, default=16, help="TensorRT: largest batch per call")
+    p.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = p.parse_args(argv)
+    try:
+        build(args.model, args.out, args.backend, args.precision, args.force, args.threads,
+              args.max_batch)
+    except (ParityError, ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""`OrtEngine`: the Engine protocol (dlm/engine.py) on ONNX Runtime, CPU.
+
+One `step()` is one run of the exported denoiser graph (export/onnx_export.py) for a batch of
+passes: the inputs are packed by `dlm.engine.pack_batch` exactly as for the PyTorch engine, the
+past keys/values come from a per-sequence `dlm.engine.KVStore` (CPU torch tensors, handed to ONNX
+Runtime as zero-copy NumPy views), and a pass with `write` appends its new keys/values. Only token
+ids and confidences leave the engine. `release(seq_id)` frees a sequence's cache.
+
+Threads: ONNX Runtime's pools never spin while idle (`allow_spinning=0`): spinning threads would
+steal the cores from the server's other models. `threads` sets the intra-op pool (0 = ONNX
+Runtime's default, one per core); the graph runs sequentially, so the inter-op pool stays at 1.
+IO binding was measured (export/bench.py) and did not help on CPU, so plain `run()` is used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from dlm.config import ModelConfig
+from dlm.engine import KVStore, PassRequest, PassResult, check_pass, pack_batch
+
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
+    """An ONNX Runtime CPU session whose idle threads do not spin; all graph optimisations."""
+    import onnxruntime as ort
+
+    if threads < 0:
+        raise ValueError(f"threads={threads}: must be >= 0 (0 = one per core)")
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def check_session_io(session, cfg: ModelConfig) -> None:
+    """Fail fast when the graph and the config disagree (names, KV layout L/Hkv/D)."""
+    from export.onnx_export import INPUTS, OUTPUTS, static_axes
+
+    ins = {i.name: i.shape for i in session.get_inputs()}
+    outs = [o.name for o in session.get_outputs()]
+    if list(ins) != list(INPUTS) or outs != list(OUTPUTS):
+        raise ValueError(f"onnx graph: inputs {list(ins)}, outputs {outs}; expected "
+                         f"{list(INPUTS)} -> {list(OUTPUTS)} (export it with export.onnx_export)")
+    fixed = static_axes(cfg)
+    want = [fixed.get(a, a) for a in INPUTS["past_k"][1]]
+    got = ins["past_k"]
+    if len(got) != len(want):
+        raise ValueError(f"onnx graph past_k shape {got}: expected rank {len(want)} {want}")
+    for axis, w, g in zip(INPUTS["past_k"][1], want, got, strict=True):
+        if axis in fixed and g != w:
+            raise ValueError(f"onnx graph past_k shape {got}: axis {axis} is {g}, the config "
+                             f"says {w} (graph and config.json come from different models)")
+
+
+class OrtEngine:
+    """The denoiser on ONNX Runtime (CPU) with a per-sequence KV cache."""
+
+    def __init__(self, onnx_path: str | os.PathLike, config: ModelConfig, threads: int = 0):
+        path = Path(onnx_path)
+        if not path.exists():
+            raise FileNotFoundError(f"onnx_path={str(path)!r}: no such file (run `make engine`)")
+        self.config = config
+        self.session = ort_session(path, threads)
+        check_session_io(self.session, config)
+        self.kv = KVStore(config, torch.device("cpu"), torch.float32)
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One raw graph run: INPUTS -> OUTPUTS (see export/onnx_export.py)."""
+        return dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        for p in passes:
+            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
+            self.kv.truncate(p.seq_id, p.start)
+        feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
+        past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
+        feed["past_k"], feed["past_v"] = past_k.numpy(), past_v.numpy()
+        out = self.run(feed)
+        results = []
+        for i, p in enumerate(passes):
+            if p.write:
+                n = len(p.tokens)
+                self.kv.write(p.seq_id, p.start, torch.from_numpy(out["new_k"][:, i, :, :n]),
+                              torch.from_numpy(out["new_v"][:, i, :, :n]))
+            results.append(PassResult(out["token"][i, : p.n_out].copy(),
+                                      out["confidence"][i, : p.n_out].copy()))
+        return results
+
+    def release(self, seq_id: int) -> None:
+        self.kv.release(seq_id)

@@ -1,0 +1,384 @@
+"""ONNX -> TensorRT plan, and `TrtEngine`, the Engine protocol on a plan (TensorRT 10.x).
+
+NOT RUN HERE. TensorRT cannot be installed on these machines nor on the lent GPU (see
+shared/ENVIRONMENT.md), so everything that imports `tensorrt` (`build_plan`, `TrtEngine`,
+`validate`) is written against the documented TensorRT 10.9 Python API and has never executed;
+it runs in the NGC image of docker/engine.Dockerfile via docker/build_engine.sh. What the tests
+here do check are the plain-code decisions: optimization profiles (`optimization_profiles`,
+`select_profile`), precision (`choose_precision`) and validation tolerances.
+
+The build (`build_from_model`):
+- the plugin-form graph (export/onnx_export.py, `plugin=True`): DenoiseStep is one
+  `dlm::DenoiseStep` node that TensorRT's ONNX parser maps to the Python plugin registered by
+  `plugins.denoise_step.tensorrt_plugin.register()` (ahead-of-time: the OpenAI Triton kernel's PTX
+  is embedded in the plan);
+- a strongly typed network: the precision is that of the exported graph (weights and compute in
+  bf16 or fp16, KV I/O float32), so no builder precision flags are set;
+- optimization profiles from `optimization_profiles` (a `step` profile tuned for block-sized
+  passes over a cached prefix, a `prefill` profile for long prompts and mixed batches);
+- a timing cache file next to the plan, reused by the next build.
+TensorRT >= 10.9 is required (`tensorrt.plugin.aot_impl`), < 11 (the API this is written for).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlm.config import ModelConfig
+from dlm.engine import PassRequest, PassResult, check_pass, pack_batch
+from dlm.sampling import Limits
+
+TENSORRT_MIN = (10, 9)  # tensorrt.plugin.aot_impl
+TENSORRT_BELOW = (11, 0)
+TENSORRT_PIN = "10.9.0.34"  # what docker/engine.Dockerfile installs
+ABSENT = "TensorRT is absent here (not installable on these machines; see docker/engine.Dockerfile)"
+DEFAULT_MAX_BATCH = 16
+DEFAULT_OPT_PAST = 256  # a realistic cached prefix for the step profile's tuning shape
+PREFILL_OPT_TOKENS = 128
+WORKSPACE_GIB = 8
+
+
+def tensorrt_available() -> bool:
+    """True if `import tensorrt` works (it does not here)."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_tensorrt():
+    """The tensorrt module, or ImportError saying it is absent or of an unsupported version."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise ImportError(f"{ABSENT}: {e}") from e
+    version = tuple(int(x) for x in trt.__version__.split(".")[:2])
+    if not TENSORRT_MIN <= version < TENSORRT_BELOW:
+        raise ImportError(f"tensorrt {trt.__version__}: need >= {TENSORRT_MIN[0]}.{TENSORRT_MIN[1]}"
+                          f" and < {TENSORRT_BELOW[0]} (Python AOT plugins)")
+    return trt
+
+
+# ---- plain-code decisions (tested here) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile: (min, opt, max) of each dynamic axis of export/onnx_export."""
+
+    name: str
+    dims: dict[str, tuple[int, int, int]]  # batch, block, past, k
+
+    def shapes(self, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
+        """Per graph input: (min shape, opt shape, max shape)."""
+        from export.onnx_export import INPUTS, static_axes
+
+        fixed = static_axes(cfg)
+        return {name: tuple(tuple(fixed[a] if a in fixed else self.dims[a][i] for a in axes)
+                            for i in range(3))
+                for name, (_, axes) in INPUTS.items()}
+
+    def covers(self, dims: dict[str, int]) -> bool:
+        return all(lo <= dims[a] <= hi for a, (lo, _, hi) in self.dims.items())
+
+
+def optimization_profiles(cfg: ModelConfig, limits: Limits | None = None,
+                          max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None,
+                          opt_past: int = DEFAULT_OPT_PAST) -> list[Profile]:
+    """The profiles a plan needs to run every pass the samplers make within `limits`.
+
+    context = min(max_position, max_prompt + max_output) bounds every sequence; a pass starts
+    at most at context - 1 cached positions. Block-sized passes (denoise, draft, verify, commit,
+    AR) have T <= max_block_length; prompts (prefill) and passes that recompute the context
+    (diffusion without cache, fully bidirectional families) have T <= context. A batch mixes
+    them, padded to the largest T and P, so the prefill profile spans the whole P range too.
+    TensorRT tunes kernels for `opt`: the step profile at opt_batch rows of one model block over
+    opt_past cached tokens, the hot path of diffusion decoding.
+    """
+    lim = limits or Limits()
+    if max_batch < 1:
+        raise ValueError(f"max_batch={max_batch}: must be >= 1")
+    ob = min(opt_batch or 4, max_batch)
+    if ob < 1:
+        raise ValueError(f"opt_batch={opt_batch}: must be in [1, max_batch={max_batch}]")
+    context = min(cfg.max_position, lim.max_prompt_tokens + lim.max_output_tokens)
+    block_max = min(lim.max_block_length, context)
+    block_opt = min(cfg.block_length, block_max)
+    if not cfg.uses_kv_cache:  # every pass recomputes prompt + committed + block; no cache
+        full = min(context, max(PREFILL_OPT_TOKENS, block_opt))
+        return [Profile("full", {"batch": (1, ob, max_batch), "block": (1, full, context),
+                                 "past": (0, 0, 0), "k": (1, block_opt, block_max)})]
+    past_max = context - 1
+    past_opt = min(opt_past, past_max)
+    return [
+        Profile("step", {"batch": (1, ob, max_batch), "block": (1, block_opt, block_max),
+                         "past": (0, past_opt, past_max), "k": (1, block_opt, block_max)}),
+        Profile("prefill", {"batch": (1, 1, max_batch),
+                            "block": (1, min(PREFILL_OPT_TOKENS, context), context),
+                            "past": (0, 0, past_max), "k": (1, 1, context)}),
+    ]
+
+
+def pass_dims(feed: dict) -> dict[str, int]:
+    """The dynamic axis sizes of one packed engine call (`dlm.engine.pack_batch` + past)."""
+    b, t = feed["input_ids"].shape
+    return {"batch": int(b), "block": int(t), "past": int(feed["past_len"].max()),
+            "k": int(feed["out_index"].shape[1])}
+
+
+def select_profile(profiles: list[Profile], dims: dict[str, int]) -> int:
+    """Index of the first profile covering `dims`; ValueError naming the axes otherwise."""
+    for i, p in enumerate(profiles):
+        if p.covers(dims):
+            return i
+    ranges = {p.name: {a: (lo, hi) for a, (lo, _, hi) in p.dims.items()} for p in profiles}
+    raise ValueError(f"engine call with {dims}: outside every optimization profile {ranges} "
+                     "(rebuild the engine with larger serving limits)")
+
+
+def choose_precision(requested: str, capability: tuple[int, int]) -> str:
+    """The network precision for a GPU of compute `capability` (major, minor).
+
+    auto: bf16 from Ampere (8.0) on, else fp16. bf16 needs >= 8.0. fp8 needs >= 8.9 (Ada,
+    Hopper) and a Q/DQ-quantized graph (e.g. from TensorRT Model Optimizer), which this exporter
+    does not produce: it is refused with that reason.
+    """
+    cap = tuple(capability)
+    if requested == "auto":
+        return "bf16" if cap >= (8, 0) else "fp16"
+    if requested in ("fp32", "fp16"):
+        return requested
+    if requested == "bf16":
+        if cap < (8, 0):
+            raise ValueError(f"precision=bf16: needs compute capability >= 8.0, this GPU has "
+                             f"{cap[0]}.{cap[1]}; use fp16")
+        return requested
+    if requested == "fp8":
+        if cap < (8, 9):
+            raise ValueError(f"precision=fp8: needs compute capability >= 8.9, this GPU has "
+                             f"{cap[0]}.{cap[1]}")
+        raise ValueError("precision=fp8: needs a Q/DQ-quantized ONNX graph, which this exporter "
+                         "does not produce; use bf16")
+    raise ValueError(f"precision={requested!r}: must be one of auto, fp32, bf16, fp16, fp8")
+
+
+def validation_tolerances(precision: str, vocab_size: int) -> dict[str, tuple[float, float]]:
+    """(atol, rtol) per output for plan-vs-ONNX Runtime comparisons on random inputs.
+
+    fp32: tight, and tokens must match. bf16/fp16: KV and confidence within a few units of the
+    format's precision; tokens are not compared element-wise (near-ties flip under reduced
+    precision: the generation agreement in `validate` reports them instead).
+    """
+    if precision == "fp32":
+        return {"token": (0.0, 0.0), "confidence": (1e-4, 1e-3), "new_k": (1e-3, 1e-3),
+                "new_v": (1e-3, 1e-3)}
+    eps = {"bf16": 2**-8, "fp16": 2**-11}[precision]
+    return {"token": (float(vocab_size), 0.0), "confidence": (16 * eps, 0.0),
+            "new_k": (32 * eps, 8 * eps), "new_v": (32 * eps, 8 * eps)}
+
+
+# ---- TensorRT (not run here) -------------------------------------------------------------
+
+def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], cfg: ModelConfig,
+               timing_cache: Path, workspace_gib: int = WORKSPACE_GIB,
+               log: Callable[[str], None] = print) -> dict:
+    """Parse the plugin-form graph into a strongly typed network and build the plan."""
+    trt = require_tensorrt()
+    from plugins.denoise_step.tensorrt_plugin import register
+
+    register()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists()
+                                       else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    for prof in profiles:
+        p = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in prof.shapes(cfg).items():
+            p.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(p)
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"{onnx_path}: TensorRT build failed (see its log above)")
+    plan_path.write_bytes(bytes(plan))
+    timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    seconds = time.perf_counter() - t0
+    log(f"  built {plan_path} ({plan_path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
+    return {"version": trt.__version__, "build_s": round(seconds, 1),
+            "profiles": [{"name": p.name, "dims": p.dims} for p in profiles]}
+
+
+def build_from_model(model, out: Path, precision: str, log: Callable[[str], None] = print,
+                     max_batch: int = DEFAULT_MAX_BATCH) -> dict:
+    """Plugin-form graph -> plan -> validation; returns the manifest's `tensorrt` entry."""
+    import torch
+
+    from export.build import PLAN_FILE, TIMING_CACHE_FILE, TRT_ONNX_FILE
+    from export.onnx_export import export_denoiser
+
+    export_denoiser(model, out / TRT_ONNX_FILE, plugin=True, precision=precision)
+    log(f"  wrote {out / TRT_ONNX_FILE} (DenoiseStep as plugin, {precision})")
+    profiles = optimization_profiles(model.cfg, max_batch=max_batch)
+    entry = build_plan(out / TRT_ONNX_FILE, out / PLAN_FILE, profiles, model.cfg,
+                       out / TIMING_CACHE_FILE, log=log)
+    entry["device"] = torch.cuda.get_device_name()
+    entry["validation"] = validate(out, model, precision, profiles, log)
+    if not entry["validation"]["ok"]:
+        from export.build import ParityError
+
+        raise ParityError(f"TensorRT plan vs ONNX Runtime: {entry['validation']}")
+    return {"tensorrt": entry}
+
+
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64",
+                 "INT32": "int32"}
+
+
+class TrtEngine:
+    """The denoiser on a TensorRT plan, KV cache per sequence on the GPU (torch tensors).
+
+    Same packing and cache as `dlm.engine.TorchEngine`; one `execute_async_v3` per step on a
+    private CUDA stream, in the first optimization profile that covers the call's shapes.
+    """
+
+    def __init__(self, plan_path: str | Path, config: ModelConfig, device: str = "cuda",
+                 profiles: list[Profile] | None = None) -> None:
+        import torch
+
+        from dlm.engine import KVStore
+        from plugins.denoise_step.tensorrt_plugin import register
+
+        trt = require_tensorrt()
+        register()  # harmless if the plan embeds the AOT kernel; needed if it does not
+        self.config, self.device = config, torch.device(device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(self._logger)
+        self.engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{plan_path}: TensorRT could not deserialize the plan")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream(self.device)
+        self.profiles = profiles or optimization_profiles(config)
+        if len(self.profiles) != self.engine.num_optimization_profiles:
+            raise ValueError(f"{plan_path}: {self.engine.num_optimization_profiles} profiles, "
+                             f"expected {len(self.profiles)} ({[p.name for p in self.profiles]})")
+        self._profile = -1
+        self._dtypes = {n: getattr(torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name])
+                        for n in (self.engine.get_tensor_name(i)
+                                  for i in range(self.engine.num_io_tensors))}
+        self._dummy = torch.zeros(16, dtype=torch.uint8, device=self.device)  # for empty tensors
+        self.kv = KVStore(config, self.device, torch.float32)
+
+    def _address(self, t) -> int:
+        return t.data_ptr() if t.numel() else self._dummy.data_ptr()
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        import torch
+
+        from export.onnx_export import OUTPUTS
+
+        for p in passes:
+            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
+            self.kv.truncate(p.seq_id, p.start)
+        feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
+        profile = select_profile(self.profiles, pass_dims(feed))
+        with torch.cuda.stream(self.stream):
+            past_k, past_v = self.kv.gather([p.seq_id for p in passes],
+                                            [p.start for p in passes])
+            x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+            x = {**x, "past_k": past_k.contiguous(), "past_v": past_v.contiguous()}
+            if profile != self._profile:
+                self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
+                self._profile = profile
+            for name, t in x.items():
+                self.context.set_input_shape(name, tuple(t.shape))
+                self.context.set_tensor_address(name, self._address(t))
+            out = {}
+            for name in OUTPUTS:
+                shape = tuple(self.context.get_tensor_shape(name))
+                out[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+                self.context.set_tensor_address(name, self._address(out[name]))
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execute failed for dims {pass_dims(feed)}")
+        self.stream.synchronize()
+        tokens, conf = out["token"].cpu().numpy(), out["confidence"].float().cpu().numpy()
+        results = []
+        for i, p in enumerate(passes):
+            if p.write:
+                n = len(p.tokens)
+                self.kv.write(p.seq_id, p.start, out["new_k"][:, i, :, :n],
+                              out["new_v"][:, i, :, :n])
+            results.append(PassResult(tokens[i, : p.n_out], conf[i, : p.n_out]))
+        return results
+
+    def release(self, seq_id: int) -> None:
+        self.kv.release(seq_id)
+
+
+def validate(out: Path, model, precision: str, profiles: list[Profile],
+             log: Callable[[str], None] = print) -> dict:
+    """The plan against ONNX Runtime (fp32 standard graph) with Polygraphy's runners on the
+    parity cases, then whole generations TrtEngine vs OrtEngine at temperature 0 (identical
+    required for fp32 plans; agreement reported for bf16/fp16)."""
+    from polygraphy.backend.common import BytesFromPath
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    from export import parity
+    from export.build import ONNX_FILE, PLAN_FILE
+    from export.ort_engine import OrtEngine
+
+    cfg = model.cfg
+    feeds = [parity.case_inputs(cfg, c, seed=i)
+             for i, c in enumerate(parity.pass_cases(cfg.block_length))]
+    tol = validation_tolerances(precision, cfg.vocab_size)
+    runners = [OnnxrtRunner(SessionFromOnnx(str(out / ONNX_FILE))),
+               TrtRunner(EngineFromBytes(BytesFromPath(str(out / PLAN_FILE))))]
+    results = Comparator.run(runners, data_loader=feeds)
+    compare = CompareFunc.simple(atol={k: a for k, (a, _) in tol.items()},
+                                 rtol={k: r for k, (_, r) in tol.items()})
+    accuracy = bool(Comparator.compare_accuracy(results, compare_func=compare))
+    prompts = parity.parity_prompts(cfg)
+    gen = parity.generation_parity(OrtEngine(out / ONNX_FILE, cfg),
+                                   TrtEngine(out / PLAN_FILE, cfg, profiles=profiles), prompts,
+                                   max_tokens=2 * cfg.block_length)
+    for line in parity.format_generation_parity(gen):
+        log(line)
+    ok = accuracy and (gen["ok"] or precision != "fp32")
+    return {"ok": ok, "polygraphy_accuracy": accuracy, "tolerances": tol, "generation": gen}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m export.tensorrt_build profiles --model DIR`: print the profile decisions."""
+    from dlm import checkpoint
+
+    p = argparse.ArgumentParser(prog="python -m export.tensorrt_build")
+    p.add_argument("command", choices=["profiles"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
+    args = p.parse_args(argv)
+    import json
+
+    cfg = checkpoint.config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
+    for prof in optimization_profiles(cfg, max_batch=args.max_batch):
+        print(prof.name, {a: list(r) for a, r in prof.dims.items()})
+    print("tensorrt:", "present" if tensorrt_available() else ABSENT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Fill `templates/` into a Triton model repository, strictly.
+
+Every `${KEY}` in a `config.pbtxt` must be given a value, and every value given must be used by
+some template: a typo is an error, not a silently unfilled field or an ignored setting. Other
+files (`1/model.py`) are copied as they are; a model without a version folder gets an empty `1/`.
+
+    python -m model_repository.fill --model models/default --out build/model_repository
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KEY = re.compile(r"\$\{([^}]*)\}")
+
+
+class FillError(ValueError):
+    """A template key without a value, or a value no template uses."""
+
+
+def fill_text(text: str, values: dict[str, str], where: str) -> tuple[str, set[str]]:
+    """`text` with every ${KEY} replaced; returns it and the keys used."""
+    used: set[str] = set()
+
+    def sub(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in values:
+            raise FillError(f"{where}: ${{{key}}} has no value (given: {sorted(values)})")
+        used.add(key)
+        return str(values[key])
+
+    return KEY.sub(sub, text), used
+
+
+def fill(out: str | Path, values: dict[str, str], templates: str | Path = TEMPLATES) -> Path:
+    """Write the filled repository to `out` (replacing it); returns `out`."""
+    templates, out = Path(templates), Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    used: set[str] = set()
+    for src in sorted(templates.rglob("*")):
+        if "__pycache__" in src.parts or src.is_dir():
+            continue
+        dst = tmp / src.relative_to(templates)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.name == "config.pbtxt":
+            text, keys = fill_text(src.read_text(), values, str(src.relative_to(templates)))
+            dst.write_text(text)
+            used |= keys
+        else:
+            shutil.copy2(src, dst)
+    for model in tmp.iterdir():
+        (model / "1").mkdir(exist_ok=True)
+    unused = sorted(set(values) - used)
+    if unused:
+        shutil.rmtree(tmp)
+        raise FillError(f"values no template uses: {unused}")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def positive(name: str, value) -> str:
+    if not str(value).isdigit() or int(value) < 1:
+        raise FillError(f"{name}={value!r}: must be a positive integer")
+    return str(int(value))
+
+
+def values_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """Template values from the `make serve` settings, checked."""
+    model = Path(args.model).resolve()
+    for name in ("config.json", "tokenizer.json"):
+        if not (model / name).exists():
+            raise FillError(f"MODEL={args.model}: no {name} (a checkpoint folder is needed)")
+    if args.backend not in ("auto", "torch"):
+        raise FillError(f"BACKEND={args.backend!r}: must be auto or torch")
+    return {
+        "MODEL_DIR": str(model),
+        "ENGINE_DIR": str(Path(args.engine).resolve()),
+        "BACKEND": args.backend,
+        "REPO_ROOT": str(Path(args.repo_root).resolve()),
+        "MAX_BATCH_SIZE": positive("MAX_BATCH_SIZE", args.max_batch_size),
+        "MAX_PASSES_PER_STEP": positive("MAX_PASSES_PER_STEP", args.max_passes_per_step),
+        "DLM_INSTANCES": positive("DLM_INSTANCES", args.dlm_instances),
+        "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
+        "TORCH_THREADS": str(int(args.torch_threads)),
+        "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
+        "CHAT_TEMPLATE": "true" if args.chat_template else "false",
+    }
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model_repository.fill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint folder (config.json, tokenizer)")
+    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--backend", default="auto", help="auto (export's engine if built) | torch")
+    p.add_argument("--out", default="build/model_repository")
+    p.add_argument("--repo-root", default=str(REPO_ROOT), help="put on sys.path by the models")
+    p.add_argument("--max-batch-size", default=64, help="Triton max_batch_size of the ensemble")
+    p.add_argument("--max-passes-per-step", default=64,
+                   help="most passes in one denoiser call (requests beyond it wait)")
+    p.add_argument("--heartbeat-ms", default=20,
+                   help="a request silent this long passes through postprocessing, which is "
+                   "where a client's cancellation shows (0: every pass)")
+    p.add_argument("--dlm-instances", default=1)
+    p.add_argument("--pre-instances", default=1)
+    p.add_argument("--torch-threads", default=0, help="denoiser torch threads (0: torch's)")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap prompts in the tokenizer's chat template")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        out = fill(args.out, values_from_args(args))
+    except FillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"model repository: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Run the real tritonserver (the nvidia-pytriton wheel's binary) in the foreground.
+
+    python -m model_repository.serve --repository build/model_repository
+
+Makes the Python backend folder (backend library, utils, the stub for this Python), sets
+LD_LIBRARY_PATH (this Python's libpython, the wheel's libraries) and PATH (this environment's
+bin first, so the stubs import its packages), listens on 127.0.0.1, loads every model with
+explicit model control (the model-repository API needs the DLM_ADMIN_KEY header), forwards
+SIGINT/SIGTERM as SIGTERM (a killed server leaves shared memory behind in /dev/shm) and prints
+a ready line with example commands once the ensemble is ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytriton_server_dir() -> Path:
+    import pytriton
+
+    path = Path(pytriton.__file__).resolve().parent / "tritonserver"
+    if not (path / "bin" / "tritonserver").exists():
+        raise FileNotFoundError(f"{path}/bin/tritonserver: missing (pip install nvidia-pytriton)")
+    return path
+
+
+def make_backend_dir(dst: str | Path) -> Path:
+    """`dst/python/` with the Python backend and the stub for this interpreter's version."""
+    src = pytriton_server_dir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    files = {
+        src / "backends/python/libtriton_python.so": "libtriton_python.so",
+        src / "backends/python/triton_python_backend_utils.py": "triton_python_backend_utils.py",
+        src / f"python_backend_stubs/{version}/triton_python_backend_stub":
+            "triton_python_backend_stub",
+    }
+    out = Path(dst) / "python"
+    out.mkdir(parents=True, exist_ok=True)
+    for f, name in files.items():
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: missing from the nvidia-pytriton wheel")
+        target = out / name
+        if not target.exists() or target.stat().st_size != f.stat().st_size:
+            shutil.copy2(f, target)
+    return Path(dst)
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver: libraries and this Python environment's bin first."""
+    env = dict(os.environ if base is None else base)
+    libs = [str(Path(sys.base_prefix) / "lib"),
+            str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]
+    env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+    env["PATH"] = ":".join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)  # ignored by the stubs anyway; models put REPO_ROOT on sys.path
+    return env
+
+
+def command(repository: str | Path, backend_dir: str | Path, http_port: int = 8000,
+            grpc_port: int = 8001, metrics_port: int = 8002, address: str = "127.0.0.1",
+            admin_key: str | None = None, extra: list[str] = ()) -> list[str]:
+    key = admin_key or secrets.token_hex(16)
+    return [
+        str(pytriton_server_dir() / "bin" / "tritonserver"),
+        f"--model-repository={Path(repository).resolve()}",
+        f"--backend-directory={Path(backend_dir).resolve()}",
+        "--backend-config=python,shm-default-byte-size=33554432",
+        "--model-control-mode=explicit", "--load-model=*",
+        f"--http-restricted-api=model-repository:dlm-admin-key={key}",
+        f"--grpc-restricted-protocol=model-repository:dlm-admin-key={key}",
+        f"--http-address={address}", f"--http-port={http_port}",
+        f"--grpc-address={address}", f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}", f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false", "--exit-timeout-secs=15",
+        *extra,
+    ]
+
+
+def wait_ready(http: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> bool:
+    """True once the ensemble answers ready on `http` (host:port); False if the server died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"http://{http}/v2/models/ensemble/ready", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def ready_text(address: str, http: int, grpc: int, metrics: int) -> str:
+    return f"""
+dlm-triton ready: HTTP {address}:{http}  gRPC {address}:{grpc}  metrics {address}:{metrics}
+  python -m client --url {address}:{grpc} --prompt 'def fib(n):' --mode diffusion
+  python -m client --http --url {address}:{http} --prompt 'import os' --mode self_spec
+  curl -s -X POST {address}:{http}/v2/models/ensemble/generate \\
+       -d '{{"text_input": "def fib(n):", "max_tokens": 64, "mode": "ar"}}'
+  curl -s {address}:{metrics}/metrics | grep ^dlm_
+Stop with Ctrl-C.
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m model_repository.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", default="build/model_repository")
+    p.add_argument("--backend-dir", default="build/backends")
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--log-verbose", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not (Path(args.repository) / "ensemble" / "config.pbtxt").exists():
+        print(f"error: {args.repository}: no ensemble/config.pbtxt (run model_repository.fill)",
+              file=sys.stderr)
+        return 2
+    cmd = command(args.repository, make_backend_dir(args.backend_dir), args.http_port,
+                  args.grpc_port, args.metrics_port, args.address,
+                  os.environ.get("DLM_ADMIN_KEY"), [f"--log-verbose={args.log_verbose}"])
+    proc = subprocess.Popen(cmd, env=server_env())
+
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+
+    def announce():
+        if wait_ready(f"{args.address}:{args.http_port}", proc):
+            print(ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
+                  flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the exit
+            continue
+
+
+if __name__ == "__main__":
+    sys.exit(main())

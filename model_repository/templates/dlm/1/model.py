@@ -1,0 +1,87 @@
+"""dlm (decoupled): the orchestrator. Hands each request to one scheduler thread
+(dlm.serving.orchestrator) that runs one `denoiser` call (BLS) per step for every request in
+flight, and sends the responses from that thread.
+
+Inputs: input_ids INT32 [n]; request BYTES [1] (JSON knobs from preprocessing).
+Outputs, per response: output_ids INT32 [n] (ALL tokens so far); shown INT32 [1] (how many the
+previous response covered); final BOOL [1]; num_forward_passes, num_output_tokens INT32 [1]
+(totals so far); block_ids INT32 [m] (the uncommitted rest of the block being denoised, if
+asked, else empty); seq_key INT64 [1] (the sequence's denoiser id); heartbeat BOOL [1].
+Streaming: with `stream`, one response per step that committed tokens (or changed the block
+view, if asked); without, exactly one data response. Heartbeats (no data, dropped by
+postprocessing) go out for a request silent for HEARTBEAT_MS, so that postprocessing sees an
+ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and tells the
+denoiser. The last response always carries the FINAL flag; a cancelled request (checked before
+every pass) gets the FINAL flag alone.
+Errors: an error response with the FINAL flag, naming the field or the failing stage.
+"""
+
+import json
+import logging
+import sys
+
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"]
+                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        sys.path.insert(0, params["REPO_ROOT"])
+        logging.basicConfig(level=logging.INFO, format="dlm %(name)s: %(message)s")
+        from dlm.sampling import Limits, RequestError
+        from dlm.serving import orchestrator as orch
+        from dlm.serving.metrics import ServingMetrics
+        from dlm.serving.requests import from_wire, model_config
+        from dlm.serving.wire import OUTPUTS
+
+        self.orch, self.from_wire, self.errors = orch, from_wire, (RequestError, ValueError)
+        self.outputs = list(OUTPUTS)
+        engine = orch.RemoteEngine(model_config(params["MODEL_DIR"]), self._denoise)
+        self.orchestrator = orch.Orchestrator(
+            engine, Limits(), max_batch=int(params["MAX_PASSES_PER_STEP"]),
+            metrics=ServingMetrics(pb_utils),
+            heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000).start()
+
+    def _denoise(self, arrays):
+        """One BLS call to the denoiser: wire inputs -> wire outputs."""
+        request = pb_utils.InferenceRequest(
+            model_name="denoiser", requested_output_names=self.outputs,
+            inputs=[pb_utils.Tensor(name, value) for name, value in arrays.items()])
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(response.error().message())
+        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy()
+                for n in self.outputs}
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+                payload = pb_utils.get_input_tensor_by_name(request, "request").as_numpy()
+                gen, stream, views = self.from_wire(ids, payload.reshape(-1)[0])
+            except self.errors as e:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))),
+                            flags=FINAL)
+                continue
+            self.orchestrator.submit(gen, emit=lambda ev, s=sender: self._send(s, ev),
+                                     is_cancelled=request.is_cancelled, stream=stream,
+                                     block_views=views)
+        return None
+
+    def _send(self, sender, event):
+        if event.error is not None:
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)),
+                        flags=FINAL)
+        elif event.finish_reason == "cancelled":
+            sender.send(flags=FINAL)
+        else:
+            tensors = [pb_utils.Tensor(k, v) for k, v in self.orch.event_arrays(event).items()]
+            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
+                        flags=FINAL if event.final else 0)
+
+    def finalize(self):
+        self.orchestrator.stop()

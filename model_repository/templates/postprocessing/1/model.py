@@ -1,0 +1,67 @@
+"""postprocessing (decoupled): token ids -> text, stateless and incremental (dlm.serving.detok).
+
+Inputs: dlm's outputs (output_ids = ALL tokens so far, shown, final, totals, block_ids, seq_key,
+heartbeat).
+Outputs: text_output BYTES [1] (the text these tokens add: no broken UTF-8, no lost spaces; the
+texts of a stream concatenate to the whole answer); num_forward_passes, num_output_tokens
+INT32 [1] (passed through); block_text BYTES [1] (the rest of the block being denoised, masks
+as a placeholder, or "").
+Each request gets one response, or none for a heartbeat (FINAL flag alone). A request marked
+cancelled (the client cancelled the ensemble request) is not answered; its sequence is reported
+to the denoiser (`cancel`), so that the dlm scheduler drops it before its next pass.
+"""
+
+import json
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"]
+                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        sys.path.insert(0, params["REPO_ROOT"])
+        from dlm.serving.detok import Postprocessor
+        from dlm.serving.wire import pack_passes
+
+        self.post, self.pack_passes = Postprocessor(params["MODEL_DIR"]), pack_passes
+
+    def execute(self, requests):
+        cancel = []
+        for request in requests:
+            def get(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+            sender = request.get_response_sender()
+            if request.is_cancelled():  # the backend sends the FINAL flag itself
+                cancel.append(int(get("seq_key").reshape(-1)[0]))
+                continue
+            if bool(get("heartbeat").reshape(-1)[0]):
+                sender.send(flags=FINAL)
+                continue
+            text, view = self.post(get("output_ids").reshape(-1),
+                                   int(get("shown").reshape(-1)[0]),
+                                   bool(get("final").reshape(-1)[0]),
+                                   get("block_ids").reshape(-1))
+            sender.send(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_)),
+                pb_utils.Tensor("num_forward_passes", get("num_forward_passes")),
+                pb_utils.Tensor("num_output_tokens", get("num_output_tokens")),
+                pb_utils.Tensor("block_text", np.array([[view.encode()]], dtype=np.object_)),
+            ]), flags=FINAL)
+        if cancel:
+            self._cancel(cancel)
+        return None
+
+    def _cancel(self, keys):
+        arrays = self.pack_passes([], cancel=keys)
+        response = pb_utils.InferenceRequest(
+            model_name="denoiser", requested_output_names=["cancelled"],
+            inputs=[pb_utils.Tensor(k, v) for k, v in arrays.items()]).exec()
+        if response.has_error():
+            pb_utils.Logger.log_error(f"postprocessing: could not cancel {keys}: "
+                                      f"{response.error().message()}")

@@ -1,0 +1,50 @@
+"""preprocessing: text and knobs -> token ids and a validated request.
+
+Inputs: the ensemble's (config.pbtxt); all but text_input and max_tokens optional, absent ones
+take the model folder's generation_config.json defaults.
+Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, dlm.serving.requests).
+Errors: a request with a knob out of range gets its own error response naming the field and the
+allowed values; the other requests of the batch proceed.
+"""
+
+import json
+import sys
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+INPUTS = ("text_input", "max_tokens", "stream", "temperature", "random_seed", "stop_words",
+          "end_id", "mode", "block_length", "threshold", "steps", "return_block_text")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = {k: v["string_value"]
+                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        sys.path.insert(0, params["REPO_ROOT"])
+        from dlm.sampling import RequestError
+        from dlm.serving.requests import Preprocessor, from_inputs
+
+        self.errors = (RequestError,)
+        self.from_inputs = from_inputs
+        chat = params["APPLY_CHAT_TEMPLATE"].lower() in ("1", "true", "yes")
+        self.pre = Preprocessor(params["MODEL_DIR"], chat_template=chat)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            inputs = {}
+            for name in INPUTS:
+                tensor = pb_utils.get_input_tensor_by_name(request, name)
+                if tensor is not None:
+                    inputs[name] = tensor.as_numpy()
+            try:
+                ids, payload = self.from_inputs(self.pre, inputs)
+            except self.errors as e:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
+                continue
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("input_ids", ids.reshape(1, -1)),
+                pb_utils.Tensor("request", np.array([[payload.encode()]], dtype=np.object_)),
+            ]))
+        return responses

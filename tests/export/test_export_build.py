@@ -1,0 +1,102 @@
+"""`python -m export`: the manifest, skipping an unchanged build, and `load_engine`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import export
+from dlm.engine import TorchEngine
+from export import build as build_mod
+from export.engines import EngineError, load_engine
+from export.ort_engine import OrtEngine
+
+
+def test_manifest(nld_build):
+    m = nld_build.manifest
+    assert m["backend"] == "onnxruntime" and m["precision"] == "fp32" and m["opset"] == 18
+    assert m["source"]["sha256"] == build_mod.checkpoint_hash(nld_build.model_dir)
+    assert m["source"]["files"] == ["config.json", "model.safetensors"]
+    assert m["versions"]["exporter"] == export.EXPORTER_VERSION
+    assert m["files"] == {"onnx": "denoiser.onnx"}
+    assert m["io"]["inputs"]["past_k"]["shape"][1] == "batch"
+    assert m["io"]["outputs"].keys() == {"token", "confidence", "new_k", "new_v"}
+    assert {"load", "export", "check", "parity"} <= m["timings"].keys()
+    assert json.loads((nld_build.out / "manifest.json").read_text()) == m
+    assert any(line.startswith("[parity]") for line in nld_build.log)
+
+
+def test_rerun_with_nothing_changed_skips(nld_build):
+    t0 = time.perf_counter()
+    log: list[str] = []
+    m = build_mod.build(nld_build.model_dir, nld_build.out, backend="onnxruntime",
+                        log=log.append)
+    assert time.perf_counter() - t0 < 2.0
+    assert m == nld_build.manifest and log[0].startswith("[skip]")
+    # The CLI too (a fresh process: no torch import on this path).
+    r = subprocess.run([sys.executable, "-m", "export", "--model", str(nld_build.model_dir),
+                        "--backend", "onnxruntime", "--out", str(nld_build.out)],
+                       capture_output=True, text=True, check=True)
+    assert "[skip]" in r.stdout
+
+
+def test_what_invalidates_a_build(nld_build, monkeypatch):
+    out, h = nld_build.out, nld_build.manifest["source"]["sha256"]
+    assert build_mod.up_to_date(out, h, "onnxruntime", "fp32", {}) is not None
+    assert build_mod.up_to_date(out, "0" * 64, "onnxruntime", "fp32", {}) is None
+    assert build_mod.up_to_date(out, h, "torch", "fp32", {}) is None
+    monkeypatch.setattr(export, "EXPORTER_VERSION", "999")
+    assert build_mod.up_to_date(out, h, "onnxruntime", "fp32", {}) is None
+
+
+def test_hash_follows_the_weights(nld_build, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(nld_build.model_dir, copy)
+    h = build_mod.checkpoint_hash(copy)
+    assert h == nld_build.manifest["source"]["sha256"]
+    (copy / "tokenizer.json").write_text("{}")  # not an engine input
+    assert build_mod.checkpoint_hash(copy) == h
+    data = bytearray((copy / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(data))
+    assert build_mod.checkpoint_hash(copy) != h
+
+
+def test_load_engine_by_manifest(nld_build, tmp_path):
+    e = load_engine(nld_build.out, nld_build.model_dir, threads=1)
+    assert isinstance(e, OrtEngine) and e.config == nld_build.model.cfg
+    torch_dir = tmp_path / "torch"
+    torch_dir.mkdir()
+    m = dict(nld_build.manifest, backend="torch", files={})
+    (torch_dir / "manifest.json").write_text(json.dumps(m))
+    assert isinstance(load_engine(torch_dir, nld_build.model_dir), TorchEngine)
+    with pytest.raises(EngineError, match="no manifest"):
+        load_engine(tmp_path / "nothing", nld_build.model_dir)
+
+
+def test_load_engine_refuses_another_model(nld_build, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(nld_build.model_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["dlm"]["num_layers"] = 3
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(EngineError, match="num_layers"):
+        load_engine(nld_build.out, other)
+
+
+def test_torch_backend_writes_only_a_manifest(nld_build, tmp_path):
+    m = build_mod.build(nld_build.model_dir, tmp_path / "t", backend="torch", log=lambda s: None)
+    assert m["backend"] == "torch" and m["files"] == {} and "parity" not in m
+    assert isinstance(load_engine(tmp_path / "t", nld_build.model_dir), TorchEngine)
+
+
+def test_bad_backend_and_precision(nld_build, tmp_path):
+    with pytest.raises(ValueError, match="--backend"):
+        build_mod.build(nld_build.model_dir, tmp_path, backend="tvm")
+    with pytest.raises(ValueError, match="--precision=bf16"):
+        build_mod.build(nld_build.model_dir, tmp_path, backend="onnxruntime", precision="bf16")

@@ -1,0 +1,113 @@
+"""The exported denoiser graph: contract, parity with PyTorch, Polygraphy, the plugin form."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from export import onnx_export, parity
+from export.ort_engine import ort_session
+from tests.conftest import tiny_model
+
+
+def test_graph_contract(nld_build):
+    graph = onnx.load(str(nld_build.out / "denoiser.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    cfg = nld_build.model.cfg
+    assert [i.name for i in graph.graph.input] == list(onnx_export.INPUTS)
+    assert [o.name for o in graph.graph.output] == list(onnx_export.OUTPUTS)  # no logits
+    summary = onnx_export.check_graph(graph, cfg)
+    assert summary["opset"] == 18
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in graph.graph.input}
+    assert dims["past_k"] == [cfg.num_layers, "batch", cfg.num_kv_heads, "past", cfg.head_dim]
+    assert dims["out_index"] == ["batch", "k"]
+
+
+def test_parity_figures_in_the_manifest(nld_build):
+    """Logits tolerance: LOGITS_ATOL (1e-4) x max(1, max |logits|); fp32 lands near 1e-6."""
+    p = nld_build.manifest["parity"]["pass"]
+    assert p["ok"], "\n".join(parity.format_pass_parity(p))
+    names = {c["case"] for c in p["cases"]}
+    assert {"prefill", "denoise-cached-ragged", "ar-cached", "verify-and-draft"} <= names
+    assert all(c["past"] > 0 for c in p["cases"] if c["case"] != "prefill")  # cached prefixes
+    assert p["logits_max_abs_diff"] < 1e-4, "\n".join(parity.format_pass_parity(p))
+    for c in p["cases"]:
+        assert c["greedy_tokens_equal"] and c["kv_max_abs_diff"] < 1e-4, c
+
+
+def test_check_graph_rejects_logits_output(nld_build):
+    graph = onnx.load(str(nld_build.out / "denoiser.onnx"))
+    extra = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
+                                               ["batch", "k", 300])
+    graph.graph.output.append(extra)
+    with pytest.raises(ValueError, match="logits must not leave the graph"):
+        onnx_export.check_graph(graph, nld_build.model.cfg, run=False)
+
+
+def test_polygraphy_inspect_and_onnxrt_run(nld_build, tmp_path):
+    """`polygraphy inspect model` reads the contract; `polygraphy run --onnxrt` on saved inputs
+    reproduces PyTorch (the same JSON inputs format TensorRT validation would load)."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.json import save_json
+
+    onnx_path = str(nld_build.out / "denoiser.onnx")
+    polygraphy = [sys.executable, "-m", "polygraphy"]
+    text = subprocess.run(polygraphy + ["inspect", "model", onnx_path], check=True,
+                          capture_output=True, text=True).stdout
+    for name in ("input_ids", "past_k", "token", "confidence", "new_v"):
+        assert name in text
+    assert "logits" not in text
+    model, cfg = nld_build.model, nld_build.model.cfg
+    feeds = [parity.case_inputs(cfg, c, seed=i)
+             for i, c in enumerate(parity.pass_cases(cfg.block_length))]
+    save_json(feeds, str(tmp_path / "inputs.json"))
+    subprocess.run(polygraphy + ["run", onnx_path, "--onnxrt", "--load-inputs",
+                                 str(tmp_path / "inputs.json"), "--save-outputs",
+                                 str(tmp_path / "outputs.json")], check=True, capture_output=True)
+    ((_, outputs),) = RunResults.load(str(tmp_path / "outputs.json")).items()
+    assert len(outputs) == len(feeds)
+    for feed, out in zip(feeds, outputs, strict=True):
+        ref = parity.torch_pass(model, feed)
+        greedy = feed["temperature"] == 0
+        np.testing.assert_array_equal(out["token"][greedy], ref["token"][greedy])
+        for name in ("confidence", "new_k", "new_v"):
+            np.testing.assert_allclose(out[name], ref[name], atol=1e-4, rtol=1e-4, err_msg=name)
+
+
+def test_dream_like_family_exports_with_parity():
+    """Fully bidirectional, logits shifted by one, q/k/v biases (the Dream mapping)."""
+    model = tiny_model(seed=5, attention="bidirectional", logits_shift=True, qkv_bias=True,
+                       family="dream")
+    graph = onnx_export.export_parity_graph(model)
+    onnx_export.check_graph(onnx_export.deployment_graph(graph), model.cfg)
+    session = ort_session(graph)
+    names = [o.name for o in session.get_outputs()]
+    report = parity.pass_parity(
+        model, lambda f: dict(zip(names, session.run(names, f), strict=True)))
+    assert report["ok"], "\n".join(parity.format_pass_parity(report))
+
+
+def test_plugin_form_in_bf16_for_tensorrt(tmp_path):
+    """What TensorRT gets: one dlm::DenoiseStep node in the plugin convention, bf16 compute,
+    float32 KV at the edges. (ONNX Runtime cannot run the custom node; TensorRT is absent.)"""
+    model = tiny_model(seed=1)
+    graph = onnx_export.export_denoiser(model, tmp_path / "trt.onnx", plugin=True,
+                                        precision="bf16")
+    assert str(next(model.parameters()).dtype) == "torch.float32"  # the caller's model untouched
+    (node,) = [n for n in graph.graph.node if n.op_type == "DenoiseStep"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert node.domain == "dlm" and attrs["plugin_namespace"] == b"dlm"
+    assert attrs["plugin_version"] == b"1" and attrs["aot"] == 1
+    inferred = onnx.shape_inference.infer_shapes(graph)
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
+    assert types[node.input[0]] == onnx.TensorProto.BFLOAT16  # logits in bf16
+    weights = [t for t in graph.graph.initializer if len(t.dims) == 2]
+    assert weights and all(t.data_type == onnx.TensorProto.BFLOAT16 for t in weights)
+    io = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
+    assert io["past_k"] == io["new_k"] == onnx.TensorProto.FLOAT
+    onnx_export.check_graph(onnx.load(str(tmp_path / "trt.onnx")), model.cfg, plugin=True)
