@@ -8,6 +8,7 @@ default) and return a `Result`; `on_update(Update)` sees every streamed response
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import time
@@ -143,7 +144,7 @@ class GrpcClient:
                     raise ClientError(error.message() if hasattr(error, "message") else str(error))
                 response = result.get_response()
                 if response.outputs:
-                    got.add(_update(lambda name: _first(result.as_numpy(name))))
+                    got.add(_update(functools.partial(_grpc_output, result)))
                 if response.parameters["triton_final_response"].bool_param:
                     break
                 if cancel_after is not None and len(got.updates) >= cancel_after:
@@ -155,6 +156,10 @@ class GrpcClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _grpc_output(result, name: str):
+    return _first(result.as_numpy(name))
 
 
 def _first(a: np.ndarray | None):

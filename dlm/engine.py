@@ -8,7 +8,8 @@ leave the engine, because the fused DenoiseStep op runs inside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -90,39 +91,40 @@ def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.nda
 
 
 class KVStore:
-    """Per-sequence K/V in growable tensors [L, Hkv, capacity, D]; rollback is a length change."""
+    """Per-sequence K/V in growable arrays [L, Hkv, capacity, D]; rollback is a length change.
 
-    def __init__(self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> None:
-        self.cfg, self.device, self.dtype = cfg, device, dtype
-        self.k: dict[int, torch.Tensor] = {}
-        self.v: dict[int, torch.Tensor] = {}
+    Array-library agnostic: `zeros(shape)` makes the storage (torch tensors on any device for the
+    PyTorch and TensorRT engines, NumPy for ONNX Runtime, whose copies are cheaper on a busy CPU).
+    """
+
+    def __init__(self, cfg: ModelConfig, zeros: Callable[[tuple[int, ...]], Any]) -> None:
+        self.cfg, self.zeros = cfg, zeros
+        self.k: dict[int, Any] = {}
+        self.v: dict[int, Any] = {}
         self.length: dict[int, int] = {}
 
     def cached(self, seq_id: int) -> int:
         return self.length.get(seq_id, 0)
 
-    def gather(self, seq_ids: list[int], starts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Past K/V [L, B, Hkv, P, D] for a batch, P = max(starts), zero-padded."""
+    def gather(self, seq_ids: list[int], starts: list[int]) -> tuple[Any, Any]:
+        """Past K/V [L, B, Hkv, P, D] for a batch, P = max(starts), zero-padded (never
+        uninitialised memory: masked-out NaN would still leak through 0 x NaN)."""
         c = self.cfg
-        p = max(starts)
-        shape = (c.num_layers, len(seq_ids), c.num_kv_heads, p, c.head_dim)
-        k = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        shape = (c.num_layers, len(seq_ids), c.num_kv_heads, max(starts), c.head_dim)
+        k, v = self.zeros(shape), self.zeros(shape)
         for i, (sid, s) in enumerate(zip(seq_ids, starts)):
             if s:
                 k[:, i, :, :s] = self.k[sid][:, :, :s]
                 v[:, i, :, :s] = self.v[sid][:, :, :s]
         return k, v
 
-    def write(self, seq_id: int, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    def write(self, seq_id: int, start: int, k: Any, v: Any) -> None:
         """Store k/v [L, Hkv, n, D] at positions start..start+n-1; the length becomes start+n."""
-        n = k.shape[2]
-        end = start + n
+        end = start + k.shape[2]
         if seq_id not in self.k or self.k[seq_id].shape[2] < end:
-            cap = max(64, 2 * end)
-            shape = (self.cfg.num_layers, self.cfg.num_kv_heads, cap, self.cfg.head_dim)
-            nk = torch.zeros(shape, device=self.device, dtype=self.dtype)
-            nv = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            c = self.cfg
+            shape = (c.num_layers, c.num_kv_heads, max(64, 2 * end), c.head_dim)
+            nk, nv = self.zeros(shape), self.zeros(shape)
             if seq_id in self.k:
                 old = self.length[seq_id]
                 nk[:, :, :old] = self.k[seq_id][:, :, :old]
@@ -144,7 +146,39 @@ class KVStore:
         return len(self.length)
 
 
-class TorchEngine:
+class CachedEngine:
+    """`step()` shared by every engine: check each pass, roll its cache back to `start`, pack the
+    batch, gather the past, run `forward`, keep the new K/V of writing passes. Subclasses set
+    `config` and `kv` and implement `forward` (one graph run)."""
+
+    config: ModelConfig
+    kv: KVStore
+
+    def forward(self, feed: dict[str, np.ndarray], past_k: Any, past_v: Any
+                ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+        """(token [B, K], confidence [B, K], new_k, new_v [L, B, Hkv, T, D]) for one batch."""
+        raise NotImplementedError
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        for p in passes:
+            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
+            self.kv.truncate(p.seq_id, p.start)
+        feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
+        past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
+        tokens, conf, new_k, new_v = self.forward(feed, past_k, past_v)
+        results = []
+        for i, p in enumerate(passes):
+            if p.write:
+                n = len(p.tokens)
+                self.kv.write(p.seq_id, p.start, new_k[:, i, :, :n], new_v[:, i, :, :n])
+            results.append(PassResult(tokens[i, : p.n_out].copy(), conf[i, : p.n_out].copy()))
+        return results
+
+    def release(self, seq_id: int) -> None:
+        self.kv.release(seq_id)
+
+
+class TorchEngine(CachedEngine):
     """The PyTorch engine: the reference for every other engine, and the GPU fallback."""
 
     def __init__(self, model: DiffusionLM, device: str | torch.device = "cpu",
@@ -154,29 +188,16 @@ class TorchEngine:
         if dtype is not None:
             self.model = self.model.to(dtype)
         self.config = model.cfg
-        self.kv = KVStore(self.config, self.device, next(self.model.parameters()).dtype)
+        kv_dtype = next(self.model.parameters()).dtype
+        self.kv = KVStore(self.config,
+                          lambda shape: torch.zeros(shape, device=self.device, dtype=kv_dtype))
 
     @torch.inference_mode()
-    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+    def forward(self, feed, past_k, past_v):
         from plugins.denoise_step.reference import denoise_step_torch
 
-        for p in passes:
-            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
-            self.kv.truncate(p.seq_id, p.start)
-        arrays = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
-        x = {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
-        past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
+        x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         logits, new_k, new_v = self.model(x["input_ids"], past_k, past_v, x["past_len"],
                                           x["n_new"], x["tail"], x["out_index"])
         tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
-        tokens, conf = tokens.cpu().numpy(), conf.float().cpu().numpy()
-        results = []
-        for i, p in enumerate(passes):
-            if p.write:
-                n = len(p.tokens)
-                self.kv.write(p.seq_id, p.start, new_k[:, i, :, :n], new_v[:, i, :, :n])
-            results.append(PassResult(tokens[i, : p.n_out], conf[i, : p.n_out]))
-        return results
-
-    def release(self, seq_id: int) -> None:
-        self.kv.release(seq_id)
+        return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v

@@ -41,13 +41,16 @@ def _model_config(model_dir: Path) -> ModelConfig:
     return cfg
 
 
-def load_engine(build_dir: str | Path, model_dir: str | Path, device: str = "cpu",
+def load_engine(build_dir: str | Path | None, model_dir: str | Path, device: str = "cpu",
                 threads: int = 0) -> Engine:
     """The engine of `build_dir/manifest.json` for the model in `model_dir` (see module doc).
 
     device: for the torch backend ("cpu", "cuda"); the ONNX Runtime engine runs on the CPU and
     the TensorRT engine on "cuda" whatever is given. threads: ONNX Runtime intra-op threads.
     """
+    if build_dir is None:
+        raise EngineError("build_dir=None: give the engine folder (`make engine` writes "
+                          "build/engine)")
     build_dir, model_dir = Path(build_dir), Path(model_dir)
     manifest = read_manifest(build_dir)
     cfg = _model_config(model_dir)

@@ -180,12 +180,24 @@ def export_parity_graph(model: DiffusionLM, plugin: bool = False, precision: str
 
 
 def deployment_graph(parity_graph: onnx.ModelProto) -> onnx.ModelProto:
-    """The parity graph without its logits output: what engines run."""
+    """The parity graph without its logits output (and without nodes that only fed it, such as
+    the cast to float32 of reduced-precision logits): what engines run."""
     out = onnx.ModelProto()
     out.CopyFrom(parity_graph)
     keep = [o for o in out.graph.output if o.name != PARITY_OUTPUT]
     del out.graph.output[:]
     out.graph.output.extend(keep)
+    needed = {o.name for o in keep}
+    live = []
+    for node in reversed(out.graph.node):  # nodes are topologically sorted
+        if any(name in needed for name in node.output):
+            live.append(node)
+            needed.update(node.input)
+            for attr in node.attribute:  # names read inside subgraphs (If/Loop bodies)
+                for g in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                    needed.update(i for n in g.node for i in n.input)
+    del out.graph.node[:]
+    out.graph.node.extend(reversed(live))
     return out
 
 

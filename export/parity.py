@@ -213,3 +213,36 @@ def format_generation_parity(report: dict) -> list[str]:
         lines.append(f"  {name:<24} {m['prompts']} prompts, {m['tokens']} tokens, "
                      f"{m['passes']} passes: {verdict}")
     return lines
+
+
+def save_polygraphy_inputs(cfg: ModelConfig, path: str) -> int:
+    """The pass cases' inputs as a Polygraphy JSON list (`polygraphy run --load-inputs`)."""
+    from polygraphy.json import save_json
+
+    feeds = [case_inputs(cfg, c, seed=i) for i, c in enumerate(pass_cases(cfg.block_length))]
+    save_json(feeds, path)
+    return len(feeds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m export.parity --model DIR --save-inputs FILE`: inputs for `polygraphy run`."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from dlm.checkpoint import config_from_hf
+
+    p = argparse.ArgumentParser(prog="python -m export.parity")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--save-inputs", required=True, help="Polygraphy JSON file to write")
+    args = p.parse_args(argv)
+    cfg = config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
+    n = save_polygraphy_inputs(cfg, args.save_inputs)
+    print(f"wrote {n} input sets to {args.save_inputs}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

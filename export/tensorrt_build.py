@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlm.config import ModelConfig
-from dlm.engine import PassRequest, PassResult, check_pass, pack_batch
+from dlm.engine import CachedEngine, KVStore
 from dlm.sampling import Limits
 
 TENSORRT_MIN = (10, 9)  # tensorrt.plugin.aot_impl
@@ -247,7 +247,7 @@ _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT
                  "INT32": "int32"}
 
 
-class TrtEngine:
+class TrtEngine(CachedEngine):
     """The denoiser on a TensorRT plan, KV cache per sequence on the GPU (torch tensors).
 
     Same packing and cache as `dlm.engine.TorchEngine`; one `execute_async_v3` per step on a
@@ -258,7 +258,6 @@ class TrtEngine:
                  profiles: list[Profile] | None = None) -> None:
         import torch
 
-        from dlm.engine import KVStore
         from plugins.denoise_step.tensorrt_plugin import register
 
         trt = require_tensorrt()
@@ -280,24 +279,20 @@ class TrtEngine:
                         for n in (self.engine.get_tensor_name(i)
                                   for i in range(self.engine.num_io_tensors))}
         self._dummy = torch.zeros(16, dtype=torch.uint8, device=self.device)  # for empty tensors
-        self.kv = KVStore(config, self.device, torch.float32)
+        self.kv = KVStore(config, lambda shape: torch.zeros(shape, device=self.device,
+                                                            dtype=torch.float32))
 
     def _address(self, t) -> int:
         return t.data_ptr() if t.numel() else self._dummy.data_ptr()
 
-    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+    def forward(self, feed, past_k, past_v):
         import torch
 
         from export.onnx_export import OUTPUTS
 
-        for p in passes:
-            check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
-            self.kv.truncate(p.seq_id, p.start)
-        feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
         profile = select_profile(self.profiles, pass_dims(feed))
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the gathered past
         with torch.cuda.stream(self.stream):
-            past_k, past_v = self.kv.gather([p.seq_id for p in passes],
-                                            [p.start for p in passes])
             x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
             x = {**x, "past_k": past_k.contiguous(), "past_v": past_v.contiguous()}
             if profile != self._profile:
@@ -314,18 +309,8 @@ class TrtEngine:
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execute failed for dims {pass_dims(feed)}")
         self.stream.synchronize()
-        tokens, conf = out["token"].cpu().numpy(), out["confidence"].float().cpu().numpy()
-        results = []
-        for i, p in enumerate(passes):
-            if p.write:
-                n = len(p.tokens)
-                self.kv.write(p.seq_id, p.start, out["new_k"][:, i, :, :n],
-                              out["new_v"][:, i, :, :n])
-            results.append(PassResult(tokens[i, : p.n_out], conf[i, : p.n_out]))
-        return results
-
-    def release(self, seq_id: int) -> None:
-        self.kv.release(seq_id)
+        return (out["token"].cpu().numpy(), out["confidence"].float().cpu().numpy(),
+                out["new_k"], out["new_v"])
 
 
 def validate(out: Path, model, precision: str, profiles: list[Profile],
@@ -362,16 +347,33 @@ def validate(out: Path, model, precision: str, profiles: list[Profile],
     return {"ok": ok, "polygraphy_accuracy": accuracy, "tolerances": tol, "generation": gen}
 
 
+def polygraphy_tolerance_args(precision: str, vocab_size: int) -> list[str]:
+    """`validation_tolerances` as `polygraphy run` arguments (--atol/--rtol name:value ...)."""
+    tol = validation_tolerances(precision, vocab_size)
+    return (["--atol", *(f"{k}:{a:g}" for k, (a, _) in tol.items())]
+            + ["--rtol", *(f"{k}:{r:g}" for k, (_, r) in tol.items())])
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m export.tensorrt_build profiles --model DIR`: print the profile decisions."""
-    from dlm import checkpoint
+    """`profiles --model DIR`: print the profile decisions for a model;
+    `tolerances --engine-dir DIR`: print the polygraphy tolerance arguments for a built plan."""
+    import json
 
     p = argparse.ArgumentParser(prog="python -m export.tensorrt_build")
-    p.add_argument("command", choices=["profiles"])
-    p.add_argument("--model", required=True)
+    p.add_argument("command", choices=["profiles", "tolerances"])
+    p.add_argument("--model", help="checkpoint folder (profiles)")
+    p.add_argument("--engine-dir", help="engine folder with manifest.json (tolerances)")
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH)
     args = p.parse_args(argv)
-    import json
+    if args.command == "tolerances":
+        if not args.engine_dir:
+            p.error("tolerances: --engine-dir is required")
+        m = json.loads((Path(args.engine_dir) / "manifest.json").read_text())
+        print(" ".join(polygraphy_tolerance_args(m["precision"], m["config"]["vocab_size"])))
+        return 0
+    if not args.model:
+        p.error("profiles: --model is required")
+    from dlm import checkpoint
 
     cfg = checkpoint.config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
     for prof in optimization_profiles(cfg, max_batch=args.max_batch):

@@ -89,7 +89,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "MAX_PASSES_PER_STEP": positive("MAX_PASSES_PER_STEP", args.max_passes_per_step),
         "DLM_INSTANCES": positive("DLM_INSTANCES", args.dlm_instances),
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
-        "TORCH_THREADS": str(int(args.torch_threads)),
+        "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
     }
@@ -106,12 +106,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", default=64, help="Triton max_batch_size of the ensemble")
     p.add_argument("--max-passes-per-step", default=64,
                    help="most passes in one denoiser call (requests beyond it wait)")
-    p.add_argument("--heartbeat-ms", default=20,
+    p.add_argument("--heartbeat-ms", default=100,
                    help="a request silent this long passes through postprocessing, which is "
                    "where a client's cancellation shows (0: every pass)")
     p.add_argument("--dlm-instances", default=1)
     p.add_argument("--pre-instances", default=1)
-    p.add_argument("--torch-threads", default=0, help="denoiser torch threads (0: torch's)")
+    p.add_argument("--threads", default=0,
+                   help="denoiser engine threads, torch or ONNX Runtime (0: their default)")
     p.add_argument("--chat-template", action="store_true",
                    help="wrap prompts in the tokenizer's chat template")
     return p

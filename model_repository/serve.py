@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -116,6 +117,74 @@ Stop with Ctrl-C.
 """
 
 
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LocalServer:
+    """A tritonserver on free local ports for tests and benchmarks: fills the repository for
+    `model_dir` (extra `fill_args` as on the fill command line), starts, waits until ready."""
+
+    def __init__(self, model_dir: str | Path, workdir: str | Path, fill_args: list[str] = (),
+                 timeout: float = 240.0) -> None:
+        from model_repository import fill
+
+        workdir = Path(workdir)
+        self.http, self.grpc, self.metrics = free_ports(3)
+        values = fill.values_from_args(fill.parser().parse_args(["--model", str(model_dir),
+                                                                 *fill_args]))
+        repo = fill.fill(workdir / "model_repository", values)
+        cmd = command(repo, make_backend_dir(workdir / "backends"), self.http, self.grpc,
+                      self.metrics)
+        self.log_path = workdir / "server.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        if not wait_ready(f"127.0.0.1:{self.http}", self.proc, timeout):
+            self.stop()
+            raise RuntimeError(f"tritonserver did not get ready:\n{self.tail()}")
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready") as r:
+            return r.status == 200
+
+    def metric(self, name: str, **labels) -> float:
+        """The sum of a metric's samples whose labels include `labels`."""
+        url = f"http://127.0.0.1:{self.metrics}/metrics"
+        total = 0.0
+        for line in urllib.request.urlopen(url).read().decode().splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line
+                                                   for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM (SIGKILL would leave shared memory in /dev/shm), SIGKILL only past timeout."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+    def __enter__(self) -> LocalServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model_repository.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = command(args.repository, make_backend_dir(args.backend_dir), args.http_port,
                   args.grpc_port, args.metrics_port, args.address,
                   os.environ.get("DLM_ADMIN_KEY"), [f"--log-verbose={args.log_verbose}"])
-    proc = subprocess.Popen(cmd, env=server_env())
+    # Its own session: a terminal's Ctrl-C reaches only us, and we send exactly one SIGTERM.
+    proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
 
     def forward(signum, frame):
         if proc.poll() is None:

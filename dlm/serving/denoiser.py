@@ -55,13 +55,15 @@ class Denoiser:
 
 
 def load_engine(model_dir: str | Path, engine_dir: str | Path | None = None,
-                backend: str = "auto", torch_threads: int = 0,
+                backend: str = "auto", threads: int = 0,
                 say: Callable[[str], None] = log.info) -> Engine:
-    """The serving engine of a model folder.
+    """The serving engine of a model folder on the CPU.
 
     backend `auto`: `export.engines.load_engine(engine_dir, model_dir)` (ONNX Runtime, TensorRT
-    or PyTorch by the build's manifest); while the `export` package is absent, a TorchEngine
-    with a log line saying so. backend `torch`: always the TorchEngine.
+    or PyTorch by the build's manifest; an error that says to run `make engine` if there is no
+    build); where the `export` package is absent, a TorchEngine with a log line saying so.
+    backend `torch`: always the TorchEngine. threads: the engine's intra-op threads (torch and
+    ONNX Runtime; 0 = their default).
     """
     import torch
 
@@ -69,8 +71,8 @@ def load_engine(model_dir: str | Path, engine_dir: str | Path | None = None,
 
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
+    if threads > 0:
+        torch.set_num_threads(threads)
     if backend == "auto":
         try:
             from export.engines import load_engine as load_built
@@ -80,7 +82,7 @@ def load_engine(model_dir: str | Path, engine_dir: str | Path | None = None,
             say("denoiser: no export.engines package (ONNX/TensorRT export not installed): "
                 f"falling back to the PyTorch engine for {model_dir}")
         else:
-            engine = load_built(engine_dir, model_dir)
+            engine = load_built(engine_dir, model_dir, threads=threads)
             say(f"denoiser: {type(engine).__name__} from {engine_dir} (model {model_dir})")
             return engine
     say(f"denoiser: TorchEngine on CPU for {model_dir} ({torch.get_num_threads()} threads)")

@@ -19,6 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,13 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, nargs="+", default=[4096, 131072])
-    parser.add_argument("--rows", type=int, nargs="+", default=[32, 256],
-                        help="positions per call; multiples of the block of 32")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[32, 256],
+        help="positions per call; multiples of the block of 32",
+    )
     parser.add_argument("--threads", type=int, default=0, help="0: library defaults")
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per cell")
     parser.add_argument("--out", help="also write the table to this file")
@@ -65,28 +71,27 @@ def main(argv: list[str] | None = None) -> int:
         export_standard_onnx(path)
         session = ort_session(path, threads=args.threads)
 
-    lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 logits; "
-             "ms = median wall time; x = unfused ms / this ms",
-             f"{'V':>7s} {'rows':>5s} {'method':30s} {'ms':>9s} {'x':>6s}"]
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 logits; "
+        "ms = median wall time; x = unfused ms / this ms",
+        f"{'V':>7s} {'rows':>5s} {'method':30s} {'ms':>9s} {'x':>6s}",
+    ]
     print("\n".join(lines), flush=True)
     rng = np.random.default_rng(0)
     for v in args.vocab:
         for rows in args.rows:
             b, t = rows // 32, 32
-            logits = (rng.standard_normal((b, t, v), dtype=np.float32) * 4)
+            logits = rng.standard_normal((b, t, v), dtype=np.float32) * 4
             seed = rng.integers(0, 2**32, b, dtype=np.int64)
             zero, hot = np.zeros(b, np.float32), np.full(b, 0.8, np.float32)
             lt, st = torch.from_numpy(logits), torch.from_numpy(seed)
+            zt, ht = torch.from_numpy(zero), torch.from_numpy(hot)
             cells = {
                 "unfused torch softmax+max+argmax": lambda lt=lt: _unfused(lt),
-                "torch impl, temperature 0": lambda lt=lt, z=torch.from_numpy(zero), st=st:
-                    denoise_step_torch(lt, z, st),
-                "ORT graph, temperature 0": lambda lg=logits, z=zero, s=seed:
-                    run_ort(session, lg, z, s),
-                "torch impl, temperature 0.8": lambda lt=lt, h=torch.from_numpy(hot), st=st:
-                    denoise_step_torch(lt, h, st),
-                "ORT graph, temperature 0.8": lambda lg=logits, h=hot, s=seed:
-                    run_ort(session, lg, h, s),
+                "torch impl, temperature 0": partial(denoise_step_torch, lt, zt, st),
+                "ORT graph, temperature 0": partial(run_ort, session, logits, zero, seed),
+                "torch impl, temperature 0.8": partial(denoise_step_torch, lt, ht, st),
+                "ORT graph, temperature 0.8": partial(run_ort, session, logits, hot, seed),
             }
             base = None
             for label, fn in cells.items():

@@ -103,8 +103,10 @@ def check_correctness(rep: Report, device: str) -> None:
     from plugins.denoise_step.reference import denoise_step_numpy, denoise_step_torch
     from plugins.denoise_step.triton_kernel import denoise_step_triton
 
-    rep.say(f"== correctness: Triton kernel vs denoise_step_torch on {device}, V={VOCAB} "
-            f"(token mismatches, max |conf diff|; conf tolerance {CONF_ATOL})")
+    rep.say(
+        f"== correctness: Triton kernel vs denoise_step_torch on {device}, V={VOCAB} "
+        f"(token mismatches, max |conf diff|; conf tolerance {CONF_ATOL})"
+    )
     for name, dtype in DTYPES.items():
         for b, t in BLOCKS:
             pairs = {}
@@ -118,8 +120,12 @@ def check_correctness(rep: Report, device: str) -> None:
     ties[:, :, [7, 300, 40000]] = 5.0  # three equal maxima: the first (7) must win
     huge = torch.randn(2, 4, v)
     huge[:, :, 1234] = 6e4  # a single huge logit (6e4 fits float16)
-    cases = {"ties": ties, "huge logit": huge, "all equal": torch.zeros(2, 4, v),
-             "V=1": torch.randn(2, 4, 1)}
+    cases = {
+        "ties": ties,
+        "huge logit": huge,
+        "all equal": torch.zeros(2, 4, v),
+        "V=1": torch.randn(2, 4, 1),
+    }
     temp = torch.tensor([0.0, 1.3], device=device)  # row 0 greedy, row 1 sampled
     seed = torch.tensor([5, 2**32 - 1], dtype=torch.int64, device=device)
     for label, logits in cases.items():
@@ -137,8 +143,10 @@ def check_correctness(rep: Report, device: str) -> None:
     for mode in ("greedy", "sampled", "mixed"):
         args = _inputs(2, 32, VOCAB, torch.float32, mode, device, gen_seed=99)
         want = denoise_step_numpy(*(a.cpu().numpy() for a in args))
-        pairs[mode] = (denoise_step_triton(*args),
-                       (torch.from_numpy(want[0]), torch.from_numpy(want[1])))
+        pairs[mode] = (
+            denoise_step_triton(*args),
+            (torch.from_numpy(want[0]), torch.from_numpy(want[1])),
+        )
     _compare_many(rep, "vs spec", pairs)
 
 
@@ -149,8 +157,10 @@ def check_tensorrt_abi(rep: Report, device: str) -> None:
     from plugins.denoise_step.tensorrt_plugin import KERNEL_PARAMS, aot_plan, aot_ptx
     from plugins.denoise_step.triton_kernel import denoise_step_triton
 
-    rep.say("== TensorRT AOT launch ABI: PTX from aot_ptx, launched by the CUDA driver with "
-            "only (inputs, T, V, outputs)")
+    rep.say(
+        "== TensorRT AOT launch ABI: PTX from aot_ptx, launched by the CUDA driver with "
+        "only (inputs, T, V, outputs)"
+    )
     try:
         from cuda.bindings import driver as cu
     except ImportError:
@@ -184,8 +194,9 @@ def check_tensorrt_abi(rep: Report, device: str) -> None:
         params = np.array([a.ctypes.data for a in vals], dtype=np.uint64)
         torch.cuda.synchronize()
         stream = cu.CUstream(torch.cuda.current_stream().cuda_stream)
-        (err,) = cu.cuLaunchKernel(fn, b * t, 1, 1, plan.num_warps * 32, 1, 1, shared, stream,
-                                   params.ctypes.data, 0)
+        (err,) = cu.cuLaunchKernel(
+            fn, b * t, 1, 1, plan.num_warps * 32, 1, 1, shared, stream, params.ctypes.data, 0
+        )
         torch.cuda.synchronize()
         cu.cuModuleUnload(module)
         if err != ok:
@@ -211,10 +222,14 @@ def time_all(rep: Report, peak: float | None) -> None:
     from plugins.denoise_step.reference import denoise_step_torch
     from plugins.denoise_step.triton_kernel import denoise_step_triton
 
-    rep.say(f"== speed, V={VOCAB}; GB/s = logits bytes / time; peak "
-            f"{peak if peak else 'unknown'} GB/s; x = unfused time / this time")
-    head = f"{'dtype':8s} {'rows':>9s} {'method':34s} {'ms':>8s} {'GB/s':>7s} {'%peak':>6s} {'x':>6s}"
-    rep.say(head)
+    rep.say(
+        f"== speed, V={VOCAB}; GB/s = logits bytes / time; peak "
+        f"{peak if peak else 'unknown'} GB/s; x = unfused time / this time"
+    )
+    rep.say(
+        f"{'dtype':8s} {'rows':>9s} {'method':34s} {'ms':>8s} {'GB/s':>7s} {'%peak':>6s} "
+        f"{'x':>6s}"
+    )
     for name, dtype in DTYPES.items():
         for b, t in BLOCKS:
             greedy = _inputs(b, t, VOCAB, dtype, "greedy", "cuda", gen_seed=1)
@@ -233,8 +248,10 @@ def time_all(rep: Report, peak: float | None) -> None:
                 base = base or ms
                 gbps = gbytes / (ms / 1e3)
                 pct = f"{100 * gbps / peak:5.1f}%" if peak else "   n/a"
-                rep.say(f"{name:8s} {f'{b}x{t}':>9s} {label:34s} {ms:8.3f} {gbps:7.0f} {pct:>6s} "
-                        f"{base / ms:6.2f}")
+                rep.say(
+                    f"{name:8s} {f'{b}x{t}':>9s} {label:34s} {ms:8.3f} {gbps:7.0f} {pct:>6s} "
+                    f"{base / ms:6.2f}"
+                )
             del greedy, sampled
             torch.cuda.empty_cache()
 
@@ -254,8 +271,10 @@ def sweep(rep: Report, peak: float | None) -> None:
                 gbps = gbytes / (ms / 1e3)
                 pct = f"{100 * gbps / peak:5.1f}%" if peak else "n/a"
                 mark = "*" if (block_v, warps) == (chosen.block_v, chosen.num_warps) else " "
-                rep.say(f"{name:8s} {f'{b}x{t}':>6s} tile {block_v:6d} warps {warps:2d}{mark} "
-                        f"{ms:8.3f} ms {gbps:7.0f} GB/s {pct}")
+                rep.say(
+                    f"{name:8s} {f'{b}x{t}':>6s} tile {block_v:6d} warps {warps:2d}{mark} "
+                    f"{ms:8.3f} ms {gbps:7.0f} GB/s {pct}"
+                )
 
 
 def cpu_smoke(rep: Report) -> None:
@@ -268,8 +287,10 @@ def cpu_smoke(rep: Report) -> None:
     for mode in ("greedy", "mixed"):
         args = _inputs(2, 3, 300, torch.float32, mode, "cpu", gen_seed=5)
         want = denoise_step_numpy(*(a.numpy() for a in args))
-        pairs[mode] = (denoise_step_triton(*args),
-                       (torch.from_numpy(want[0]), torch.from_numpy(want[1])))
+        pairs[mode] = (
+            denoise_step_triton(*args),
+            (torch.from_numpy(want[0]), torch.from_numpy(want[1])),
+        )
     _compare_many(rep, "interpreter smoke 2x3 rows, V=300, vs spec", pairs)
 
 
@@ -285,23 +306,31 @@ def _section(rep: Report, fn: Callable, *args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="also write the report to this file")
-    parser.add_argument("--bandwidth-gbps", type=float, default=None,
-                        help="the card's memory bandwidth in GB/s (default: by device name)")
+    parser.add_argument(
+        "--bandwidth-gbps",
+        type=float,
+        default=None,
+        help="the card's memory bandwidth in GB/s (default: by device name)",
+    )
     parser.add_argument("--sweep", action="store_true", help="also time (tile, warps) choices")
     args = parser.parse_args(argv)
     rep = Report()
     start = time.time()
     if not torch.cuda.is_available():
-        rep.say("No CUDA device: the GPU check cannot run here. Running the CPU smoke check "
-                "(Triton interpreter) instead; no timings.")
+        rep.say(
+            "No CUDA device: the GPU check cannot run here. Running the CPU smoke check "
+            "(Triton interpreter) instead; no timings."
+        )
         _section(rep, cpu_smoke)
     else:
         import triton
 
         name = torch.cuda.get_device_name()
         peak = peak_bandwidth_gbps(name, args.bandwidth_gbps)
-        rep.say(f"device {name}; torch {torch.__version__}; triton {triton.__version__}; "
-                f"python {sys.version.split()[0]}")
+        rep.say(
+            f"device {name}; torch {torch.__version__}; triton {triton.__version__}; "
+            f"python {sys.version.split()[0]}"
+        )
         _section(rep, check_correctness, "cuda")
         _section(rep, check_tensorrt_abi, "cuda")
         _section(rep, time_all, peak)

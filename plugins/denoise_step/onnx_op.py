@@ -78,8 +78,11 @@ def _dynamic_shapes() -> dict:
 
 def _example_inputs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # Sizes > 1 and distinct, so the exporter does not specialise a dimension to a constant.
-    return (torch.randn(2, 3, 17).to(dtype), torch.tensor([0.0, 1.0]),
-            torch.tensor([1, 2], dtype=torch.int64))
+    return (
+        torch.randn(2, 3, 17).to(dtype),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([1, 2], dtype=torch.int64),
+    )
 
 
 def export_onnx(

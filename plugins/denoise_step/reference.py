@@ -36,11 +36,18 @@ from plugins.denoise_step.contract import (
     hash32_np,
 )
 
-_TORCH_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
-                      torch.int64: "int64", torch.int32: "int32", torch.float64: "float64"}
+_TORCH_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.float64: "float64",
+}
 
 
 # ----------------------------------------------------------------------------- NumPy spec
+
 
 def gumbel_noise_numpy(seed: np.ndarray, t_len: int, v_len: int) -> np.ndarray:
     """g[b, t, v] = -log(-log(u)) with u from the counter hash; float64 [B, T, V]."""
@@ -80,6 +87,7 @@ def denoise_step_numpy(
 
 
 # ----------------------------------------------------------------------------- PyTorch
+
 
 def _tracing() -> bool:
     """True while an exporter or compiler traces us (no data-dependent Python control flow)."""
@@ -124,8 +132,9 @@ def gumbel_noise_torch(seed: torch.Tensor, t_len: int, v_len: int) -> torch.Tens
     return u.log_().neg_().log_().neg_()  # -log(-log(u))
 
 
-def _sample_rows(x: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor,
-                 token: torch.Tensor) -> torch.Tensor:
+def _sample_rows(
+    x: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor, token: torch.Tensor
+) -> torch.Tensor:
     """token with the rows of temperature > 0 replaced by Gumbel-max samples; int64 [B, T].
 
     Noise is drawn only for the sampling rows (a data-dependent row count S, which exports as
@@ -144,8 +153,9 @@ def denoise_step_torch(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token int64 [B, T], confidence float32 [B, T]) from logits [B, T, V]; see module doc."""
     check_shapes(tuple(logits.shape), tuple(temperature.shape), tuple(seed.shape))
-    check_dtypes(*(_TORCH_DTYPE_NAMES.get(t.dtype, str(t.dtype))
-                   for t in (logits, temperature, seed)))
+    check_dtypes(
+        *(_TORCH_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (logits, temperature, seed))
+    )
     x = logits.to(torch.float32)  # exact for fp16/bf16; argmax is unchanged by it
     m, token = torch.max(x, dim=-1, keepdim=True)  # one pass: row max and its first index
     token = token[..., 0]

@@ -19,9 +19,9 @@ parameters TensorRT passes (and raises if it does read them).
 TensorRT cannot be installed on these machines (see ENVIRONMENT.md), so `tensorrt` is imported
 only inside `register()`; the decisions (signature, tile, grid, scalars, ABI) are plain functions
 that the tests check, and the kernel's PTX is compiled for sm_90 on a CPU-only machine too.
+(No `from __future__ import annotations` here: trtp reads the decorated functions' annotations
+as classes, typing.Tuple as in TensorRT's samples.)
 """
-
-from __future__ import annotations
 
 import re
 from dataclasses import dataclass
@@ -52,7 +52,7 @@ def kernel_signature(logits_dtype: str) -> dict[str, str]:
     if logits_dtype not in _TRITON_PTR:
         raise ValueError(f"logits_dtype: must be one of {tuple(_TRITON_PTR)}, got {logits_dtype}")
     types = (_TRITON_PTR[logits_dtype], "*fp32", "*i64", "i32", "i32", "*i64", "*fp32")
-    sig = dict(zip(KERNEL_PARAMS, types))
+    sig = dict(zip(KERNEL_PARAMS, types, strict=True))
     sig["BLOCK_V"] = "constexpr"
     return sig
 
@@ -97,7 +97,7 @@ def strip_unused_trailing_params(ptx: str, name: str, keep: int) -> str:
     match = re.search(r"(\.entry\s+" + re.escape(name) + r"\s*\()(.*?)(\))", ptx, re.S)
     assert match is not None  # found by ptx_entry_params
     decls = [d for d in match.group(2).split(",")][:keep]
-    return ptx[: match.start(2)] + ",".join(decls).rstrip() + "\n" + ptx[match.end(2):]
+    return ptx[: match.start(2)] + ",".join(decls).rstrip() + "\n" + ptx[match.end(2) :]
 
 
 def aot_ptx(logits_dtype: str, plan: AotPlan, target=None) -> tuple[str, str, int]:
@@ -118,8 +118,10 @@ def aot_ptx(logits_dtype: str, plan: AotPlan, target=None) -> tuple[str, str, in
     meta = compiled.metadata
     for field in ("global_scratch_size", "profile_scratch_size"):
         if getattr(meta, field, 0):
-            raise ValueError(f"triton: kernel needs {field}={getattr(meta, field)}; "
-                             "TensorRT's AOT launch passes no scratch buffer")
+            raise ValueError(
+                f"triton: kernel needs {field}={getattr(meta, field)}; "
+                "TensorRT's AOT launch passes no scratch buffer"
+            )
     ptx = strip_unused_trailing_params(compiled.asm["ptx"], meta.name, len(KERNEL_PARAMS))
     return meta.name, ptx, meta.shared
 
@@ -141,34 +143,43 @@ def register() -> None:
     import tensorrt.plugin as trtp
 
     if not hasattr(trtp, "aot_impl"):
-        raise ImportError(f"tensorrt: {trt.__version__} has no tensorrt.plugin.aot_impl; "
-                          "need TensorRT >= 10.9")
+        raise ImportError(
+            f"tensorrt: {trt.__version__} has no tensorrt.plugin.aot_impl; need TensorRT >= 10.9"
+        )
     dtype_names = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
 
     @trtp.register(OP_ID)
     def _desc(
         logits: trtp.TensorDesc, temperature: trtp.TensorDesc, seed: trtp.TensorDesc
-    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+    ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:  # noqa: UP006
         b, t = logits.shape_expr[0], logits.shape_expr[1]
-        token, conf = output_specs(("B", "T", "V"), "float32")
-        assert token.dtype == "int64" and conf.dtype == "float32"  # the contract's choice
-        return (trtp.from_shape_expr((b, t), dtype=trt.int64),
-                trtp.from_shape_expr((b, t), dtype=trt.float32))
+        token, conf = output_specs(("B", "T", "V"), "float32")  # both [B, T]; fixed dtypes
+        trt_types = {"int64": trt.int64, "float32": trt.float32}
+        return (
+            trtp.from_shape_expr((b, t), dtype=trt_types[token.dtype]),
+            trtp.from_shape_expr((b, t), dtype=trt_types[conf.dtype]),
+        )
 
     @trtp.autotune(OP_ID)
     def _autotune(
-        logits: trtp.TensorDesc, temperature: trtp.TensorDesc, seed: trtp.TensorDesc,
-        outputs: Tuple[trtp.TensorDesc],
-    ) -> List[trtp.AutoTuneCombination]:
+        logits: trtp.TensorDesc,
+        temperature: trtp.TensorDesc,
+        seed: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+    ) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
         return [trtp.AutoTuneCombination(autotune_io_types(), "LINEAR")]
 
     @trtp.aot_impl(OP_ID)
     def _aot(
-        logits: trtp.TensorDesc, temperature: trtp.TensorDesc, seed: trtp.TensorDesc,
-        outputs: Tuple[trtp.TensorDesc], tactic: int,
-    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+        logits: trtp.TensorDesc,
+        temperature: trtp.TensorDesc,
+        seed: trtp.TensorDesc,
+        outputs: Tuple[trtp.TensorDesc],  # noqa: UP006
+        tactic: int,
+    ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
         dims = logits.shape_expr
-        vocab = dims[2].constant_value() if dims[2].is_constant else None
+        known = not dims[2].is_fake and dims[2].is_constant  # V fixed by the build profile
+        vocab = dims[2].constant_value() if known else None
         plan = aot_plan(vocab, dtype_names[logits.dtype])
         name, ptx, shared = aot_ptx(dtype_names[logits.dtype], plan)
         launch = trtp.KernelLaunchParams()

@@ -30,8 +30,14 @@ import triton.language as tl
 
 from plugins.denoise_step.contract import check_dtypes, check_shapes
 
-_DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
-                torch.int64: "int64", torch.float64: "float64", torch.int32: "int32"}
+_DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.int64: "int64",
+    torch.float64: "float64",
+    torch.int32: "int32",
+}
 
 MAX_BLOCK_V = 4096  # elements per tile: 16 per thread at 8 warps, loaded as 16-64 B vectors
 MIN_BLOCK_V = 128
@@ -165,7 +171,14 @@ def denoise_step_triton(
         return token, conf
     cfg = config or launch_config(rows, v_len, _DTYPE_NAMES[logits.dtype])
     denoise_step_kernel[cfg.grid](
-        logits.contiguous(), temperature.contiguous(), seed.contiguous(), t_len, v_len,
-        token, conf, BLOCK_V=cfg.block_v, num_warps=cfg.num_warps,
+        logits.contiguous(),
+        temperature.contiguous(),
+        seed.contiguous(),
+        t_len,
+        v_len,
+        token,
+        conf,
+        BLOCK_V=cfg.block_v,
+        num_warps=cfg.num_warps,
     )
     return token, conf

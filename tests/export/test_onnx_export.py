@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from export import onnx_export, parity
+from export import onnx_export, parity, tensorrt_build
 from export.ort_engine import ort_session
 from tests.conftest import tiny_model
 
@@ -56,7 +57,7 @@ def test_polygraphy_inspect_and_onnxrt_run(nld_build, tmp_path):
     from polygraphy.json import save_json
 
     onnx_path = str(nld_build.out / "denoiser.onnx")
-    polygraphy = [sys.executable, "-m", "polygraphy"]
+    polygraphy = [sys.executable, str(Path(sys.executable).parent / "polygraphy")]
     text = subprocess.run(polygraphy + ["inspect", "model", onnx_path], check=True,
                           capture_output=True, text=True).stdout
     for name in ("input_ids", "past_k", "token", "confidence", "new_v"):
@@ -69,6 +70,12 @@ def test_polygraphy_inspect_and_onnxrt_run(nld_build, tmp_path):
     subprocess.run(polygraphy + ["run", onnx_path, "--onnxrt", "--load-inputs",
                                  str(tmp_path / "inputs.json"), "--save-outputs",
                                  str(tmp_path / "outputs.json")], check=True, capture_output=True)
+    # docker/build_engine.sh's comparison, with ONNX Runtime standing in for TensorRT.
+    tolerances = tensorrt_build.polygraphy_tolerance_args("fp32", cfg.vocab_size)
+    subprocess.run(polygraphy + ["run", onnx_path, "--onnxrt", "--load-inputs",
+                                 str(tmp_path / "inputs.json"), "--load-outputs",
+                                 str(tmp_path / "outputs.json"), *tolerances], check=True,
+                   capture_output=True)
     ((_, outputs),) = RunResults.load(str(tmp_path / "outputs.json")).items()
     assert len(outputs) == len(feeds)
     for feed, out in zip(feeds, outputs, strict=True):
@@ -111,3 +118,5 @@ def test_plugin_form_in_bf16_for_tensorrt(tmp_path):
     io = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
     assert io["past_k"] == io["new_k"] == onnx.TensorProto.FLOAT
     onnx_export.check_graph(onnx.load(str(tmp_path / "trt.onnx")), model.cfg, plugin=True)
+    used = {i for n in graph.graph.node for i in n.input} | set(onnx_export.OUTPUTS)
+    assert all(any(o in used for o in n.output) for n in graph.graph.node)  # no dead nodes

@@ -3,10 +3,12 @@ which is absent on these machines (not installable, see shared/ENVIRONMENT.md)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dlm.engine import TorchEngine
-from dlm.sampling import GenerationRequest, Limits, generate
+from dlm.sampling import GenerationRequest, Limits, Scheduler
 from export import tensorrt_build as tb
 from export.onnx_export import INPUTS
 from tests.conftest import random_prompts, tiny_model
@@ -71,27 +73,33 @@ class RecordingEngine(TorchEngine):
 
 @pytest.mark.parametrize("attention", ["block_causal", "bidirectional"])
 def test_every_sampler_call_fits_a_profile(attention):
-    """Run the real samplers in batches that mix prefill and decode rows, at the serving
-    limits; every engine call must fall inside one of the profiles built for those limits."""
+    """Run the real samplers at the serving limits, with requests arriving while others decode
+    (so prefill rows meet cached rows in one call); every engine call must fall inside one of
+    the profiles built for those limits."""
     lim = Limits(max_prompt_tokens=40, max_output_tokens=24, max_block_length=8)
     model = tiny_model(attention=attention)
     engine = RecordingEngine(model)
     profiles = tb.optimization_profiles(model.cfg, lim, max_batch=6)
     modes = ["ar", "diffusion", "self_spec"] if attention == "block_causal" else ["diffusion"]
     prompts = random_prompts(5, lo=1, hi=40, seed=2) + [[5] * 40]
-    for mode in modes:
-        reqs = [GenerationRequest(p, mode=mode, max_tokens=24, end_id=63) for p in prompts]
-        generate(engine, reqs, limits=lim)
+    sched = Scheduler(engine, lim, max_batch=6)
+    for i, p in enumerate(prompts):
+        sched.add(GenerationRequest(p, mode=modes[i % len(modes)], max_tokens=24, end_id=63))
+        sched.step()
+    while len(sched):
+        sched.step()
     assert engine.calls
     for dims in engine.calls:
         tb.select_profile(profiles, dims)  # raises if none covers it
-    assert any(d["past"] > 0 and d["block"] > 8 for d in engine.calls) or attention != \
-        "block_causal"  # mixed prefill + cached rows happened
+    if attention == "block_causal":  # a prompt of 40 met rows with a cached prefix
+        assert any(d["past"] > 0 and d["block"] > 8 for d in engine.calls)
+    assert max(d["block"] for d in engine.calls) == 40 + 24 * (attention != "block_causal")
 
 
 def test_select_profile_prefers_step_and_names_the_miss():
     cfg = tiny_model().cfg
-    profiles = tb.optimization_profiles(cfg, Limits(max_prompt_tokens=100), max_batch=4)
+    lim = Limits(max_prompt_tokens=100, max_block_length=16)
+    profiles = tb.optimization_profiles(cfg, lim, max_batch=4)
     assert tb.select_profile(profiles, {"batch": 2, "block": 8, "past": 40, "k": 8}) == 0
     assert tb.select_profile(profiles, {"batch": 2, "block": 90, "past": 0, "k": 1}) == 1
     with pytest.raises(ValueError, match="outside every optimization profile"):
@@ -123,6 +131,13 @@ def test_validation_tolerances():
     assert tb.validation_tolerances("fp16", 4096)["new_k"][0] < bf16["new_k"][0]
 
 
+def test_dockerfile_pins_the_tensorrt_version_of_the_code():
+    dockerfile = (Path(__file__).parents[2] / "docker" / "engine.Dockerfile").read_text()
+    assert f"ARG TENSORRT_VERSION={tb.TENSORRT_PIN}" in dockerfile
+    major, minor = (int(x) for x in tb.TENSORRT_PIN.split(".")[:2])
+    assert tb.TENSORRT_MIN <= (major, minor) < tb.TENSORRT_BELOW
+
+
 def test_require_tensorrt_says_it_is_absent():
     if tb.tensorrt_available():
         pytest.skip("TensorRT is present: this checks the message where it is absent")
@@ -132,6 +147,8 @@ def test_require_tensorrt_says_it_is_absent():
         tb.TrtEngine("missing.plan", tiny_model().cfg)
 
 
+@pytest.mark.tensorrt
+@pytest.mark.gpu
 @needs_tensorrt
 def test_build_and_run_a_plan(tmp_path):  # pragma: no cover - needs TensorRT and a GPU
     import torch

@@ -35,6 +35,12 @@ from plugins.denoise_step.reference import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# Library noise: Triton's interpreter converts 1-element arrays to ints the way NumPy 1.25+
+# deprecates; torch.export uses a deprecated pytree check.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
+]
 CONF_ATOL = 1e-6
 
 try:
@@ -75,8 +81,9 @@ def _assert_same(got, want, what: str, atol: float = CONF_ATOL) -> None:
     tok, conf = (np.asarray(g.cpu() if torch.is_tensor(g) else g) for g in got)
     bad = np.argwhere(tok != want[0])
     diff = np.abs(conf.astype(np.float64) - want[1])
-    assert tok.dtype == np.int64 and conf.dtype == np.float32, f"{what}: dtypes {tok.dtype}, {conf.dtype}"
-    assert len(bad) == 0, f"{what}: {len(bad)}/{tok.size} tokens differ, first at {bad[:3].tolist()}"
+    assert tok.dtype == np.int64, f"{what}: token dtype {tok.dtype}"
+    assert conf.dtype == np.float32, f"{what}: confidence dtype {conf.dtype}"
+    assert len(bad) == 0, f"{what}: {len(bad)}/{tok.size} tokens differ, first {bad[:3].tolist()}"
     assert diff.max() <= atol, f"{what}: max |conf diff| {diff.max():.2e}, mean {diff.mean():.2e}"
 
 
@@ -97,11 +104,16 @@ def _all_equal():
     return np.full((2, 2, 513), -3.0, np.float32), np.array([0.0, 1.0], np.float32)
 
 
-EDGE_CASES = {"ties": _ties, "single huge logit": _huge, "all equal": _all_equal,
-              "V=1": lambda: (np.ones((2, 3, 1), np.float32), np.array([0.0, 2.0], np.float32))}
+EDGE_CASES = {
+    "ties": _ties,
+    "single huge logit": _huge,
+    "all equal": _all_equal,
+    "V=1": lambda: (np.ones((2, 3, 1), np.float32), np.array([0.0, 2.0], np.float32)),
+}
 
 
 # ----------------------------------------------------------------------------- hash and noise
+
 
 def test_hash32_matches_python_integers():
     rng = np.random.default_rng(1)
@@ -140,21 +152,40 @@ def test_noise_differs_by_seed_and_position():
 
 # ----------------------------------------------------------------------------- spec checks
 
+
 @pytest.mark.parametrize(
     ("field", "args", "message"),
     [
-        ("logits", (np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64)),
-         "logits: rank must be 3"),
-        ("temperature", (np.zeros((2, 1, 4), np.float32), np.zeros(3, np.float32),
-                         np.zeros(2, np.int64)), "temperature: shape must be [B]"),
-        ("seed dtype", (np.zeros((2, 1, 4), np.float32), np.zeros(2, np.float32),
-                        np.zeros(2, np.int32)), "seed: dtype must be int64"),
-        ("negative temperature", (np.zeros((1, 1, 4), np.float32), np.array([-1.0], np.float32),
-                                  np.zeros(1, np.int64)), "temperature: must be finite and >= 0"),
-        ("seed range", (np.zeros((1, 1, 4), np.float32), np.zeros(1, np.float32),
-                        np.array([2**32], np.int64)), "seed: must lie in [0, 2**32)"),
-        ("empty vocab", (np.zeros((1, 1, 0), np.float32), np.zeros(1, np.float32),
-                         np.zeros(1, np.int64)), "logits: vocabulary size V must be >= 1"),
+        (
+            "logits",
+            (np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int64)),
+            "logits: rank must be 3",
+        ),
+        (
+            "temperature",
+            (np.zeros((2, 1, 4), np.float32), np.zeros(3, np.float32), np.zeros(2, np.int64)),
+            "temperature: shape must be [B]",
+        ),
+        (
+            "seed dtype",
+            (np.zeros((2, 1, 4), np.float32), np.zeros(2, np.float32), np.zeros(2, np.int32)),
+            "seed: dtype must be int64",
+        ),
+        (
+            "negative temperature",
+            (np.zeros((1, 1, 4), np.float32), np.array([-1.0], np.float32), np.zeros(1, np.int64)),
+            "temperature: must be finite and >= 0",
+        ),
+        (
+            "seed range",
+            (np.zeros((1, 1, 4), np.float32), np.zeros(1, np.float32), np.array([2**32], np.int64)),
+            "seed: must lie in [0, 2**32)",
+        ),
+        (
+            "empty vocab",
+            (np.zeros((1, 1, 0), np.float32), np.zeros(1, np.float32), np.zeros(1, np.int64)),
+            "logits: vocabulary size V must be >= 1",
+        ),
     ],
 )
 def test_spec_rejects_bad_inputs_naming_the_field(field, args, message):
@@ -164,23 +195,34 @@ def test_spec_rejects_bad_inputs_naming_the_field(field, args, message):
 
 def test_output_specs_and_decisions():
     tok, conf = contract.output_specs(("B", "T", "V"), "bfloat16")
-    assert (tok.shape, tok.dtype, conf.shape, conf.dtype) == (("B", "T"), "int64", ("B", "T"),
-                                                              "float32")
+    assert (tok.shape, tok.dtype, conf.shape, conf.dtype) == (
+        ("B", "T"),
+        "int64",
+        ("B", "T"),
+        "float32",
+    )
     with pytest.raises(ValueError, match="logits: dtype must be one of"):
         contract.output_specs((1, 2, 3), "float64")
     with pytest.raises(ValueError, match="torch.float64|float64"):
-        denoise_step_torch(torch.zeros(1, 1, 4, dtype=torch.float64), torch.zeros(1),
-                           torch.zeros(1, dtype=torch.int64))
+        denoise_step_torch(
+            torch.zeros(1, 1, 4, dtype=torch.float64),
+            torch.zeros(1),
+            torch.zeros(1, dtype=torch.int64),
+        )
 
 
 # ----------------------------------------------------------------------------- PyTorch
 
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("shape", "temps"), [
-    ((3, 5, 1000), [0.0, 0.0, 0.0]),
-    ((3, 5, 1000), [0.7, 1.0, 2.5]),
-    ((4, 8, 4097), [0.0, 0.8, 0.0, 1.3]),  # mixed batch; V not a power of two
-])
+@pytest.mark.parametrize(
+    ("shape", "temps"),
+    [
+        ((3, 5, 1000), [0.0, 0.0, 0.0]),
+        ((3, 5, 1000), [0.7, 1.0, 2.5]),
+        ((4, 8, 4097), [0.0, 0.8, 0.0, 1.3]),  # mixed batch; V not a power of two
+    ],
+)
 def test_torch_matches_spec(dtype, shape, temps):
     logits, temp, seed = _case(*shape, temps)
     x = torch.from_numpy(logits).to(dtype)
@@ -213,6 +255,7 @@ def test_sampling_follows_temperature():
 
 # ----------------------------------------------------------------------------- ONNX
 
+
 @pytest.fixture(scope="module")
 def ort_standard():
     from plugins.denoise_step import onnx_op
@@ -224,7 +267,7 @@ def ort_standard():
 def test_onnx_graph_is_standard_ops(ort_standard):
     import onnx
 
-    from plugins.denoise_step.onnx_op import nonstandard_ops, node_domains
+    from plugins.denoise_step.onnx_op import node_domains, nonstandard_ops
 
     model, _ = ort_standard
     onnx.checker.check_model(model, full_check=True)
@@ -236,18 +279,24 @@ def test_onnx_graph_is_standard_ops(ort_standard):
     assert all(isinstance(d, str) and d for d in dims), f"logits dims not all dynamic: {dims}"
 
 
-@pytest.mark.parametrize(("shape", "temps"), [
-    ((3, 5, 1000), [0.0, 0.0, 0.0]),  # greedy: zero sampling rows
-    ((3, 5, 1000), [0.0, 0.9, 2.0]),  # mixed
-    ((1, 1, 1), [1.0]),
-    ((2, 32, 4096), [0.6, 0.6]),  # all sampling, other shapes than the export example
-])
+@pytest.mark.parametrize(
+    ("shape", "temps"),
+    [
+        ((3, 5, 1000), [0.0, 0.0, 0.0]),  # greedy: zero sampling rows
+        ((3, 5, 1000), [0.0, 0.9, 2.0]),  # mixed
+        ((1, 1, 1), [1.0]),
+        ((2, 32, 4096), [0.6, 0.6]),  # all sampling, other shapes than the export example
+    ],
+)
 def test_ort_matches_spec(ort_standard, shape, temps):
     from plugins.denoise_step.onnx_op import run_ort
 
     logits, temp, seed = _case(*shape, temps, seed=sum(shape))
-    _assert_same(run_ort(ort_standard[1], logits, temp, seed),
-                 denoise_step_numpy(logits, temp, seed), f"ORT {shape} {temps}")
+    _assert_same(
+        run_ort(ort_standard[1], logits, temp, seed),
+        denoise_step_numpy(logits, temp, seed),
+        f"ORT {shape} {temps}",
+    )
 
 
 @pytest.mark.parametrize("case", EDGE_CASES)
@@ -256,8 +305,11 @@ def test_ort_edge_cases(ort_standard, case):
 
     logits, temp = EDGE_CASES[case]()
     seed = np.array([3, 2**32 - 1], dtype=np.int64)
-    _assert_same(run_ort(ort_standard[1], logits, temp, seed),
-                 denoise_step_numpy(logits, temp, seed), f"ORT {case}")
+    _assert_same(
+        run_ort(ort_standard[1], logits, temp, seed),
+        denoise_step_numpy(logits, temp, seed),
+        f"ORT {case}",
+    )
 
 
 def test_plugin_node_and_tensorrt_surgery(ort_standard):
@@ -288,17 +340,23 @@ def test_plugin_op_runs_torch_outside_export():
     from plugins.denoise_step.onnx_op import denoise_step_op
 
     logits, temp, seed = _case(2, 3, 50, [0.0, 1.0])
-    _assert_same(denoise_step_op(*map(torch.from_numpy, (logits, temp, seed))),
-                 denoise_step_numpy(logits, temp, seed), "denoise_step_op eager")
+    _assert_same(
+        denoise_step_op(*map(torch.from_numpy, (logits, temp, seed))),
+        denoise_step_numpy(logits, temp, seed),
+        "denoise_step_op eager",
+    )
 
 
 # ----------------------------------------------------------------------------- Triton
 
-def _triton(logits: np.ndarray, temp: np.ndarray, seed: np.ndarray, dtype=torch.float32,
-            config=None):
+
+def _triton(
+    logits: np.ndarray, temp: np.ndarray, seed: np.ndarray, dtype=torch.float32, config=None
+):
     x = torch.from_numpy(logits).to(dtype)
-    return triton_kernel.denoise_step_triton(x, torch.from_numpy(temp), torch.from_numpy(seed),
-                                             config=config)
+    return triton_kernel.denoise_step_triton(
+        x, torch.from_numpy(temp), torch.from_numpy(seed), config=config
+    )
 
 
 @needs_triton
@@ -315,29 +373,36 @@ def test_triton_edge_cases(case):
 def test_triton_low_precision_inputs(dtype, temps):
     logits, temp, seed = _case(2, 3, 3001, temps, seed=5)
     x = torch.from_numpy(logits).to(dtype)
-    _assert_same(_triton(logits, temp, seed, dtype), denoise_step_numpy(x.float().numpy(), temp,
-                                                                         seed), f"{dtype} {temps}")
+    _assert_same(
+        _triton(logits, temp, seed, dtype),
+        denoise_step_numpy(x.float().numpy(), temp, seed),
+        f"{dtype} {temps}",
+    )
 
 
 @needs_triton
-@pytest.mark.parametrize(("shape", "temps"), [
-    ((1, 1, 1), [0.0]),
-    ((1, 1, 127), [0.5]),  # V below the smallest tile
-    ((2, 3, 128), [0.0, 1.0]),  # V exactly one tile
-    ((3, 2, 1000), [0.3, 0.0, 5.0]),  # mixed, V not a multiple of the tile
-    ((2, 4, 9000), [1.0, 0.0]),  # several tiles plus a ragged one
-])
+@pytest.mark.parametrize(
+    ("shape", "temps"),
+    [
+        ((1, 1, 1), [0.0]),
+        ((1, 1, 127), [0.5]),  # V below the smallest tile
+        ((2, 3, 128), [0.0, 1.0]),  # V exactly one tile
+        ((3, 2, 1000), [0.3, 0.0, 5.0]),  # mixed, V not a multiple of the tile
+        ((2, 4, 9000), [1.0, 0.0]),  # several tiles plus a ragged one
+    ],
+)
 def test_triton_shape_sweep(shape, temps):
     logits, temp, seed = _case(*shape, temps, seed=shape[2])
-    _assert_same(_triton(logits, temp, seed), denoise_step_numpy(logits, temp, seed),
-                 f"{shape} {temps}")
+    _assert_same(
+        _triton(logits, temp, seed), denoise_step_numpy(logits, temp, seed), f"{shape} {temps}"
+    )
 
 
 @needs_triton
 def test_triton_small_tile_walks_many_tiles():
-    """A forced 128-wide tile: 40 tiles with the ragged last one, ties across tiles."""
-    logits, temp, seed = _case(2, 2, 5000, [0.0, 0.7], seed=9)
-    logits[0, 0, [130, 4000]] = 50.0  # equal maxima in different tiles: 130 must win
+    """A forced 128-wide tile: 16 tiles with a ragged last one, ties across tiles."""
+    logits, temp, seed = _case(2, 2, 2000, [0.0, 0.7], seed=9)
+    logits[0, 0, [130, 1990]] = 50.0  # equal maxima in different tiles: 130 must win
     cfg = triton_kernel.LaunchConfig(grid=(4,), block_v=128, num_warps=1)
     want = denoise_step_numpy(logits, temp, seed)
     assert want[0][0, 0] == 130
@@ -354,10 +419,12 @@ def test_triton_vocab_131072(temps):
 @needs_triton
 def test_triton_rejects_bad_shapes_naming_the_field():
     with pytest.raises(ValueError, match=r"seed: shape must be \[B\]"):
-        triton_kernel.denoise_step_triton(torch.zeros(2, 1, 8), torch.zeros(2),
-                                          torch.zeros(3, dtype=torch.int64))
-    token, conf = triton_kernel.denoise_step_triton(torch.zeros(0, 4, 8), torch.zeros(0),
-                                                    torch.zeros(0, dtype=torch.int64))
+        triton_kernel.denoise_step_triton(
+            torch.zeros(2, 1, 8), torch.zeros(2), torch.zeros(3, dtype=torch.int64)
+        )
+    token, conf = triton_kernel.denoise_step_triton(
+        torch.zeros(0, 4, 8), torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    )
     assert token.shape == conf.shape == (0, 4)
 
 
@@ -368,20 +435,25 @@ def test_launch_config_decisions():
     assert (lc(32, 131072, "bfloat16").block_v, lc(32, 131072, "bfloat16").num_warps) == (8192, 16)
     assert (lc(5, 1).block_v, lc(5, 1).num_warps, lc(5, 1).grid) == (128, 1, (5,))
     assert lc(1, 1000).block_v == 1024 and lc(1, 1000).num_warps == 2
-    for bad, msg in (((-1, 10), "rows: must be >= 0"), ((1, 0), "vocab: must be >= 1"),
-                     ((1, 10, "float64"), "logits_dtype: must be")):
+    for bad, msg in (
+        ((-1, 10), "rows: must be >= 0"),
+        ((1, 0), "vocab: must be >= 1"),
+        ((1, 10, "float64"), "logits_dtype: must be"),
+    ):
         with pytest.raises(ValueError, match=msg):
             lc(*bad)
 
 
 # ----------------------------------------------------------------------------- TensorRT
 
+
 @needs_triton
 def test_tensorrt_decisions():
     from plugins.denoise_step import tensorrt_plugin as tp
 
-    assert tp.autotune_io_types() == ("FP32|FP16|BF16,FP32|FP32|FP32,INT64|INT64|INT64,"
-                                      "INT64|INT64|INT64,FP32|FP32|FP32")
+    assert tp.autotune_io_types() == (
+        "FP32|FP16|BF16,FP32|FP32|FP32,INT64|INT64|INT64," "INT64|INT64|INT64,FP32|FP32|FP32"
+    )
     sig = tp.kernel_signature("bfloat16")
     assert list(sig) == [*tp.KERNEL_PARAMS, "BLOCK_V"]
     assert list(sig.values())[:7] == ["*bf16", "*fp32", "*i64", "i32", "i32", "*i64", "*fp32"]
@@ -394,9 +466,11 @@ def test_tensorrt_decisions():
 def test_strip_unused_trailing_params():
     from plugins.denoise_step.tensorrt_plugin import ptx_entry_params, strip_unused_trailing_params
 
-    ptx = (".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n"
-           "\t.param .u32 k_param_1,\n\t.param .u64 .ptr .global .align 1 k_param_2\n)\n{\n"
-           "\tld.param.b64 %rd1, [k_param_0];\n\tld.param.b32 %r1, [k_param_1];\n}\n")
+    ptx = (
+        ".visible .entry k(\n\t.param .u64 .ptr .global .align 1 k_param_0,\n"
+        "\t.param .u32 k_param_1,\n\t.param .u64 .ptr .global .align 1 k_param_2\n)\n{\n"
+        "\tld.param.b64 %rd1, [k_param_0];\n\tld.param.b32 %r1, [k_param_1];\n}\n"
+    )
     assert ptx_entry_params(ptx, "k") == ["k_param_0", "k_param_1", "k_param_2"]
     stripped = strip_unused_trailing_params(ptx, "k", 2)
     assert ptx_entry_params(stripped, "k") == ["k_param_0", "k_param_1"]
@@ -409,7 +483,7 @@ _AOT_SCRIPT = """
 import sys
 from triton.backends.compiler import GPUTarget
 from plugins.denoise_step.tensorrt_plugin import KERNEL_PARAMS, aot_plan, aot_ptx, ptx_entry_params
-for dtype in ("float32", "float16", "bfloat16"):
+for dtype in ("float32", "bfloat16"):  # float16 differs from bfloat16 only in the pointer type
     name, ptx, shared = aot_ptx(dtype, aot_plan(131072, dtype), target=GPUTarget("cuda", 90, 32))
     params = ptx_entry_params(ptx, name)
     assert len(params) == len(KERNEL_PARAMS), params
@@ -425,10 +499,16 @@ def test_aot_ptx_for_sm90_has_tensorrt_abi():
     needed: Triton compiles for a named target), in a process without TRITON_INTERPRET."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert proc.stdout.count(" 7 ") == 3, proc.stdout
+    assert proc.stdout.count(" 7 ") == 2, proc.stdout
 
 
 @pytest.mark.tensorrt
@@ -436,8 +516,101 @@ def test_tensorrt_plugin_registers():
     pytest.importorskip(
         "tensorrt.plugin",
         reason="TensorRT is absent here: not installable on these machines (ENVIRONMENT.md); "
-               "run in an NGC TensorRT/Triton container with TensorRT >= 10.9")
+        "run in an NGC TensorRT/Triton container with TensorRT >= 10.9",
+    )
     from plugins.denoise_step.tensorrt_plugin import register
 
     register()
     register()  # idempotent
+
+
+class _Expr:
+    """A stand-in for trtp.ShapeExpr: a symbol or constant with * arithmetic."""
+
+    def __init__(self, text: str, const: int | None = None) -> None:
+        self.text, self.const, self.is_fake = text, const, False
+
+    @property
+    def is_constant(self) -> bool:
+        return self.const is not None
+
+    def constant_value(self) -> int:
+        assert self.const is not None
+        return self.const
+
+    def __mul__(self, other: _Expr) -> _Expr:
+        return _Expr(f"{self.text}*{other.text}")
+
+
+def _fake_tensorrt(monkeypatch) -> dict:
+    """Install fake `tensorrt` / `tensorrt.plugin` modules that record the registrations and
+    check annotations are classes (as trtp does); returns the registry."""
+    import types
+    import typing
+
+    registry: dict = {}
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.9-fake"
+    for name in ("float32", "float16", "bfloat16", "int64"):
+        setattr(trt, name, f"trt.{name}")
+    trtp = types.ModuleType("tensorrt.plugin")
+
+    class TensorDesc:
+        def __init__(self, shape_expr=(), dtype=None) -> None:
+            self.shape_expr, self.dtype = shape_expr, dtype
+
+    class KernelLaunchParams:
+        grid_x = block_x = shared_mem = None
+
+    def decorator(kind):
+        def wrap(plugin_id):
+            def store(fn):
+                hints = typing.get_type_hints(fn)  # fails on string annotations it cannot resolve
+                assert all(not isinstance(h, str) for h in hints.values())
+                registry[(kind, plugin_id)] = fn
+                return fn
+
+            return store
+
+        return wrap
+
+    trtp.TensorDesc, trtp.KernelLaunchParams = TensorDesc, KernelLaunchParams
+    trtp.register, trtp.autotune, trtp.aot_impl = (decorator(k) for k in ("reg", "tune", "aot"))
+    trtp.from_shape_expr = lambda shape, dtype: TensorDesc(tuple(shape), dtype)
+    trtp.AutoTuneCombination = lambda types, layouts: (types, layouts)
+    trtp.SymInt32 = lambda e: ("i32", e.text)
+    trtp.SymExprs = tuple
+    trtp.SymIntExprs = types.SimpleNamespace(from_tuple=tuple)
+    trt.plugin = trtp
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
+    return registry
+
+
+@needs_triton
+def test_tensorrt_registration_wiring_with_fake_trt(monkeypatch):
+    """The plugin's register/autotune/aot_impl bodies against a fake trtp: output descs, type
+    combinations, grid = B*T, block = warps*32, scalars (T, V). The PTX itself is checked by
+    test_aot_ptx_for_sm90_has_tensorrt_abi; TensorRT's own validation cannot run here."""
+    from plugins.denoise_step import tensorrt_plugin as tp
+
+    registry = _fake_tensorrt(monkeypatch)
+    monkeypatch.setattr(tp, "_REGISTERED", False)
+    monkeypatch.setattr(tp, "aot_ptx", lambda dtype, plan: ("k", f"ptx-{dtype}", 64))
+    tp.register()
+    trtp = sys.modules["tensorrt.plugin"]
+    dims = (_Expr("B"), _Expr("T"), _Expr("V", 131072))
+    logits = trtp.TensorDesc(dims, "trt.bfloat16")
+    small = trtp.TensorDesc((), "trt.float32")
+
+    token, conf = registry[("reg", "dlm::DenoiseStep")](logits, small, small)
+    assert [e.text for e in token.shape_expr] == ["B", "T"] and token.dtype == "trt.int64"
+    assert [e.text for e in conf.shape_expr] == ["B", "T"] and conf.dtype == "trt.float32"
+    ((types_, layout),) = registry[("tune", "dlm::DenoiseStep")](logits, small, small, ())
+    assert types_ == tp.autotune_io_types() and layout == "LINEAR"
+    name, ptx, launch, scalars = registry[("aot", "dlm::DenoiseStep")](
+        logits, small, small, (token, conf), 0
+    )
+    assert (name, ptx) == (b"k", b"ptx-bfloat16")
+    assert (launch.grid_x.text, launch.block_x, launch.shared_mem) == ("B*T", 16 * 32, 64)
+    assert scalars == (("i32", "T"), ("i32", "V"))

@@ -24,7 +24,7 @@ class TritonPythonModel:
         from dlm.serving.wire import INPUTS
 
         engine = load_engine(params["MODEL_DIR"], params["ENGINE_DIR"], params["BACKEND"],
-                             int(params["TORCH_THREADS"]), say=pb_utils.Logger.log_info)
+                             int(params["THREADS"]), say=pb_utils.Logger.log_info)
         self.denoiser, self.inputs = Denoiser(engine), INPUTS
         self.metrics = DenoiserMetrics(pb_utils)
 

@@ -7,10 +7,12 @@ texts of a stream concatenate to the whole answer); num_forward_passes, num_outp
 INT32 [1] (passed through); block_text BYTES [1] (the rest of the block being denoised, masks
 as a placeholder, or "").
 Each request gets one response, or none for a heartbeat (FINAL flag alone). A request marked
-cancelled (the client cancelled the ensemble request) is not answered; its sequence is reported
-to the denoiser (`cancel`), so that the dlm scheduler drops it before its next pass.
+cancelled (the client cancelled the ensemble request) gets the FINAL flag alone, and its
+sequence is reported to the denoiser (`cancel`), so that the dlm scheduler drops it before its
+next pass.
 """
 
+import functools
 import json
 import sys
 
@@ -18,6 +20,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _input(request, name):
+    return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
 
 
 class TritonPythonModel:
@@ -33,12 +39,13 @@ class TritonPythonModel:
     def execute(self, requests):
         cancel = []
         for request in requests:
-            def get(name):
-                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-
+            get = functools.partial(_input, request)
             sender = request.get_response_sender()
-            if request.is_cancelled():  # the backend sends the FINAL flag itself
+            if request.is_cancelled():
                 cancel.append(int(get("seq_key").reshape(-1)[0]))
+                # FINAL flag alone: an error response here leaves the ensemble request in
+                # flight for ever in 2.51 (dlm is still sending), and blocks shutdown.
+                sender.send(flags=FINAL)
                 continue
             if bool(get("heartbeat").reshape(-1)[0]):
                 sender.send(flags=FINAL)

@@ -1,0 +1,170 @@
+"""Serving overhead and batching: the same sampler in process and through Triton, side by side.
+
+    python -m benchmarks.serving_overhead --model models/default             # ONNX Runtime
+    python -m benchmarks.serving_overhead --model models/default --backend torch
+    python -m benchmarks.serving_overhead --random default     # random weights, same shapes
+
+1. concurrency 1, per mode: tokens/s of `dlm.sampling.generate` in this process against the
+   same requests through the real tritonserver (gRPC, non-streaming), one after another;
+2. throughput at concurrency 1/4/8/16: N requests kept in flight (in process: one Scheduler
+   holding N requests, refilled as they finish; through Triton: N client threads).
+Both sides use the same engine (`--backend auto`: the build's, ONNX Runtime on CPU after `make
+engine`; `torch`: PyTorch) with the same thread count on the same cores, and greedy decoding of
+the same prompts; the server runs one request's passes in one denoiser call
+per step, like the in-process Scheduler. Absolute times count only on the machine named in the
+output; the ratios are the point. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from dlm.pipeline import Pipeline, generation_defaults
+from dlm.sampling import Limits, Scheduler
+from dlm.serving.denoiser import load_engine
+from dlm.tokenizer import TextTokenizer
+
+PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef walk(path):\n", "class Stack:\n    def ",
+           "for i in range(10):\n    ", "def read_lines(path):\n    with open(path) as f:\n"]
+MODES = [("ar", {}), ("diffusion", {}), ("self_spec", {})]
+
+
+def random_checkpoint(preset: str, out: Path) -> Path:
+    """A random-weight checkpoint of a preset with a BPE tokenizer trained on a little stdlib."""
+    if (out / "config.json").exists():
+        return out
+    from dlm import checkpoint
+    from dlm.config import preset as get_preset
+    from dlm.model import DiffusionLM
+    from dlm.train.corpus import stdlib_dir
+    from dlm.train.tokenizer import save_tokenizer, train_tokenizer
+
+    cfg = get_preset(preset)
+    files = sorted(stdlib_dir().glob("*.py"))[:150]
+    tok = train_tokenizer([f.read_text(errors="replace") for f in files], cfg.vocab_size)
+    cfg.vocab_size = tok.get_vocab_size()
+    torch.manual_seed(0)
+    checkpoint.save(DiffusionLM(cfg.validate()).eval(), out)
+    save_tokenizer(tok, out)
+    return out
+
+
+def in_process(pipe: Pipeline, requests, concurrency: int) -> tuple[int, float]:
+    """(tokens, seconds) for all requests with `concurrency` kept in flight."""
+    sched = Scheduler(pipe.engine, pipe.limits, max_batch=concurrency)
+    queue, tokens = list(requests), 0
+    t0 = time.perf_counter()
+    while queue or len(sched):
+        while queue and len(sched) < concurrency:
+            sched.add(queue.pop(0))
+        tokens += sum(len(s.output) for s in sched.step())
+    return tokens, time.perf_counter() - t0
+
+
+def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> tuple[int, float]:
+    from client.api import GrpcClient
+
+    lock, queue, totals, errors = threading.Lock(), list(jobs), [0], []
+
+    def worker():
+        c = GrpcClient(url, timeout=600)
+        while True:
+            with lock:
+                if not queue:
+                    break
+                prompt, knobs = queue.pop(0)
+            try:
+                r = c.generate(prompt, stream=False, **knobs)
+            except Exception as e:  # reported after the run
+                errors.append(e)
+                continue
+            with lock:
+                totals[0] += r.num_output_tokens
+        c.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
+    return totals[0], time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serving_overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="models/default")
+    p.add_argument("--random", metavar="PRESET", help="random weights of a preset instead")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
+    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--threads", type=int, default=2, help="engine threads, both sides")
+    p.add_argument("--concurrency", default="1,4,8,16")
+    p.add_argument("--requests", type=int, default=16, help="requests per throughput point")
+    p.add_argument("--throughput-mode", default="self_spec")
+    args = p.parse_args(argv)
+
+    from model_repository.serve import LocalServer
+
+    torch.set_num_threads(args.threads)
+    model = Path(args.model)
+    if args.random:
+        model = random_checkpoint(args.random, Path("build") / f"bench_random_{args.random}")
+    if not (model / "config.json").exists():
+        print(f"error: --model {model}: no checkpoint (train one, or use --random default)",
+              file=sys.stderr)
+        return 2
+    engine = load_engine(model, args.engine, args.backend, args.threads, say=print)
+    pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
+    levels = [int(x) for x in args.concurrency.split(",")]
+    print(f"# serving overhead: {model} ({'random weights' if args.random else 'trained'}), "
+          f"{type(engine).__name__}, {platform.node()}, {os.cpu_count()} CPUs, "
+          f"{args.threads} engine threads, "
+          f"max_tokens {args.max_tokens}, greedy")
+    work = Path(tempfile.mkdtemp(prefix="dlm-bench-"))
+    with LocalServer(model, work, ["--backend", args.backend, "--engine", args.engine,
+                                   "--threads", str(args.threads),
+                                   "--max-passes-per-step", str(max(levels))]) as server:
+        url = f"127.0.0.1:{server.grpc}"
+        through_triton(url, [(PROMPTS[0], {"max_tokens": 8, "mode": "ar"})], 1)  # warm up
+        in_process(pipe, [pipe.request(PROMPTS[0], max_tokens=8, mode="ar")], 1)
+        print("\n## concurrency 1, per mode (same prompts, one after another)")
+        print("| mode | tokens | in process tok/s | Triton tok/s | Triton / in process |")
+        print("|---|---|---|---|---|")
+        for mode, knobs in MODES:
+            reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode, **knobs)
+                    for p in PROMPTS]
+            tok_a, sec_a = in_process(pipe, reqs, 1)
+            jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode, **knobs}) for p in PROMPTS]
+            tok_b, sec_b = through_triton(url, jobs, 1)
+            print(f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
+                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |")
+        mode = args.throughput_mode
+        print(f"\n## throughput vs concurrency ({mode}, {args.requests} requests per point)")
+        print("| concurrency | in process tok/s | Triton tok/s | Triton / in process |")
+        print("|---|---|---|---|")
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
+        for n in levels:
+            reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode) for p in prompts]
+            tok_a, sec_a = in_process(pipe, reqs, n)
+            jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode}) for p in prompts]
+            tok_b, sec_b = through_triton(url, jobs, n)
+            print(f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
+                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

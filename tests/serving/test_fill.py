@@ -1,0 +1,50 @@
+"""The template filler is strict: every key filled, every value used."""
+
+import pytest
+
+from model_repository.fill import FillError, fill, fill_text, main
+
+MODELS = {"ensemble", "preprocessing", "dlm", "denoiser", "postprocessing"}
+
+
+def test_fill_text():
+    assert fill_text("a ${X} b ${X}", {"X": "1"}, "t") == ("a 1 b 1", {"X"})
+    with pytest.raises(FillError, match=r"t: \$\{Y\} has no value"):
+        fill_text("${Y}", {"X": "1"}, "t")
+
+
+def test_unused_value_is_an_error(tmp_path):
+    (tmp_path / "t" / "m").mkdir(parents=True)
+    (tmp_path / "t" / "m" / "config.pbtxt").write_text('name: "${NAME}"\n')
+    with pytest.raises(FillError, match=r"values no template uses: \['TYPO'\]"):
+        fill(tmp_path / "out", {"NAME": "m", "TYPO": "1"}, tmp_path / "t")
+    assert not (tmp_path / "out").exists()
+    fill(tmp_path / "out", {"NAME": "m"}, tmp_path / "t")
+    assert (tmp_path / "out" / "m" / "config.pbtxt").read_text() == 'name: "m"\n'
+    assert (tmp_path / "out" / "m" / "1").is_dir()
+
+
+def test_the_repository(tiny_checkpoint, tmp_path):
+    out = tmp_path / "repo"
+    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--backend", "torch"]) == 0
+    assert {p.name for p in out.iterdir()} == MODELS
+    for model in MODELS:
+        config = (out / model / "config.pbtxt").read_text()
+        assert "${" not in config and f'name: "{model}"' in config
+        assert (out / model / "1").is_dir()
+    assert str(tiny_checkpoint) in (out / "dlm" / "config.pbtxt").read_text()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backend", "tensorrt"], "BACKEND='tensorrt': must be auto or torch"),
+    (["--max-batch-size", "0"], "MAX_BATCH_SIZE='0': must be a positive integer"),
+    (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
+])
+def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):
+    assert main(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "r"), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_model_folder_is_checked(tmp_path, capsys):
+    assert main(["--model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no config.json" in capsys.readouterr().err

@@ -1,0 +1,95 @@
+"""Text and knobs to a validated request: the same request as `python -m dlm generate` builds,
+and an error naming the field for each bad input of DESIGN.md."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dlm.pipeline import Pipeline
+from dlm.sampling import RequestError
+from dlm.serving.requests import Preprocessor, from_inputs, from_wire, to_wire
+
+
+@pytest.fixture(scope="module")
+def pre(tiny_checkpoint):
+    return Preprocessor(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return Pipeline.load(tiny_checkpoint)
+
+
+def inputs(text="def f(x):", max_tokens=16, **knobs):
+    """Ensemble-style input arrays, [1, 1] each (batch of one)."""
+    types = {"text_input": object, "max_tokens": np.int32, "stream": bool,
+             "temperature": np.float32, "random_seed": np.uint64, "end_id": np.int32,
+             "mode": object, "block_length": np.int32, "threshold": np.float32,
+             "steps": np.int32, "return_block_text": bool}
+    values = {"text_input": text, "max_tokens": max_tokens, **knobs}
+    out = {}
+    for k, v in values.items():
+        if k == "stop_words":
+            out[k] = np.array([[s.encode() for s in v]], dtype=object)
+        else:
+            out[k] = np.array([[v.encode() if isinstance(v, str) else v]], dtype=types[k])
+    return out
+
+
+@pytest.mark.parametrize("knobs", [{}, {"mode": "ar"}, {"mode": "self_spec", "block_length": 4},
+                                   {"threshold": 0.9, "temperature": 0.7, "seed": 2**63 + 5},
+                                   {"steps": 2, "block_length": 8}])
+def test_same_request_as_the_pipeline(pre, pipe, knobs):
+    assert pre("def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs) == pipe.request(
+        "def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs)
+
+
+def test_inputs_to_wire_and_back(pre, pipe):
+    ids, payload = from_inputs(pre, inputs(mode="diffusion", threshold=0.9, random_seed=2**64 - 1,
+                                           stop_words=["return", "\n"], stream=True))
+    req, stream, views = from_wire(ids.reshape(1, -1), payload)
+    assert req == pipe.request("def f(x):", stop_words=["return", "\n"], max_tokens=16,
+                               mode="diffusion", threshold=0.9, seed=2**64 - 1)
+    assert req.threshold == 0.9  # FP32 0.9 arrives as 0.9, as on the command line
+    assert (stream, views) == (True, False)
+    assert ids.dtype == np.int32 and json.loads(payload)["stream"] is True
+    assert from_wire(*to_wire(req, stream=False, block_views=True)) == (req, False, True)
+
+
+BAD = [
+    ({"mode": "fast"}, "mode='fast': must be one of ar, diffusion, self_spec"),
+    ({"max_tokens": 0}, "max_tokens=0: must be an integer in [1, 512]"),
+    ({"max_tokens": 100000}, "max_tokens=100000: must be an integer in [1, 512]"),
+    ({"threshold": 1.5}, "threshold=1.5: must be a number in (0, 1]"),
+    ({"threshold": 0.0}, "threshold=0.0: must be a number in (0, 1]"),
+    ({"block_length": 0}, "block_length=0: must be an integer in [1, 128]"),
+    ({"steps": 3, "block_length": 8}, "steps=3: must be a divisor of block_length=8"),
+    ({"text": ""}, "text_input=''"),
+    ({"text": "x" * 5000}, "text_input="),
+    ({"temperature": -1.0}, "temperature=-1.0"),
+    ({"end_id": 100000}, "end_id=100000"),
+    ({"stop_words": [""]}, "stop_words"),
+]
+
+
+@pytest.mark.parametrize("knobs,message", BAD)
+def test_bad_inputs_name_the_field(pre, knobs, message):
+    with pytest.raises(RequestError) as e:
+        from_inputs(pre, inputs(**knobs))
+    assert str(e.value).startswith(message.split(":")[0])
+    assert message in str(e.value)
+
+
+def test_text_must_be_utf8(pre):
+    bad = {"text_input": np.array([[b"\xff\xfe"]], dtype=object),
+           "max_tokens": np.array([[4]], np.int32)}
+    with pytest.raises(RequestError, match="text_input: must be UTF-8"):
+        from_inputs(pre, bad)
+
+
+def test_one_value_per_scalar(pre):
+    x = inputs()
+    x["max_tokens"] = np.array([[4, 5]], np.int32)
+    with pytest.raises(RequestError, match="max_tokens: must hold exactly one value"):
+        from_inputs(pre, x)

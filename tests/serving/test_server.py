@@ -1,0 +1,229 @@
+"""The real tritonserver (nvidia-pytriton's 2.51 binary) on free ports with a tiny random model:
+exact tokens against the in-process sampler, streaming, the HTTP generate endpoints, concurrent
+modes, cancellation, bad inputs. One server for the module."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.api import ClientError, GrpcClient, HttpClient
+from dlm.pipeline import Pipeline
+from model_repository.serve import LocalServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    s = LocalServer(tiny_checkpoint, tmp_path_factory.mktemp("triton"),
+                    ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"])
+    yield s
+    s.stop()
+    stopped = s.tail(200)
+    assert "in-flight inferences" not in stopped or "Found 0 model" in stopped, stopped
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    return Pipeline.load(tiny_checkpoint)
+
+
+@pytest.fixture()
+def grpc(server):
+    c = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+    yield c
+    c.close()
+
+
+MODES = [("ar", {}), ("diffusion", {}), ("diffusion", {"steps": 4, "threshold": 0.5}),
+         ("self_spec", {"block_length": 4})]
+PROMPT = "def f(x):\n    return"
+
+
+def reference(pipe, mode, knobs, max_tokens=24, prompt=PROMPT):
+    res = pipe.generate([pipe.request(prompt, mode=mode, max_tokens=max_tokens, **knobs)])[0]
+    return res, pipe.tokenizer.decode(res.token_ids)
+
+
+def dlm_direct(server, pipe, request):
+    """The `dlm` model called directly (not through the ensemble): its output token ids."""
+    import tritonclient.grpc as g
+
+    from dlm.serving.requests import to_wire
+
+    ids, payload = to_wire(request)
+    a = g.InferInput("input_ids", [1, len(ids)], "INT32")
+    a.set_data_from_numpy(ids.reshape(1, -1))
+    b = g.InferInput("request", [1, 1], "BYTES")
+    b.set_data_from_numpy(np.array([[payload.encode()]], dtype=object))
+    got, c = [], g.InferenceServerClient(f"127.0.0.1:{server.grpc}")
+    done = threading.Event()
+
+    def callback(result, error):
+        got.append((result, error))
+        if error or result.get_response().parameters["triton_final_response"].bool_param:
+            done.set()
+
+    c.start_stream(callback=callback)
+    c.async_stream_infer("dlm", [a, b], enable_empty_final_response=True)
+    assert done.wait(60)
+    c.stop_stream()
+    assert all(error is None for _, error in got), got
+    data = [r for r, _ in got if r.get_response().outputs and not r.as_numpy("heartbeat")[0, 0]]
+    assert len(data) == 1  # heartbeats aside, one response without streaming
+    return data[0].as_numpy("output_ids").reshape(-1).tolist()
+
+
+@pytest.mark.parametrize("mode,knobs", MODES)
+def test_greedy_output_equals_in_process(server, pipe, grpc, mode, knobs):
+    ref, ref_text = reference(pipe, mode, knobs)
+    one = grpc.generate(PROMPT, 24, mode=mode, stream=False, **knobs)
+    assert one.responses == 1
+    assert one.text == ref_text
+    assert (one.num_output_tokens, one.num_forward_passes) == (ref.num_output_tokens,
+                                                                ref.num_forward_passes)
+    assert dlm_direct(server, pipe, pipe.request(PROMPT, mode=mode, max_tokens=24,
+                                                 **knobs)) == ref.token_ids
+    streamed = grpc.generate(PROMPT, 24, mode=mode, stream=True, **knobs)
+    assert streamed.text == one.text and streamed.responses > 1
+    assert streamed.num_output_tokens == ref.num_output_tokens
+
+
+@pytest.mark.parametrize("mode", ["ar", "diffusion", "self_spec"])
+def test_command_line_agrees(server, grpc, tiny_checkpoint, mode):
+    out = subprocess.run([sys.executable, "-m", "dlm", "generate", "--model",
+                          str(tiny_checkpoint), "--prompt", PROMPT, "--mode", mode,
+                          "--max-tokens", "20", "--json"], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    cli = json.loads(out.stdout)
+    got = grpc.generate(PROMPT, 20, mode=mode, stream=False)
+    assert got.text == cli["text"]
+    assert (got.num_output_tokens, got.num_forward_passes) == (cli["num_output_tokens"],
+                                                               cli["num_forward_passes"])
+
+
+def test_http_generate_endpoints(server, pipe):
+    _, ref_text = reference(pipe, "self_spec", {}, max_tokens=16)
+    http = HttpClient(f"127.0.0.1:{server.http}", timeout=120)
+    one = http.generate(PROMPT, 16, mode="self_spec")
+    assert one.text == ref_text and one.responses == 1
+    streamed = http.generate(PROMPT, 16, mode="self_spec", stream=True)
+    assert streamed.text == ref_text and streamed.responses > 1
+    with pytest.raises(ClientError, match=r"threshold=2\.0: must be a number in \(0, 1\]"):
+        http.generate(PROMPT, 16, threshold=2.0)
+
+
+def test_concurrent_requests_in_different_modes(server, pipe):
+    cases = [(m, k, p) for m, k in MODES for p in ("import os\n", "class A:\n")]
+    results: dict[int, object] = {}
+
+    def run(i, mode, knobs, prompt):
+        c = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+        try:
+            results[i] = c.generate(prompt, 30, mode=mode, stream=i % 2 == 0, **knobs)
+        except Exception as e:  # reported below with the case
+            results[i] = e
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(i, *case)) for i, case in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    for i, (mode, knobs, prompt) in enumerate(cases):
+        ref, ref_text = reference(pipe, mode, knobs, max_tokens=30, prompt=prompt)
+        got = results[i]
+        assert not isinstance(got, Exception), f"{mode} {knobs}: {got}"
+        assert got.text == ref_text, f"{mode} {knobs} {prompt!r}"
+        assert got.num_forward_passes == ref.num_forward_passes
+
+
+def wait_for(condition, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_cancellation_stops_the_request_and_frees_its_cache(server, stream):
+    assert wait_for(lambda: server.metric("dlm_sequences_in_flight") == 0)
+    passes = server.metric("dlm_denoiser_passes")
+    c = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+    if stream:
+        got = c.generate(PROMPT, 400, mode="ar", stream=True, cancel_after=3)
+        assert got.responses == 3
+    else:
+        timer = threading.Timer(0.5, lambda: c.client.stop_stream(cancel_requests=True))
+        timer.start()
+        with pytest.raises(ClientError, match="cancelled"):
+            c.generate(PROMPT, 400, mode="ar", stream=False)
+    t0 = time.monotonic()
+    assert wait_for(lambda: server.metric("dlm_denoiser_live_sequences") == 0), server.tail()
+    freed = time.monotonic() - t0
+    assert server.metric("dlm_sequences_in_flight") == 0
+    ran = server.metric("dlm_denoiser_passes") - passes
+    print(f"stream={stream}: {ran:.0f} passes ran, cache freed {freed:.2f} s after the cancel")
+    # Streaming: 3 answered passes, plus the ones in flight while the cancellation travels
+    # (postprocessing -> denoiser -> dlm); without streaming, 0.5 s of passes and as much.
+    assert ran < (12 if stream else 250)
+    c.close()
+
+
+BAD = [
+    ({"mode": "fast"}, "mode='fast': must be one of ar, diffusion, self_spec"),
+    ({"max_tokens": 0}, "max_tokens=0: must be an integer in [1, 512]"),
+    ({"max_tokens": 513}, "max_tokens=513: must be an integer in [1, 512]"),
+    ({"block_length": 0}, "block_length=0: must be an integer in [1, 128]"),
+    ({"steps": 3, "block_length": 8}, "steps=3: must be a divisor of block_length=8"),
+    ({"threshold": 0.0}, "threshold=0.0: must be a number in (0, 1]"),
+    ({"threshold": 1.5}, "threshold=1.5: must be a number in (0, 1]"),
+    ({"prompt": ""}, "text_input='': must be a non-empty prompt"),
+    ({"prompt": "x = 1\n" * 800}, "tokens>': must be at most 768 tokens"),
+]
+
+
+@pytest.mark.parametrize("knobs,message", BAD)
+def test_bad_input_gets_a_clear_error_and_the_server_stays_up(server, grpc, knobs, message):
+    knobs = dict(knobs)
+    prompt, max_tokens = knobs.pop("prompt", PROMPT), knobs.pop("max_tokens", 8)
+    with pytest.raises(ClientError) as e:
+        grpc.generate(prompt, max_tokens, **knobs)
+    assert message in str(e.value)
+    assert server.ready()
+    assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
+
+
+def test_wrong_type_is_refused_naming_the_input(server, grpc):
+    import tritonclient.grpc as g
+
+    text = g.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[b"def"]], dtype=object))
+    bad = g.InferInput("max_tokens", [1, 1], "FP32")
+    bad.set_data_from_numpy(np.array([[8.0]], np.float32))
+    errors = []
+    done = threading.Event()
+    grpc.client.start_stream(callback=lambda result, error: (errors.append(error), done.set()))
+    grpc.client.async_stream_infer("ensemble", [text, bad])
+    assert done.wait(30)
+    grpc.client.stop_stream()
+    assert errors[0] is not None and "max_tokens" in str(errors[0])
+    assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
+
+
+def test_metrics_port(server, grpc):
+    grpc.generate(PROMPT, 12, mode="diffusion")
+    assert server.metric("dlm_requests", mode="diffusion") >= 1
+    assert server.metric("dlm_forward_passes", mode="diffusion") >= 1
+    assert server.metric("dlm_tokens_per_forward_count", mode="diffusion") >= 1
+    assert server.metric("nv_inference_request_success", model="ensemble") >= 1
