@@ -153,16 +153,21 @@ def main(argv: list[str] | None = None) -> int:
                   f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |")
         mode = args.throughput_mode
         print(f"\n## throughput vs concurrency ({mode}, {args.requests} requests per point)")
-        print("| concurrency | in process tok/s | Triton tok/s | Triton / in process |")
-        print("|---|---|---|---|")
+        print("| concurrency | in process tok/s | Triton tok/s | Triton / in process | "
+              "Triton passes per denoiser call |")
+        print("|---|---|---|---|---|")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
         for n in levels:
             reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode) for p in prompts]
             tok_a, sec_a = in_process(pipe, reqs, n)
             jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode}) for p in prompts]
+            calls, passes = (server.metric(f"dlm_denoiser_{k}") for k in ("calls", "passes"))
             tok_b, sec_b = through_triton(url, jobs, n)
+            calls = server.metric("dlm_denoiser_calls") - calls
+            passes = server.metric("dlm_denoiser_passes") - passes
             print(f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |", flush=True)
+                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, calls):.1f} |",
+                  flush=True)
     return 0
 
 

@@ -11,6 +11,9 @@ from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import MODES, RequestError
 
 
+_FLAGS = {"text_input": "prompt", "random_seed": "seed", "stop_words": "stop"}
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dlm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -39,9 +42,12 @@ def main(argv: list[str] | None = None) -> int:
                            threshold=args.threshold, steps=args.steps,
                            temperature=args.temperature, seed=args.seed)
     except (RequestError, ValueError, FileNotFoundError) as e:
-        flag = str(e).split("=")[0].replace("_", "-")
-        print(f"error: --{flag.strip()}: {e}" if isinstance(e, RequestError) else f"error: {e}",
-              file=sys.stderr)
+        if isinstance(e, RequestError):  # request field -> the flag that sets it
+            field = str(e).split("=")[0].strip()
+            flag = _FLAGS.get(field, field.replace("_", "-"))
+            print(f"error: --{flag}: {e}", file=sys.stderr)
+        else:
+            print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     res = pipe.generate([req])[0]

@@ -36,7 +36,7 @@ from dlm.config import ModelConfig
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling import GenerationRequest, Limits, RequestError, Scheduler
 from dlm.sampling.sequence import Sequence
-from dlm.serving.wire import pack_passes, unpack_results
+from dlm.serving.wire import pack_passes, unpack_results  # noqa: F401
 
 log = logging.getLogger(__name__)
 
