@@ -66,18 +66,18 @@ engine: setup
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
-ENGINE_DIR ?= build/engine
-BACKEND ?= auto
 FILL_ARGS ?=
 
 .PHONY: serve bench-serving
 
-# Builds the engine first when the export package exists and $(ENGINE_DIR) has no manifest.
+# Builds the engine first when the export package exists and $(ENGINE_DIR) has no manifest; the
+# denoiser then serves what the manifest names. FILL_ARGS="--backend torch" skips the build's
+# engine; `python -m model_repository.fill --help` lists the other settings.
 serve: setup
 	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
 		$(MAKE) engine MODEL=$(MODEL); fi
 	$(PY) -m model_repository.fill --model $(MODEL) --engine $(ENGINE_DIR) \
-		--backend $(BACKEND) --out build/model_repository $(FILL_ARGS)
+		--backend auto --out build/model_repository $(FILL_ARGS)
 	$(PY) -m model_repository.serve --repository build/model_repository \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 

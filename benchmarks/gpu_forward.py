@@ -93,8 +93,10 @@ class Report:
     def section(self, title: str, run: Callable[[], str], budget: Budget, need_s: float) -> None:
         """Run one section; a failure is reported (type and message) and does not stop the run."""
         if budget.left() < need_s:
-            self.add(f"## {title}\n\nskipped: {budget.left():.0f} s of the time budget left, "
-                     f"the section needs about {need_s:.0f} s")
+            self.add(
+                f"## {title}\n\nskipped: {budget.left():.0f} s of the time budget left, "
+                f"the section needs about {need_s:.0f} s"
+            )
             return
         t0 = time.perf_counter()
         try:
@@ -102,8 +104,10 @@ class Report:
         except Exception as e:  # reported in the output, never swallowed: the next section runs
             traceback.print_exc()
             msg = " ".join(str(e).split())[:600]
-            self.add(f"## {title}\n\n**failed** after {time.perf_counter() - t0:.1f} s: "
-                     f"`{type(e).__name__}: {msg}`")
+            self.add(
+                f"## {title}\n\n**failed** after {time.perf_counter() - t0:.1f} s: "
+                f"`{type(e).__name__}: {msg}`"
+            )
             return
         took = time.perf_counter() - t0
         self.add(f"## {title}\n\n{body.rstrip()}\n\n_section time {took:.1f} s_")
@@ -139,6 +143,7 @@ class Bench:
 
 
 # ----------------------------------------------------------------------------- measurements
+
 
 def build_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> DiffusionLM:
     """Random weights made where they live: no CPU copy and no float32 copy (8B: ~17 GB bf16).
@@ -178,8 +183,10 @@ def median_ms(run: Callable[[], object], b: Bench, iters: int | None = None) -> 
         run()
     b.sync()
     if b.cuda:
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(iters)]
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(iters)
+        ]
         for start, end in events:
             start.record()
             run()
@@ -199,8 +206,10 @@ def random_past(b: Bench) -> tuple[torch.Tensor, torch.Tensor]:
     """Cached keys and values [L, 1, Hkv, prefix, D] of the benchmark's dtype."""
     c = b.cfg
     shape = (c.num_layers, 1, c.num_kv_heads, b.prefix, c.head_dim)
-    return (torch.randn(shape, device=b.device, dtype=b.dtype),
-            torch.randn(shape, device=b.device, dtype=b.dtype))
+    return (
+        torch.randn(shape, device=b.device, dtype=b.dtype),
+        torch.randn(shape, device=b.device, dtype=b.dtype),
+    )
 
 
 def pass_args(b: Bench, t: int, past: tuple[torch.Tensor, torch.Tensor]) -> tuple:
@@ -242,6 +251,7 @@ def capture(model: DiffusionLM, args: tuple, pool) -> torch.cuda.CUDAGraph:
 
 # ----------------------------------------------------------------------------- sections
 
+
 def section_setup(b: Bench, argv: list[str]) -> str:
     """Build the model; the report's header lines."""
     t0 = time.perf_counter()
@@ -254,8 +264,10 @@ def section_setup(b: Bench, argv: list[str]) -> str:
         name = torch.cuda.get_device_name(b.device)
         props = torch.cuda.get_device_properties(b.device)
         b.bandwidth, bw_note = peak_bandwidth(name)
-        device = (f"{name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
-                  f"CUDA {torch.version.cuda}")
+        device = (
+            f"{name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB), "
+            f"CUDA {torch.version.cuda}"
+        )
         try:
             copy = f"{copy_bandwidth(b) / 1e12:.2f} TB/s (1 GiB copy, read + write)"
         except Exception as e:  # an extra figure: report it, keep the model and the header
@@ -301,8 +313,11 @@ def section_eager(b: Bench) -> str:
     model = b.need_model()
     past = random_past(b)
     kv = si(kv_bytes(b.cfg, b.prefix, b.dtype), "B")
-    rows = ["| T | eager ms | weight floor ms | time / floor | KV read | tok/s if a pass "
-            "commits T |", "|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| T | eager ms | weight floor ms | time / floor | KV read | tok/s if a pass "
+        "commits T |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for t in QUERY_TOKENS:
         if b.budget.left() < 10:
             rows.append(f"| {t} | skipped (time budget) | | | | |")
@@ -314,7 +329,8 @@ def section_eager(b: Bench) -> str:
     return "\n".join(rows) + (
         "\n\nT = 1 is causal (an AR step); T > 1 block-bidirectional (a denoise or draft pass); "
         "logits at all T positions. Eager PyTorch launches every kernel from Python, so at small "
-        "T the time can be launch-bound rather than memory-bound: compare the CUDA-graph table.")
+        "T the time can be launch-bound rather than memory-bound: compare the CUDA-graph table."
+    )
 
 
 def section_generate(b: Bench) -> str:
@@ -324,10 +340,16 @@ def section_generate(b: Bench) -> str:
     rng = np.random.default_rng(0)
     prompt = rng.integers(4, b.cfg.vocab_size, GEN_PROMPT)
     prompt[prompt == b.cfg.mask_token_id] += 1
-    knobs = {"ar": {}, "diffusion": {"block_length": BLOCK, "steps": GEN_STEPS},
-             "self_spec": {"block_length": BLOCK}}
-    rows = ["| mode | knobs | output tokens | forward passes | TPF | seconds | tok/s "
-            "| ms per pass |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    knobs = {
+        "ar": {},
+        "diffusion": {"block_length": BLOCK, "steps": GEN_STEPS},
+        "self_spec": {"block_length": BLOCK},
+    }
+    rows = [
+        "| mode | knobs | output tokens | forward passes | TPF | seconds | tok/s "
+        "| ms per pass |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for mode, kw in knobs.items():
         if b.budget.left() < 8:
             rows.append(f"| {mode} | skipped (time budget) | | | | | | |")
@@ -345,13 +367,16 @@ def section_generate(b: Bench) -> str:
         s = time.perf_counter() - t0
         n, nfe = result.num_output_tokens, result.num_forward_passes
         shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "-"
-        rows.append(f"| {mode} | {shown} | {n} | {nfe} | {n / max(nfe, 1):.2f} | {s:.3f} | "
-                    f"{n / s:,.1f} | {s / max(nfe, 1) * 1e3:.1f} |")
+        rows.append(
+            f"| {mode} | {shown} | {n} | {nfe} | {n / max(nfe, 1):.2f} | {s:.3f} | "
+            f"{n / s:,.1f} | {s / max(nfe, 1) * 1e3:.1f} |"
+        )
     return "\n".join(rows) + (
         f"\n\nPrompt {GEN_PROMPT} random tokens, max_tokens {GEN_TOKENS}, temperature 0, batch 1; "
         "passes and seconds include the prompt prefill. Random weights: the tokens are "
         "meaningless and so is self-speculation's acceptance (a random draft rarely agrees "
-        "with its verifier); the time per pass is not. Eager engine, every pass synchronises.")
+        "with its verifier); the time per pass is not. Eager engine, every pass synchronises."
+    )
 
 
 @torch.inference_mode()
@@ -361,8 +386,11 @@ def section_graphs(b: Bench) -> str:
     model = b.need_model()
     past = random_past(b)
     pool = torch.cuda.graph_pool_handle()
-    rows = ["| T | CUDA graph ms | eager ms | weight floor ms | time / floor | tok/s if a pass "
-            "commits T |", "|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| T | CUDA graph ms | eager ms | weight floor ms | time / floor | tok/s if a pass "
+        "commits T |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for t in QUERY_TOKENS:
         if b.budget.left() < 8:
             rows.append(f"| {t} | skipped (time budget) | | | | |")
@@ -379,8 +407,10 @@ def section_graphs(b: Bench) -> str:
 def mode_rows() -> list[tuple[str, str, dict[int, int], int]]:
     """(mode, schedule, passes per round by T, tokens committed per round)."""
     rows = [("ar", "1 causal pass per token", {1: 1}, 1)]
-    rows += [("diffusion", f"block {BLOCK}: {s} denoise + 1 commit pass", {BLOCK: s + 1}, BLOCK)
-             for s in DIFFUSION_STEPS]
+    rows += [
+        ("diffusion", f"block {BLOCK}: {s} denoise + 1 commit pass", {BLOCK: s + 1}, BLOCK)
+        for s in DIFFUSION_STEPS
+    ]
     rows += [("self_spec", f"{a} accepted per draft + verify", {BLOCK: 2}, a) for a in ACCEPTED]
     return rows
 
@@ -399,8 +429,10 @@ def section_modes(b: Bench) -> str:
     ref_name, ref = timings[-1]
     ar = tokens_per_second({1: 1}, 1, ref)
     head = " | ".join(f"tok/s {name}" for name, _ in timings)
-    rows = [f"| mode | schedule | passes (T) | tokens | TPF | {head} | x AR ({ref_name}) |",
-            "|---|---|---|---:|---:|" + "---:|" * len(timings) + "---:|"]
+    rows = [
+        f"| mode | schedule | passes (T) | tokens | TPF | {head} | x AR ({ref_name}) |",
+        "|---|---|---|---:|---:|" + "---:|" * len(timings) + "---:|",
+    ]
     for mode, schedule, passes, tokens in mode_rows():
         n = sum(passes.values())
         cells = []
@@ -410,29 +442,46 @@ def section_modes(b: Bench) -> str:
         rate = tokens_per_second(passes, tokens, ref)
         speedup = "n/a" if rate is None or ar is None else f"{rate / ar:.2f}"
         shape = " + ".join(f"{k} x T={t}" for t, k in passes.items())
-        rows.append(f"| {mode} | {schedule} | {shape} | {tokens} | {tokens / n:.2f} | "
-                    f"{' | '.join(cells)} | {speedup} |")
+        rows.append(
+            f"| {mode} | {schedule} | {shape} | {tokens} | {tokens / n:.2f} | "
+            f"{' | '.join(cells)} | {speedup} |"
+        )
     return "\n".join(rows) + (
         "\n\nComputed, not run: tokens per round / the sum of the measured pass times above "
         "(batch 1, same prefix). Prefill and sampler overhead are left out; the sampler table "
-        "measures them.")
+        "measures them."
+    )
 
 
 # ----------------------------------------------------------------------------- entry point
 
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_forward", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_forward",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", type=Path, help="write the markdown report here as well")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                   help="auto: cuda when available, else a CPU smoke run")
-    p.add_argument("--preset", help=f"model preset (default {GPU_PRESET} on a GPU, "
-                                    f"{CPU_PRESET} on the CPU)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cuda", "cpu"),
+        default="auto",
+        help="auto: cuda when available, else a CPU smoke run",
+    )
+    p.add_argument(
+        "--preset",
+        help=f"model preset (default {GPU_PRESET} on a GPU, " f"{CPU_PRESET} on the CPU)",
+    )
     p.add_argument("--prefix", type=int, default=2048, help="cached tokens per timed pass")
     p.add_argument("--iters", type=int, default=10, help="timed passes per point (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes before each point")
-    p.add_argument("--budget-s", type=float, default=90.0,
-                   help="wall-clock seconds for the whole run; sections that would not fit skip")
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=90.0,
+        help="wall-clock seconds for the whole run; sections that would not fit skip",
+    )
     return p.parse_args(argv)
 
 
@@ -452,12 +501,16 @@ def main(argv: list[str] | None = None) -> int:
     report.section("Setup", lambda: section_setup(b, argv), budget, need_s=10)
     report.section("Forward time vs query tokens T (eager)", lambda: section_eager(b), budget, 15)
     report.section("Real samplers, one request per mode", lambda: section_generate(b), budget, 15)
-    report.section("Forward time vs query tokens T (CUDA graphs)", lambda: section_graphs(b),
-                   budget, 10)
-    report.section("Tokens/s per mode from the measured pass times", lambda: section_modes(b),
-                   budget, 0)
-    report.add(f"_total {time.perf_counter() - budget.start:.1f} s"
-               f"{'; ' + SMOKE if not use_cuda else ''}_")
+    report.section(
+        "Forward time vs query tokens T (CUDA graphs)", lambda: section_graphs(b), budget, 10
+    )
+    report.section(
+        "Tokens/s per mode from the measured pass times", lambda: section_modes(b), budget, 0
+    )
+    report.add(
+        f"_total {time.perf_counter() - budget.start:.1f} s"
+        f"{'; ' + SMOKE if not use_cuda else ''}_"
+    )
     return 0
 
 

@@ -10,7 +10,6 @@ import time
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import MODES, RequestError
 
-
 _FLAGS = {"text_input": "prompt", "random_seed": "seed", "stop_words": "stop"}
 
 
@@ -37,10 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         pipe = Pipeline.load(args.model, device=args.device)
-        req = pipe.request(args.prompt, stop_words=args.stop, mode=args.mode,
-                           max_tokens=args.max_tokens, block_length=args.block_length,
-                           threshold=args.threshold, steps=args.steps,
-                           temperature=args.temperature, seed=args.seed)
+        req = pipe.request(
+            args.prompt,
+            stop_words=args.stop,
+            mode=args.mode,
+            max_tokens=args.max_tokens,
+            block_length=args.block_length,
+            threshold=args.threshold,
+            steps=args.steps,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
     except (RequestError, ValueError, FileNotFoundError) as e:
         if isinstance(e, RequestError):  # request field -> the flag that sets it
             field = str(e).split("=")[0].strip()
@@ -54,11 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     text = pipe.tokenizer.decode(res.token_ids)
     if args.json:
-        print(json.dumps({"text": text, "token_ids": res.token_ids,
-                          "num_forward_passes": res.num_forward_passes,
-                          "num_output_tokens": res.num_output_tokens,
-                          "finish_reason": res.finish_reason, "mode": req.mode,
-                          "seconds": round(seconds, 4)}))
+        print(
+            json.dumps(
+                {
+                    "text": text,
+                    "token_ids": res.token_ids,
+                    "num_forward_passes": res.num_forward_passes,
+                    "num_output_tokens": res.num_output_tokens,
+                    "finish_reason": res.finish_reason,
+                    "mode": req.mode,
+                    "seconds": round(seconds, 4),
+                }
+            )
+        )
     else:
         print(text)
     return 0

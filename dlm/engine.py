@@ -7,8 +7,8 @@ leave the engine, because the fused DenoiseStep op runs inside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -57,15 +57,19 @@ def check_pass(p: PassRequest, cached: int, max_position: int) -> None:
     if not p.tokens:
         raise ValueError(f"pass.tokens for sequence {p.seq_id}: must not be empty")
     if not 0 <= p.start <= cached:
-        raise ValueError(f"pass.start={p.start} for sequence {p.seq_id}: must be in [0, {cached}]"
-                         " (the cached length)")
+        raise ValueError(
+            f"pass.start={p.start} for sequence {p.seq_id}: must be in [0, {cached}]"
+            " (the cached length)"
+        )
     if not 0 <= p.tail <= len(p.tokens):
         raise ValueError(f"pass.tail={p.tail}: must be in [0, {len(p.tokens)}]")
     if not 1 <= p.n_out <= len(p.tokens):
         raise ValueError(f"pass.n_out={p.n_out}: must be in [1, {len(p.tokens)}]")
     if p.start + len(p.tokens) > max_position:
-        raise ValueError(f"sequence {p.seq_id} would reach position {p.start + len(p.tokens)}: "
-                         f"the model allows at most {max_position}")
+        raise ValueError(
+            f"sequence {p.seq_id} would reach position {p.start + len(p.tokens)}: "
+            f"the model allows at most {max_position}"
+        )
 
 
 def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.ndarray]:
@@ -112,7 +116,7 @@ class KVStore:
         c = self.cfg
         shape = (c.num_layers, len(seq_ids), c.num_kv_heads, max(starts), c.head_dim)
         k, v = self.zeros(shape), self.zeros(shape)
-        for i, (sid, s) in enumerate(zip(seq_ids, starts)):
+        for i, (sid, s) in enumerate(zip(seq_ids, starts, strict=False)):
             if s:
                 k[:, i, :, :s] = self.k[sid][:, :, :s]
                 v[:, i, :, :s] = self.v[sid][:, :, :s]
@@ -154,8 +158,9 @@ class CachedEngine:
     config: ModelConfig
     kv: KVStore
 
-    def forward(self, feed: dict[str, np.ndarray], past_k: Any, past_v: Any
-                ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    def forward(
+        self, feed: dict[str, np.ndarray], past_k: Any, past_v: Any
+    ) -> tuple[np.ndarray, np.ndarray, Any, Any]:
         """(token [B, K], confidence [B, K], new_k, new_v [L, B, Hkv, T, D]) for one batch."""
         raise NotImplementedError
 
@@ -181,23 +186,29 @@ class CachedEngine:
 class TorchEngine(CachedEngine):
     """The PyTorch engine: the reference for every other engine, and the GPU fallback."""
 
-    def __init__(self, model: DiffusionLM, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: DiffusionLM,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if dtype is not None:
             self.model = self.model.to(dtype)
         self.config = model.cfg
         kv_dtype = next(self.model.parameters()).dtype
-        self.kv = KVStore(self.config,
-                          lambda shape: torch.zeros(shape, device=self.device, dtype=kv_dtype))
+        self.kv = KVStore(
+            self.config, lambda shape: torch.zeros(shape, device=self.device, dtype=kv_dtype)
+        )
 
     @torch.inference_mode()
     def forward(self, feed, past_k, past_v):
         from plugins.denoise_step.reference import denoise_step_torch
 
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
-        logits, new_k, new_v = self.model(x["input_ids"], past_k, past_v, x["past_len"],
-                                          x["n_new"], x["tail"], x["out_index"])
+        logits, new_k, new_v = self.model(
+            x["input_ids"], past_k, past_v, x["past_len"], x["n_new"], x["tail"], x["out_index"]
+        )
         tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
         return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v

@@ -46,8 +46,11 @@ def rope_frequencies(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
 
     # YaRN: interpolate the low frequencies by `factor`, keep the high ones, ramp in between.
     def dim_for_rotations(n: float) -> float:
-        return dim * math.log(y.original_max_position / (n * 2 * math.pi)) / (
-            2 * math.log(cfg.rope_theta))
+        return (
+            dim
+            * math.log(y.original_max_position / (n * 2 * math.pi))
+            / (2 * math.log(cfg.rope_theta))
+        )
 
     low = max(math.floor(dim_for_rotations(y.beta_fast)), 0)
     high = min(math.ceil(dim_for_rotations(y.beta_slow)), dim // 2 - 1)
@@ -63,8 +66,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
 
-def pass_mask(past_len: torch.Tensor, n_new: torch.Tensor, tail: torch.Tensor, past: int,
-              new: int) -> torch.Tensor:
+def pass_mask(
+    past_len: torch.Tensor, n_new: torch.Tensor, tail: torch.Tensor, past: int, new: int
+) -> torch.Tensor:
     """Boolean attention mask [B, new, past + new]: True where a query may attend to a key."""
     j_past = torch.arange(past, device=past_len.device)
     t = torch.arange(new, device=past_len.device)
@@ -158,12 +162,19 @@ class DiffusionLM(nn.Module):
         """Zero-length past keys/values [L, B, Hkv, 0, D]."""
         c = self.cfg
         dtype = dtype or self.diffusion_head.weight.dtype
-        z = torch.zeros(c.num_layers, batch, c.num_kv_heads, 0, c.head_dim, device=device,
-                        dtype=dtype)
+        z = torch.zeros(
+            c.num_layers, batch, c.num_kv_heads, 0, c.head_dim, device=device, dtype=dtype
+        )
         return z, z
 
-    def hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-               past_k: torch.Tensor, past_v: torch.Tensor):
+    def hidden(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        past_k: torch.Tensor,
+        past_v: torch.Tensor,
+    ):
         """Final hidden states [B, T, hidden] and the new keys/values [L, B, Hkv, T, D].
 
         input_ids/positions [B, T]; mask [B, T, P + T] bool; past_k/v [L, B, Hkv, P, D].

@@ -30,17 +30,27 @@ class Pipeline:
     limits: Limits
 
     @classmethod
-    def load(cls, folder: str | Path = DEFAULT_MODEL, device: str = "cpu",
-             limits: Limits | None = None) -> Pipeline:
+    def load(
+        cls, folder: str | Path = DEFAULT_MODEL, device: str = "cpu", limits: Limits | None = None
+    ) -> Pipeline:
         torch.set_num_threads(max(1, torch.get_num_threads()))
         model = checkpoint.load(folder)
-        return cls(TorchEngine(model, device), TextTokenizer(folder), generation_defaults(folder),
-                   limits or Limits())
+        return cls(
+            TorchEngine(model, device),
+            TextTokenizer(folder),
+            generation_defaults(folder),
+            limits or Limits(),
+        )
 
-    def request(self, prompt: str, stop_words: list[str] | None = None, **knobs) -> GenerationRequest:
+    def request(
+        self, prompt: str, stop_words: list[str] | None = None, **knobs
+    ) -> GenerationRequest:
         """A validated request: the folder's defaults, overridden by the knobs that are not None."""
-        fields = {k: v for k, v in self.defaults.items()
-                  if k in ("mode", "block_length", "threshold", "steps", "max_tokens")}
+        fields = {
+            k: v
+            for k, v in self.defaults.items()
+            if k in ("mode", "block_length", "threshold", "steps", "max_tokens")
+        }
         fields.update({k: v for k, v in knobs.items() if v is not None})
         stops = [self.tokenizer.encode(s) for s in (stop_words or [])]
         req = GenerationRequest(self.tokenizer.encode(prompt), stop_sequences=stops, **fields)

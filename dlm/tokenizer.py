@@ -47,8 +47,11 @@ class TextTokenizer:
 
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
         return env.from_string(self.chat_template).render(
-            messages=[{"role": "user", "content": user_message}], add_generation_prompt=True,
-            bos_token=self.config.get("bos_token", ""), eos_token=self.config.get("eos_token", ""))
+            messages=[{"role": "user", "content": user_message}],
+            add_generation_prompt=True,
+            bos_token=self.config.get("bos_token", ""),
+            eos_token=self.config.get("eos_token", ""),
+        )
 
 
 class IncrementalDecoder:
@@ -64,16 +67,16 @@ class IncrementalDecoder:
 
     def push(self, new_ids: list[int]) -> str:
         self.ids.extend(int(i) for i in new_ids)
-        shown = self.decode(self.ids[self.prefix:self.read])
-        full = self.decode(self.ids[self.prefix:])
+        shown = self.decode(self.ids[self.prefix : self.read])
+        full = self.decode(self.ids[self.prefix :])
         if len(full) > len(shown) and not full.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
-            return full[len(shown):]
+            return full[len(shown) :]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back at the end (may contain U+FFFD for truly broken bytes)."""
-        shown = self.decode(self.ids[self.prefix:self.read])
-        full = self.decode(self.ids[self.prefix:])
+        shown = self.decode(self.ids[self.prefix : self.read])
+        full = self.decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return full[len(shown):]
+        return full[len(shown) :]

@@ -34,14 +34,20 @@ from export.ort_engine import OrtEngine
 
 
 def denoise_passes(batch: int, past: int, block: int, mask: int) -> list[PassRequest]:
-    return [PassRequest(i, past, [5] + [mask] * (block - 1), tail=block, write=False,
-                        n_out=block) for i in range(batch)]
+    return [
+        PassRequest(i, past, [5] + [mask] * (block - 1), tail=block, write=False, n_out=block)
+        for i in range(batch)
+    ]
 
 
 def prefill(engine, batch: int, past: int, vocab: int) -> None:
     rng = np.random.default_rng(0)
-    engine.step([PassRequest(i, 0, rng.integers(4, vocab, past).tolist(), tail=0, write=True,
-                             n_out=1) for i in range(batch)])
+    engine.step(
+        [
+            PassRequest(i, 0, rng.integers(4, vocab, past).tolist(), tail=0, write=True, n_out=1)
+            for i in range(batch)
+        ]
+    )
 
 
 def timed(fn) -> float:
@@ -61,8 +67,15 @@ def io_binding_run(engine: OrtEngine, feed: dict[str, np.ndarray]):
     return binding.copy_outputs_to_cpu()
 
 
-def bench(model: DiffusionLM, onnx_path: Path, batches: list[int], past: int, block: int,
-          rounds: int, threads: int) -> list[dict]:
+def bench(
+    model: DiffusionLM,
+    onnx_path: Path,
+    batches: list[int],
+    past: int,
+    block: int,
+    rounds: int,
+    threads: int,
+) -> list[dict]:
     cfg = model.cfg
     torch_engine, ort_engine = TorchEngine(model), OrtEngine(onnx_path, cfg, threads=threads)
     rows = []
@@ -87,9 +100,16 @@ def bench(model: DiffusionLM, onnx_path: Path, batches: list[int], past: int, bl
         ref = statistics.median(times["torch engine"])
         for name, ts in times.items():
             med = statistics.median(ts)
-            rows.append({"engine": name, "batch": b, "median_ms": med,
-                         "p90_ms": float(np.percentile(ts, 90)),
-                         "tokens_per_s": b * block / med * 1e3, "vs_torch": ref / med})
+            rows.append(
+                {
+                    "engine": name,
+                    "batch": b,
+                    "median_ms": med,
+                    "p90_ms": float(np.percentile(ts, 90)),
+                    "tokens_per_s": b * block / med * 1e3,
+                    "vs_torch": ref / med,
+                }
+            )
         for e in (torch_engine, ort_engine):
             for i in range(b):
                 e.release(i)
@@ -97,8 +117,11 @@ def bench(model: DiffusionLM, onnx_path: Path, batches: list[int], past: int, bl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint folder")
     src.add_argument("--preset", help="random weights of a preset's shape (e.g. default, tiny)")
@@ -123,17 +146,20 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             export_denoiser(model, onnx_path)
             print(f"exported {onnx_path.name} in {time.perf_counter() - t0:.0f} s")
-        rows = bench(model, onnx_path, args.batch, args.past, args.block, args.rounds,
-                     args.threads)
-    print(f"\n{name}: {model.num_parameters() / 1e6:.1f} M params; denoise pass of "
-          f"{args.block} tokens over {args.past} cached, {args.rounds} rounds; "
-          f"torch threads {torch.get_num_threads()}, onnxruntime threads "
-          f"{args.threads or 'default'}; CPU\n")
+        rows = bench(model, onnx_path, args.batch, args.past, args.block, args.rounds, args.threads)
+    print(
+        f"\n{name}: {model.num_parameters() / 1e6:.1f} M params; denoise pass of "
+        f"{args.block} tokens over {args.past} cached, {args.rounds} rounds; "
+        f"torch threads {torch.get_num_threads()}, onnxruntime threads "
+        f"{args.threads or 'default'}; CPU\n"
+    )
     print("| engine | batch | median ms | p90 ms | tokens/s | speed vs torch engine |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['engine']} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
-              f"{r['tokens_per_s']:.0f} | {r['vs_torch']:.2f}x |")
+        print(
+            f"| {r['engine']} | {r['batch']} | {r['median_ms']:.2f} | {r['p90_ms']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['vs_torch']:.2f}x |"
+        )
     return 0
 
 

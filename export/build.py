@@ -53,8 +53,11 @@ class ParityError(RuntimeError):
 
 def checkpoint_files(folder: Path) -> list[Path]:
     """The files an engine depends on: config.json and the weights (not the tokenizer)."""
-    files = [folder / "config.json", *sorted(folder.glob("*.safetensors")),
-             *sorted(folder.glob("*.safetensors.index.json"))]
+    files = [
+        folder / "config.json",
+        *sorted(folder.glob("*.safetensors")),
+        *sorted(folder.glob("*.safetensors.index.json")),
+    ]
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise FileNotFoundError(f"--model {folder}: missing {missing}")
@@ -74,8 +77,10 @@ def checkpoint_hash(folder: str | Path) -> str:
 
 def tool_versions() -> dict[str, str]:
     """The exporter's version and those of the tools whose output the build depends on."""
-    return {"exporter": export.EXPORTER_VERSION,
-            **{name: metadata.version(name) for name in ("torch", "onnx", "onnxruntime")}}
+    return {
+        "exporter": export.EXPORTER_VERSION,
+        **{name: metadata.version(name) for name in ("torch", "onnx", "onnxruntime")},
+    }
 
 
 def resolve_backend(requested: str) -> str:
@@ -93,16 +98,21 @@ def resolve_backend(requested: str) -> str:
     return "tensorrt" if torch.cuda.is_available() else "onnxruntime"
 
 
-def up_to_date(out: Path, source_hash: str, backend: str, precision: str,
-               options: dict) -> dict | None:
+def up_to_date(
+    out: Path, source_hash: str, backend: str, precision: str, options: dict
+) -> dict | None:
     """The existing manifest if it describes this very build, else None."""
     path = out / MANIFEST
     if not path.exists():
         return None
     m = json.loads(path.read_text())
-    same = (m.get("source", {}).get("sha256") == source_hash and m.get("backend") == backend
-            and m.get("precision") == precision and m.get("versions") == tool_versions()
-            and m.get("options") == options)
+    same = (
+        m.get("source", {}).get("sha256") == source_hash
+        and m.get("backend") == backend
+        and m.get("precision") == precision
+        and m.get("versions") == tool_versions()
+        and m.get("options") == options
+    )
     files_there = all((out / f).exists() for f in m.get("files", {}).values())
     return m if same and files_there else None
 
@@ -113,15 +123,24 @@ def _io_spec(cfg) -> dict:
     fixed = onnx_export.static_axes(cfg)
 
     def spec(table: dict) -> dict:
-        return {n: {"dtype": d, "shape": [fixed.get(a, a) for a in axes]}
-                for n, (d, axes) in table.items()}
+        return {
+            n: {"dtype": d, "shape": [fixed.get(a, a) for a in axes]}
+            for n, (d, axes) in table.items()
+        }
 
     return {"inputs": spec(onnx_export.INPUTS), "outputs": spec(onnx_export.OUTPUTS)}
 
 
-def build(model_dir: str | Path, out_dir: str | Path, backend: str = "auto",
-          precision: str = "auto", force: bool = False, threads: int = 0,
-          max_batch: int = 16, log: Callable[[str], None] = print) -> dict:
+def build(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    backend: str = "auto",
+    precision: str = "auto",
+    force: bool = False,
+    threads: int = 0,
+    max_batch: int = 16,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run the steps of the module doc; returns the manifest (raises ParityError on failure)."""
     model_dir, out = Path(model_dir), Path(out_dir)
     backend = resolve_backend(backend)
@@ -150,57 +169,80 @@ def build(model_dir: str | Path, out_dir: str | Path, backend: str = "auto",
     if not force:
         manifest = up_to_date(out, source_hash, backend, resolved_precision, options)
         if manifest is not None:
-            log(f"[skip] {out / MANIFEST} is up to date (checkpoint sha256 {source_hash[:12]}, "
-                f"exporter {export.EXPORTER_VERSION}, backend {backend}): nothing to do")
+            log(
+                f"[skip] {out / MANIFEST} is up to date (checkpoint sha256 {source_hash[:12]}, "
+                f"exporter {export.EXPORTER_VERSION}, backend {backend}): nothing to do"
+            )
             return manifest
     from dlm import checkpoint
     from export import onnx_export
 
     model = checkpoint.load(model_dir)
     cfg = model.cfg
-    done("load", f"{model_dir}: {cfg.family}, {model.num_parameters() / 1e6:.2f} M params, "
-                 f"sha256 {source_hash[:12]}")
+    done(
+        "load",
+        f"{model_dir}: {cfg.family}, {model.num_parameters() / 1e6:.2f} M params, "
+        f"sha256 {source_hash[:12]}",
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-done build must not look finished
     manifest: dict = {
-        "format": 1, "backend": backend, "precision": resolved_precision,
-        "source": {"path": str(model_dir.resolve()), "sha256": source_hash,
-                   "files": [f.name for f in checkpoint_files(model_dir)]},
-        "versions": tool_versions(), "options": options, "config": cfg.to_dict(),
-        "io": _io_spec(cfg), "files": {},
+        "format": 1,
+        "backend": backend,
+        "precision": resolved_precision,
+        "source": {
+            "path": str(model_dir.resolve()),
+            "sha256": source_hash,
+            "files": [f.name for f in checkpoint_files(model_dir)],
+        },
+        "versions": tool_versions(),
+        "options": options,
+        "config": cfg.to_dict(),
+        "io": _io_spec(cfg),
+        "files": {},
     }
     if backend != "torch":
         parity_graph = onnx_export.export_parity_graph(model)
         graph = onnx_export.deployment_graph(parity_graph)
-        done("export", f"denoiser graph, {len(graph.graph.node)} nodes, opset "
-                       f"{onnx_export.DEFAULT_OPSET}")
+        done(
+            "export",
+            f"denoiser graph, {len(graph.graph.node)} nodes, opset " f"{onnx_export.DEFAULT_OPSET}",
+        )
         summary = onnx_export.check_graph(graph, cfg)
         onnx_export.save(graph, out / ONNX_FILE)
         manifest["opset"] = summary["opset"]
         manifest["files"]["onnx"] = ONNX_FILE
         done("check", f"onnx.checker + I/O contract + ONNX Runtime run; wrote {out / ONNX_FILE}")
-        manifest["parity"] = check_parity(model, model_dir, parity_graph, out / ONNX_FILE,
-                                          threads, log)
-        done("parity", "PyTorch vs ONNX Runtime: logits max abs diff "
-                       f"{manifest['parity']['pass']['logits_max_abs_diff']:.2e}, tokens identical "
-                       "in every mode at temperature 0")
+        manifest["parity"] = check_parity(
+            model, model_dir, parity_graph, out / ONNX_FILE, threads, log
+        )
+        done(
+            "parity",
+            "PyTorch vs ONNX Runtime: logits max abs diff "
+            f"{manifest['parity']['pass']['logits_max_abs_diff']:.2e}, tokens identical "
+            "in every mode at temperature 0",
+        )
     if backend == "tensorrt":
         from export import tensorrt_build
 
-        manifest.update(tensorrt_build.build_from_model(model, out, trt_precision, log,
-                                                        max_batch=max_batch))
+        manifest.update(
+            tensorrt_build.build_from_model(model, out, trt_precision, log, max_batch=max_batch)
+        )
         manifest["files"].update({"trt_onnx": TRT_ONNX_FILE, "plan": PLAN_FILE})
         done("tensorrt", f"{out / PLAN_FILE} ({trt_precision})")
     manifest["timings"] = timings
     manifest["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"[done] {out / MANIFEST}: backend {backend}, precision {resolved_precision}, "
-        f"{sum(timings.values()):.1f} s")
+    log(
+        f"[done] {out / MANIFEST}: backend {backend}, precision {resolved_precision}, "
+        f"{sum(timings.values()):.1f} s"
+    )
     return manifest
 
 
-def check_parity(model, model_dir: Path, parity_graph, onnx_path: Path, threads: int,
-                 log: Callable[[str], None]) -> dict:
+def check_parity(
+    model, model_dir: Path, parity_graph, onnx_path: Path, threads: int, log: Callable[[str], None]
+) -> dict:
     """Pass and generation parity (export/parity.py); raises ParityError with the figures."""
     from dlm.engine import TorchEngine
     from export import parity
@@ -209,12 +251,15 @@ def check_parity(model, model_dir: Path, parity_graph, onnx_path: Path, threads:
     session = ort_session(parity_graph, threads)
     names = [o.name for o in session.get_outputs()]
     passes = parity.pass_parity(
-        model, lambda feed: dict(zip(names, session.run(names, feed), strict=True)))
+        model, lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+    )
     for line in parity.format_pass_parity(passes):
         log(line)
     if not passes["ok"]:
-        raise ParityError("PyTorch vs ONNX Runtime logits/tokens differ beyond tolerance:\n"
-                          + "\n".join(parity.format_pass_parity(passes)))
+        raise ParityError(
+            "PyTorch vs ONNX Runtime logits/tokens differ beyond tolerance:\n"
+            + "\n".join(parity.format_pass_parity(passes))
+        )
     cfg = model.cfg
     tokenizer = None
     if (model_dir / "tokenizer.json").exists():
@@ -229,26 +274,41 @@ def check_parity(model, model_dir: Path, parity_graph, onnx_path: Path, threads:
     for line in parity.format_generation_parity(gen):
         log(line)
     if not gen["ok"]:
-        raise ParityError("PyTorch vs ONNX Runtime generations differ at temperature 0:\n"
-                          + "\n".join(parity.format_generation_parity(gen)))
+        raise ParityError(
+            "PyTorch vs ONNX Runtime generations differ at temperature 0:\n"
+            + "\n".join(parity.format_generation_parity(gen))
+        )
     return {"pass": passes, "generation": gen}
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="checkpoint folder (config.json + safetensors)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--out", default="build/engine", help="engine folder")
-    p.add_argument("--precision", default="auto",
-                   help="TensorRT: auto | fp32 | bf16 | fp16 (ONNX Runtime: fp32)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="TensorRT: auto | fp32 | bf16 | fp16 (ONNX Runtime: fp32)",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = per core)")
     p.add_argument("--max-batch", type=int, default=16, help="TensorRT: largest batch per call")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = p.parse_args(argv)
     try:
-        build(args.model, args.out, args.backend, args.precision, args.force, args.threads,
-              args.max_batch)
+        build(
+            args.model,
+            args.out,
+            args.backend,
+            args.precision,
+            args.force,
+            args.threads,
+            args.max_batch,
+        )
     except (ParityError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -27,8 +27,10 @@ class EngineError(ValueError):
 def read_manifest(build_dir: str | Path) -> dict:
     path = Path(build_dir) / "manifest.json"
     if not path.exists():
-        raise EngineError(f"{path}: no manifest (build the engine: `make engine` or "
-                          f"`python -m export --model MODEL --out {build_dir}`)")
+        raise EngineError(
+            f"{path}: no manifest (build the engine: `make engine` or "
+            f"`python -m export --model MODEL --out {build_dir}`)"
+        )
     return json.loads(path.read_text())
 
 
@@ -41,16 +43,18 @@ def _model_config(model_dir: Path) -> ModelConfig:
     return cfg
 
 
-def load_engine(build_dir: str | Path | None, model_dir: str | Path, device: str = "cpu",
-                threads: int = 0) -> Engine:
+def load_engine(
+    build_dir: str | Path | None, model_dir: str | Path, device: str = "cpu", threads: int = 0
+) -> Engine:
     """The engine of `build_dir/manifest.json` for the model in `model_dir` (see module doc).
 
     device: for the torch backend ("cpu", "cuda"); the ONNX Runtime engine runs on the CPU and
     the TensorRT engine on "cuda" whatever is given. threads: ONNX Runtime intra-op threads.
     """
     if build_dir is None:
-        raise EngineError("build_dir=None: give the engine folder (`make engine` writes "
-                          "build/engine)")
+        raise EngineError(
+            "build_dir=None: give the engine folder (`make engine` writes " "build/engine)"
+        )
     build_dir, model_dir = Path(build_dir), Path(model_dir)
     manifest = read_manifest(build_dir)
     cfg = _model_config(model_dir)
@@ -58,8 +62,10 @@ def load_engine(build_dir: str | Path | None, model_dir: str | Path, device: str
     built.dropout = cfg.dropout
     if built != cfg:
         diff = sorted(k for k, v in cfg.to_dict().items() if built.to_dict().get(k) != v)
-        raise EngineError(f"{build_dir}: built from {manifest['source']['path']}, whose config "
-                          f"differs from {model_dir} in {diff}; rebuild with `make engine`")
+        raise EngineError(
+            f"{build_dir}: built from {manifest['source']['path']}, whose config "
+            f"differs from {model_dir} in {diff}; rebuild with `make engine`"
+        )
     backend = manifest.get("backend")
     files = manifest.get("files", {})
     if backend == "onnxruntime":
@@ -69,10 +75,14 @@ def load_engine(build_dir: str | Path | None, model_dir: str | Path, device: str
     if backend == "tensorrt":
         from export.tensorrt_build import Profile, TrtEngine
 
-        profiles = [Profile(p["name"], {a: tuple(r) for a, r in p["dims"].items()})
-                    for p in manifest["tensorrt"]["profiles"]]
+        profiles = [
+            Profile(p["name"], {a: tuple(r) for a, r in p["dims"].items()})
+            for p in manifest["tensorrt"]["profiles"]
+        ]
         return TrtEngine(build_dir / files["plan"], cfg, device="cuda", profiles=profiles)
     if backend == "torch":
         return TorchEngine(checkpoint.load(model_dir), device)
-    raise EngineError(f"{build_dir / 'manifest.json'}: backend={backend!r}: must be one of "
-                      "onnxruntime, tensorrt, torch")
+    raise EngineError(
+        f"{build_dir / 'manifest.json'}: backend={backend!r}: must be one of "
+        "onnxruntime, tensorrt, torch"
+    )

@@ -98,10 +98,12 @@ class DenoiserGraph(nn.Module):
         super().__init__()
         self.model, self.plugin, self.with_logits = model, plugin, with_logits
 
-    def forward(self, input_ids, past_k, past_v, past_len, n_new, tail, out_index, temperature,
-                seed):
-        logits, new_k, new_v = self.model(input_ids, past_k, past_v, past_len, n_new, tail,
-                                          out_index)
+    def forward(
+        self, input_ids, past_k, past_v, past_len, n_new, tail, out_index, temperature, seed
+    ):
+        logits, new_k, new_v = self.model(
+            input_ids, past_k, past_v, past_len, n_new, tail, out_index
+        )
         step = denoise_step_op if self.plugin else denoise_step_torch
         token, confidence = step(logits, temperature, seed)
         out = (token, confidence, new_k.float(), new_v.float())
@@ -129,17 +131,30 @@ def example_inputs(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
 
 def _dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
     dim = torch.export.Dim
-    dims = {"batch": dim("batch", min=1), "block": dim("block", min=1),
-            "past": dim("past", min=0), "k": dim("k", min=1)}
-    return {name: {i: dims[a] for i, a in enumerate(axes) if a in dims}
-            for name, (_, axes) in INPUTS.items()}
+    dims = {
+        "batch": dim("batch", min=1),
+        "block": dim("block", min=1),
+        "past": dim("past", min=0),
+        "k": dim("k", min=1),
+    }
+    return {
+        name: {i: dims[a] for i, a in enumerate(axes) if a in dims}
+        for name, (_, axes) in INPUTS.items()
+    }
 
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's chatter (torchvision registrations, axis renames), not errors."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export",
-                                              "torch.fx.experimental.symbolic_shapes")]
+    loggers = [
+        logging.getLogger(n)
+        for n in (
+            "torch.onnx",
+            "torch._dynamo",
+            "torch.export",
+            "torch.fx.experimental.symbolic_shapes",
+        )
+    ]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -153,8 +168,9 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def export_parity_graph(model: DiffusionLM, plugin: bool = False, precision: str = "fp32",
-                        opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def export_parity_graph(
+    model: DiffusionLM, plugin: bool = False, precision: str = "fp32", opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
     """Export the denoiser pass with logits as an extra output (see module doc).
 
     plugin=True: DenoiseStep as the `dlm::DenoiseStep` node in TensorRT's plugin form.
@@ -170,12 +186,20 @@ def export_parity_graph(model: DiffusionLM, plugin: bool = False, precision: str
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             DenoiserGraph(model, plugin=plugin, with_logits=True).eval(),
-            example_inputs(model.cfg), dynamo=True, verbose=False, input_names=list(INPUTS),
-            output_names=names, dynamic_shapes=_dynamic_shapes(), opset_version=opset,
-            optimize=True)
+            example_inputs(model.cfg),
+            dynamo=True,
+            verbose=False,
+            input_names=list(INPUTS),
+            output_names=names,
+            dynamic_shapes=_dynamic_shapes(),
+            opset_version=opset,
+            optimize=True,
+        )
     proto = program.model_proto
-    proto.doc_string = (f"dlm-triton denoiser pass: {model.cfg.family}, precision {precision}, "
-                        f"DenoiseStep {'plugin' if plugin else 'standard ops'}")
+    proto.doc_string = (
+        f"dlm-triton denoiser pass: {model.cfg.family}, precision {precision}, "
+        f"DenoiseStep {'plugin' if plugin else 'standard ops'}"
+    )
     return to_tensorrt_plugin_form(proto) if plugin else proto
 
 
@@ -201,8 +225,13 @@ def deployment_graph(parity_graph: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def export_denoiser(model: DiffusionLM, path: str | Path | None = None, plugin: bool = False,
-                    precision: str = "fp32", opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def export_denoiser(
+    model: DiffusionLM,
+    path: str | Path | None = None,
+    plugin: bool = False,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
     """Export, check and (if `path`) save the deployed graph; returns it."""
     graph = deployment_graph(export_parity_graph(model, plugin, precision, opset))
     check_graph(graph, model.cfg, plugin=plugin)
@@ -222,33 +251,44 @@ def _dims(value: onnx.ValueInfoProto) -> tuple:
     return tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
 
 
-def check_graph(graph: onnx.ModelProto, cfg: ModelConfig, plugin: bool = False,
-                run: bool = True) -> dict:
+def check_graph(
+    graph: onnx.ModelProto, cfg: ModelConfig, plugin: bool = False, run: bool = True
+) -> dict:
     """onnx.checker (full), the I/O contract, the op domains and, for the standard form, one ONNX
     Runtime run on the example inputs. Raises ValueError naming what differs; returns a summary.
     """
     onnx.checker.check_model(graph, full_check=True)
     fixed = static_axes(cfg)
-    for kind, spec, values in (("input", INPUTS, graph.graph.input),
-                               ("output", OUTPUTS, graph.graph.output)):
+    for kind, spec, values in (
+        ("input", INPUTS, graph.graph.input),
+        ("output", OUTPUTS, graph.graph.output),
+    ):
         got = {v.name: v for v in values}
         if list(got) != list(spec):
-            raise ValueError(f"graph {kind}s: {list(got)}, expected {list(spec)}"
-                             + (" (logits must not leave the graph)" if PARITY_OUTPUT in got
-                                else ""))
+            raise ValueError(
+                f"graph {kind}s: {list(got)}, expected {list(spec)}"
+                + (" (logits must not leave the graph)" if PARITY_OUTPUT in got else "")
+            )
         for name, (dtype, axes) in spec.items():
             elem = onnx.helper.tensor_dtype_to_np_dtype(got[name].type.tensor_type.elem_type)
             want = tuple(fixed.get(a, a) for a in axes)
             if elem.name != dtype or _dims(got[name]) != want:
-                raise ValueError(f"graph {kind} {name}: {elem.name} {list(_dims(got[name]))}, "
-                                 f"expected {dtype} {list(want)}")
+                raise ValueError(
+                    f"graph {kind} {name}: {elem.name} {list(_dims(got[name]))}, "
+                    f"expected {dtype} {list(want)}"
+                )
     custom = nonstandard_ops(graph)
     if custom != ({CUSTOM_OP} if plugin else set()):
-        raise ValueError(f"graph: non-standard ops {sorted(custom)}; expected "
-                         f"{[CUSTOM_OP] if plugin else 'none'} for the "
-                         f"{'plugin' if plugin else 'standard'} form")
-    summary = {"opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-               "nodes": len(graph.graph.node), "plugin": plugin}
+        raise ValueError(
+            f"graph: non-standard ops {sorted(custom)}; expected "
+            f"{[CUSTOM_OP] if plugin else 'none'} for the "
+            f"{'plugin' if plugin else 'standard'} form"
+        )
+    summary = {
+        "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+        "nodes": len(graph.graph.node),
+        "plugin": plugin,
+    }
     if run and not plugin:
         from export.ort_engine import ort_session
 
@@ -256,21 +296,29 @@ def check_graph(graph: onnx.ModelProto, cfg: ModelConfig, plugin: bool = False,
         outs = ort_session(graph).run(list(OUTPUTS), feed)
         b, t = feed["input_ids"].shape
         k = feed["out_index"].shape[1]
-        want = {"token": (b, k), "confidence": (b, k),
-                "new_k": (cfg.num_layers, b, cfg.num_kv_heads, t, cfg.head_dim)}
+        want = {
+            "token": (b, k),
+            "confidence": (b, k),
+            "new_k": (cfg.num_layers, b, cfg.num_kv_heads, t, cfg.head_dim),
+        }
         want["new_v"] = want["new_k"]
         for name, arr in zip(OUTPUTS, outs, strict=True):
             if arr.shape != want[name] or not np.all(np.isfinite(arr)):
-                raise ValueError(f"ONNX Runtime output {name}: shape {arr.shape} (expected "
-                                 f"{want[name]}), finite={bool(np.all(np.isfinite(arr)))}")
+                raise ValueError(
+                    f"ONNX Runtime output {name}: shape {arr.shape} (expected "
+                    f"{want[name]}), finite={bool(np.all(np.isfinite(arr)))}"
+                )
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     from dlm import checkpoint
 
-    p = argparse.ArgumentParser(prog="python -m export.onnx_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m export.onnx_export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--plugin", action="store_true", help="custom dlm::DenoiseStep (TensorRT)")
@@ -279,10 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     model = checkpoint.load(args.model)
-    export_denoiser(model, args.out, plugin=args.plugin, precision=args.precision,
-                    opset=args.opset)
-    print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, "
-          f"{time.perf_counter() - t0:.1f} s)")
+    export_denoiser(model, args.out, plugin=args.plugin, precision=args.precision, opset=args.opset)
+    print(
+        f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.1f} MB, "
+        f"{time.perf_counter() - t0:.1f} s)"
+    )
     return 0
 
 

@@ -50,8 +50,10 @@ def check_session_io(session, cfg: ModelConfig) -> None:
     ins = {i.name: i.shape for i in session.get_inputs()}
     outs = [o.name for o in session.get_outputs()]
     if list(ins) != list(INPUTS) or outs != list(OUTPUTS):
-        raise ValueError(f"onnx graph: inputs {list(ins)}, outputs {outs}; expected "
-                         f"{list(INPUTS)} -> {list(OUTPUTS)} (export it with export.onnx_export)")
+        raise ValueError(
+            f"onnx graph: inputs {list(ins)}, outputs {outs}; expected "
+            f"{list(INPUTS)} -> {list(OUTPUTS)} (export it with export.onnx_export)"
+        )
     fixed = static_axes(cfg)
     want = [fixed.get(a, a) for a in INPUTS["past_k"][1]]
     got = ins["past_k"]
@@ -59,8 +61,10 @@ def check_session_io(session, cfg: ModelConfig) -> None:
         raise ValueError(f"onnx graph past_k shape {got}: expected rank {len(want)} {want}")
     for axis, w, g in zip(INPUTS["past_k"][1], want, got, strict=True):
         if axis in fixed and g != w:
-            raise ValueError(f"onnx graph past_k shape {got}: axis {axis} is {g}, the config "
-                             f"says {w} (graph and config.json come from different models)")
+            raise ValueError(
+                f"onnx graph past_k shape {got}: axis {axis} is {g}, the config "
+                f"says {w} (graph and config.json come from different models)"
+            )
 
 
 class OrtEngine(CachedEngine):

@@ -48,8 +48,13 @@ def pass_cases(block: int) -> list[PassCase]:
     b = block
     return [
         PassCase("prefill", (0,), (13,), (0,), (1,)),
-        PassCase("denoise-cached-ragged", (17, 0, 9), (b, b, max(1, b // 2)), (-1, -1, -1),
-                 (b, b, max(1, b // 2))),
+        PassCase(
+            "denoise-cached-ragged",
+            (17, 0, 9),
+            (b, b, max(1, b // 2)),
+            (-1, -1, -1),
+            (b, b, max(1, b // 2)),
+        ),
         PassCase("ar-cached", (5, 21), (1, 1), (0, 0), (1, 1)),
         PassCase("verify-and-draft", (12, 3, 30), (b, b, 3), (0, -1, 0), (b, max(1, b - 1), 3)),
         PassCase("sampling-rows", (8, 8), (b, b), (-1, -1), (b, b), (0.0, 0.9)),
@@ -74,8 +79,9 @@ def case_inputs(cfg: ModelConfig, case: PassCase, seed: int = 0) -> dict[str, np
         "past_v": rng.standard_normal(kv, dtype=np.float32),
         "past_len": np.array(case.past_len, np.int64),
         "n_new": np.array(case.n_new, np.int64),
-        "tail": np.array([n if tl < 0 else tl
-                          for n, tl in zip(case.n_new, case.tail, strict=True)], np.int64),
+        "tail": np.array(
+            [n if tl < 0 else tl for n, tl in zip(case.n_new, case.tail, strict=True)], np.int64
+        ),
         "out_index": out_index,
         "temperature": np.array(temps, np.float32),
         "seed": rng.integers(0, 2**32, b, dtype=np.int64),
@@ -86,11 +92,23 @@ def case_inputs(cfg: ModelConfig, case: PassCase, seed: int = 0) -> dict[str, np
 def torch_pass(model: DiffusionLM, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The reference for one graph run: forward + denoise_step_torch, float32 outputs."""
     x = {k: torch.from_numpy(v) for k, v in feed.items()}
-    logits, new_k, new_v = model(x["input_ids"], x["past_k"], x["past_v"], x["past_len"],
-                                 x["n_new"], x["tail"], x["out_index"])
+    logits, new_k, new_v = model(
+        x["input_ids"],
+        x["past_k"],
+        x["past_v"],
+        x["past_len"],
+        x["n_new"],
+        x["tail"],
+        x["out_index"],
+    )
     token, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
-    return {"token": token.numpy(), "confidence": conf.numpy(), "new_k": new_k.float().numpy(),
-            "new_v": new_v.float().numpy(), "logits": logits.float().numpy()}
+    return {
+        "token": token.numpy(),
+        "confidence": conf.numpy(),
+        "new_k": new_k.float().numpy(),
+        "new_v": new_v.float().numpy(),
+        "logits": logits.float().numpy(),
+    }
 
 
 def pass_parity(model: DiffusionLM, run_graph, cases: list[PassCase] | None = None) -> dict:
@@ -110,18 +128,30 @@ def pass_parity(model: DiffusionLM, run_graph, cases: list[PassCase] | None = No
         greedy = (feed["temperature"] == 0)[:, None] & (top2[..., 1] - top2[..., 0] > 2 * tol)
         tokens_ok = bool(np.array_equal(got["token"][greedy], ref["token"][greedy]))
         kv = max(float(np.abs(got[n] - ref[n]).max()) for n in ("new_k", "new_v"))
-        rows.append({
-            "case": case.name, "batch": len(case.past_len), "block": int(feed["n_new"].max()),
-            "past": int(feed["past_len"].max()), "k": int(feed["out_index"].shape[1]),
-            "logits_max_abs_diff": diff, "tolerance": tol,
-            "confidence_max_abs_diff": float(np.abs(got["confidence"] - ref["confidence"]).max()),
-            "kv_max_abs_diff": kv, "greedy_tokens_equal": tokens_ok,
-            "sampled_tokens_equal": bool(np.array_equal(got["token"], ref["token"])),
-            "ok": diff <= tol and tokens_ok and kv <= tol,
-        })
-    return {"ok": all(r["ok"] for r in rows),
-            "logits_max_abs_diff": max(r["logits_max_abs_diff"] for r in rows),
-            "logits_atol": LOGITS_ATOL, "cases": rows}
+        rows.append(
+            {
+                "case": case.name,
+                "batch": len(case.past_len),
+                "block": int(feed["n_new"].max()),
+                "past": int(feed["past_len"].max()),
+                "k": int(feed["out_index"].shape[1]),
+                "logits_max_abs_diff": diff,
+                "tolerance": tol,
+                "confidence_max_abs_diff": float(
+                    np.abs(got["confidence"] - ref["confidence"]).max()
+                ),
+                "kv_max_abs_diff": kv,
+                "greedy_tokens_equal": tokens_ok,
+                "sampled_tokens_equal": bool(np.array_equal(got["token"], ref["token"])),
+                "ok": diff <= tol and tokens_ok and kv <= tol,
+            }
+        )
+    return {
+        "ok": all(r["ok"] for r in rows),
+        "logits_max_abs_diff": max(r["logits_max_abs_diff"] for r in rows),
+        "logits_atol": LOGITS_ATOL,
+        "cases": rows,
+    }
 
 
 GEN_SETTINGS: dict[str, dict] = {
@@ -138,9 +168,15 @@ def generation_modes(cfg: ModelConfig) -> list[str]:
     return [n for n, s in GEN_SETTINGS.items() if cfg.uses_kv_cache or s["mode"] == "diffusion"]
 
 
-def generation_parity(reference: Engine, engine: Engine, prompts: list[list[int]],
-                      max_tokens: int, temperature: float = 0.0, seed: int = 0,
-                      end_id: int | None = None) -> dict:
+def generation_parity(
+    reference: Engine,
+    engine: Engine,
+    prompts: list[list[int]],
+    max_tokens: int,
+    temperature: float = 0.0,
+    seed: int = 0,
+    end_id: int | None = None,
+) -> dict:
     """Whole generations, every supported mode, all prompts in one ragged batch.
 
     Returns {"ok", "modes": {name: {...}}}; `ok` requires identical token ids and pass counts.
@@ -154,27 +190,50 @@ def generation_parity(reference: Engine, engine: Engine, prompts: list[list[int]
             knobs["steps"] = 1
 
         def requests(knobs: dict = knobs) -> list[GenerationRequest]:
-            return [GenerationRequest(list(p), max_tokens=max_tokens, temperature=temperature,
-                                      seed=seed + i, end_id=end_id, **knobs)
-                    for i, p in enumerate(prompts)]
+            return [
+                GenerationRequest(
+                    list(p),
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=seed + i,
+                    end_id=end_id,
+                    **knobs,
+                )
+                for i, p in enumerate(prompts)
+            ]
 
         ref, got = generate(reference, requests()), generate(engine, requests())
-        mismatch = [i for i, (a, b) in enumerate(zip(ref, got, strict=True))
-                    if a.token_ids != b.token_ids or a.num_forward_passes != b.num_forward_passes]
+        mismatch = [
+            i
+            for i, (a, b) in enumerate(zip(ref, got, strict=True))
+            if a.token_ids != b.token_ids or a.num_forward_passes != b.num_forward_passes
+        ]
         first = None
         if mismatch:
             a, b = ref[mismatch[0]].token_ids, got[mismatch[0]].token_ids
-            pos = next((j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
-                       min(len(a), len(b)))
-            first = {"prompt": mismatch[0], "position": pos, "reference": a[pos:pos + 5],
-                     "engine": b[pos:pos + 5]}
+            pos = next(
+                (j for j, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)),
+            )
+            first = {
+                "prompt": mismatch[0],
+                "position": pos,
+                "reference": a[pos : pos + 5],
+                "engine": b[pos : pos + 5],
+            }
         modes[name] = {
-            "identical": not mismatch, "prompts": len(prompts),
+            "identical": not mismatch,
+            "prompts": len(prompts),
             "tokens": sum(r.num_output_tokens for r in ref),
-            "passes": sum(r.num_forward_passes for r in ref), "first_mismatch": first,
+            "passes": sum(r.num_forward_passes for r in ref),
+            "first_mismatch": first,
         }
-    return {"ok": all(m["identical"] for m in modes.values()), "temperature": temperature,
-            "max_tokens": max_tokens, "modes": modes}
+    return {
+        "ok": all(m["identical"] for m in modes.values()),
+        "temperature": temperature,
+        "max_tokens": max_tokens,
+        "modes": modes,
+    }
 
 
 PROMPT_TEXTS = (
@@ -197,12 +256,14 @@ def parity_prompts(cfg: ModelConfig, tokenizer=None, n: int = 4, seed: int = 0) 
 def format_pass_parity(report: dict) -> list[str]:
     lines = []
     for r in report["cases"]:
-        lines.append(f"  {r['case']:<24} B={r['batch']} T={r['block']:<3} P={r['past']:<3} "
-                     f"K={r['k']:<3} logits diff {r['logits_max_abs_diff']:.2e} "
-                     f"(tol {r['tolerance']:.1e})  conf {r['confidence_max_abs_diff']:.1e}  "
-                     f"kv {r['kv_max_abs_diff']:.1e}  tokens "
-                     f"{'equal' if r['greedy_tokens_equal'] else 'DIFFER'}"
-                     f"{'' if r['ok'] else '  FAIL'}")
+        lines.append(
+            f"  {r['case']:<24} B={r['batch']} T={r['block']:<3} P={r['past']:<3} "
+            f"K={r['k']:<3} logits diff {r['logits_max_abs_diff']:.2e} "
+            f"(tol {r['tolerance']:.1e})  conf {r['confidence_max_abs_diff']:.1e}  "
+            f"kv {r['kv_max_abs_diff']:.1e}  tokens "
+            f"{'equal' if r['greedy_tokens_equal'] else 'DIFFER'}"
+            f"{'' if r['ok'] else '  FAIL'}"
+        )
     return lines
 
 
@@ -210,8 +271,10 @@ def format_generation_parity(report: dict) -> list[str]:
     lines = []
     for name, m in report["modes"].items():
         verdict = "identical" if m["identical"] else f"DIFFER {m['first_mismatch']}"
-        lines.append(f"  {name:<24} {m['prompts']} prompts, {m['tokens']} tokens, "
-                     f"{m['passes']} passes: {verdict}")
+        lines.append(
+            f"  {name:<24} {m['prompts']} prompts, {m['tokens']} tokens, "
+            f"{m['passes']} passes: {verdict}"
+        )
     return lines
 
 

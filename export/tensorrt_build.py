@@ -60,12 +60,15 @@ def require_tensorrt():
         raise ImportError(f"{ABSENT}: {e}") from e
     version = tuple(int(x) for x in trt.__version__.split(".")[:2])
     if not TENSORRT_MIN <= version < TENSORRT_BELOW:
-        raise ImportError(f"tensorrt {trt.__version__}: need >= {TENSORRT_MIN[0]}.{TENSORRT_MIN[1]}"
-                          f" and < {TENSORRT_BELOW[0]} (Python AOT plugins)")
+        raise ImportError(
+            f"tensorrt {trt.__version__}: need >= {TENSORRT_MIN[0]}.{TENSORRT_MIN[1]}"
+            f" and < {TENSORRT_BELOW[0]} (Python AOT plugins)"
+        )
     return trt
 
 
 # ---- plain-code decisions (tested here) ----------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -79,17 +82,24 @@ class Profile:
         from export.onnx_export import INPUTS, static_axes
 
         fixed = static_axes(cfg)
-        return {name: tuple(tuple(fixed[a] if a in fixed else self.dims[a][i] for a in axes)
-                            for i in range(3))
-                for name, (_, axes) in INPUTS.items()}
+        return {
+            name: tuple(
+                tuple(fixed[a] if a in fixed else self.dims[a][i] for a in axes) for i in range(3)
+            )
+            for name, (_, axes) in INPUTS.items()
+        }
 
     def covers(self, dims: dict[str, int]) -> bool:
         return all(lo <= dims[a] <= hi for a, (lo, _, hi) in self.dims.items())
 
 
-def optimization_profiles(cfg: ModelConfig, limits: Limits | None = None,
-                          max_batch: int = DEFAULT_MAX_BATCH, opt_batch: int | None = None,
-                          opt_past: int = DEFAULT_OPT_PAST) -> list[Profile]:
+def optimization_profiles(
+    cfg: ModelConfig,
+    limits: Limits | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    opt_batch: int | None = None,
+    opt_past: int = DEFAULT_OPT_PAST,
+) -> list[Profile]:
     """The profiles a plan needs to run every pass the samplers make within `limits`.
 
     context = min(max_position, max_prompt + max_output) bounds every sequence; a pass starts
@@ -111,24 +121,50 @@ def optimization_profiles(cfg: ModelConfig, limits: Limits | None = None,
     block_opt = min(cfg.block_length, block_max)
     if not cfg.uses_kv_cache:  # every pass recomputes prompt + committed + block; no cache
         full = min(context, max(PREFILL_OPT_TOKENS, block_opt))
-        return [Profile("full", {"batch": (1, ob, max_batch), "block": (1, full, context),
-                                 "past": (0, 0, 0), "k": (1, block_opt, block_max)})]
+        return [
+            Profile(
+                "full",
+                {
+                    "batch": (1, ob, max_batch),
+                    "block": (1, full, context),
+                    "past": (0, 0, 0),
+                    "k": (1, block_opt, block_max),
+                },
+            )
+        ]
     past_max = context - 1
     past_opt = min(opt_past, past_max)
     return [
-        Profile("step", {"batch": (1, ob, max_batch), "block": (1, block_opt, block_max),
-                         "past": (0, past_opt, past_max), "k": (1, block_opt, block_max)}),
-        Profile("prefill", {"batch": (1, 1, max_batch),
-                            "block": (1, min(PREFILL_OPT_TOKENS, context), context),
-                            "past": (0, 0, past_max), "k": (1, 1, context)}),
+        Profile(
+            "step",
+            {
+                "batch": (1, ob, max_batch),
+                "block": (1, block_opt, block_max),
+                "past": (0, past_opt, past_max),
+                "k": (1, block_opt, block_max),
+            },
+        ),
+        Profile(
+            "prefill",
+            {
+                "batch": (1, 1, max_batch),
+                "block": (1, min(PREFILL_OPT_TOKENS, context), context),
+                "past": (0, 0, past_max),
+                "k": (1, 1, context),
+            },
+        ),
     ]
 
 
 def pass_dims(feed: dict) -> dict[str, int]:
     """The dynamic axis sizes of one packed engine call (`dlm.engine.pack_batch` + past)."""
     b, t = feed["input_ids"].shape
-    return {"batch": int(b), "block": int(t), "past": int(feed["past_len"].max()),
-            "k": int(feed["out_index"].shape[1])}
+    return {
+        "batch": int(b),
+        "block": int(t),
+        "past": int(feed["past_len"].max()),
+        "k": int(feed["out_index"].shape[1]),
+    }
 
 
 def select_profile(profiles: list[Profile], dims: dict[str, int]) -> int:
@@ -137,8 +173,10 @@ def select_profile(profiles: list[Profile], dims: dict[str, int]) -> int:
         if p.covers(dims):
             return i
     ranges = {p.name: {a: (lo, hi) for a, (lo, _, hi) in p.dims.items()} for p in profiles}
-    raise ValueError(f"engine call with {dims}: outside every optimization profile {ranges} "
-                     "(rebuild the engine with larger serving limits)")
+    raise ValueError(
+        f"engine call with {dims}: outside every optimization profile {ranges} "
+        "(rebuild the engine with larger serving limits)"
+    )
 
 
 def choose_precision(requested: str, capability: tuple[int, int]) -> str:
@@ -155,15 +193,21 @@ def choose_precision(requested: str, capability: tuple[int, int]) -> str:
         return requested
     if requested == "bf16":
         if cap < (8, 0):
-            raise ValueError(f"precision=bf16: needs compute capability >= 8.0, this GPU has "
-                             f"{cap[0]}.{cap[1]}; use fp16")
+            raise ValueError(
+                f"precision=bf16: needs compute capability >= 8.0, this GPU has "
+                f"{cap[0]}.{cap[1]}; use fp16"
+            )
         return requested
     if requested == "fp8":
         if cap < (8, 9):
-            raise ValueError(f"precision=fp8: needs compute capability >= 8.9, this GPU has "
-                             f"{cap[0]}.{cap[1]}")
-        raise ValueError("precision=fp8: needs a Q/DQ-quantized ONNX graph, which this exporter "
-                         "does not produce; use bf16")
+            raise ValueError(
+                f"precision=fp8: needs compute capability >= 8.9, this GPU has "
+                f"{cap[0]}.{cap[1]}"
+            )
+        raise ValueError(
+            "precision=fp8: needs a Q/DQ-quantized ONNX graph, which this exporter "
+            "does not produce; use bf16"
+        )
     raise ValueError(f"precision={requested!r}: must be one of auto, fp32, bf16, fp16, fp8")
 
 
@@ -175,18 +219,33 @@ def validation_tolerances(precision: str, vocab_size: int) -> dict[str, tuple[fl
     precision: the generation agreement in `validate` reports them instead).
     """
     if precision == "fp32":
-        return {"token": (0.0, 0.0), "confidence": (1e-4, 1e-3), "new_k": (1e-3, 1e-3),
-                "new_v": (1e-3, 1e-3)}
+        return {
+            "token": (0.0, 0.0),
+            "confidence": (1e-4, 1e-3),
+            "new_k": (1e-3, 1e-3),
+            "new_v": (1e-3, 1e-3),
+        }
     eps = {"bf16": 2**-8, "fp16": 2**-11}[precision]
-    return {"token": (float(vocab_size), 0.0), "confidence": (16 * eps, 0.0),
-            "new_k": (32 * eps, 8 * eps), "new_v": (32 * eps, 8 * eps)}
+    return {
+        "token": (float(vocab_size), 0.0),
+        "confidence": (16 * eps, 0.0),
+        "new_k": (32 * eps, 8 * eps),
+        "new_v": (32 * eps, 8 * eps),
+    }
 
 
 # ---- TensorRT (not run here) -------------------------------------------------------------
 
-def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], cfg: ModelConfig,
-               timing_cache: Path, workspace_gib: int = WORKSPACE_GIB,
-               log: Callable[[str], None] = print) -> dict:
+
+def build_plan(
+    onnx_path: Path,
+    plan_path: Path,
+    profiles: list[Profile],
+    cfg: ModelConfig,
+    timing_cache: Path,
+    workspace_gib: int = WORKSPACE_GIB,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Parse the plugin-form graph into a strongly typed network and build the plan."""
     trt = require_tensorrt()
     from plugins.denoise_step.tensorrt_plugin import register
@@ -201,8 +260,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], cfg: M
         raise RuntimeError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_gib << 30)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists()
-                                       else b"")
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     for prof in profiles:
         p = builder.create_optimization_profile()
@@ -217,12 +275,20 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile], cfg: M
     timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
     seconds = time.perf_counter() - t0
     log(f"  built {plan_path} ({plan_path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
-    return {"version": trt.__version__, "build_s": round(seconds, 1),
-            "profiles": [{"name": p.name, "dims": p.dims} for p in profiles]}
+    return {
+        "version": trt.__version__,
+        "build_s": round(seconds, 1),
+        "profiles": [{"name": p.name, "dims": p.dims} for p in profiles],
+    }
 
 
-def build_from_model(model, out: Path, precision: str, log: Callable[[str], None] = print,
-                     max_batch: int = DEFAULT_MAX_BATCH) -> dict:
+def build_from_model(
+    model,
+    out: Path,
+    precision: str,
+    log: Callable[[str], None] = print,
+    max_batch: int = DEFAULT_MAX_BATCH,
+) -> dict:
     """Plugin-form graph -> plan -> validation; returns the manifest's `tensorrt` entry."""
     import torch
 
@@ -232,8 +298,9 @@ def build_from_model(model, out: Path, precision: str, log: Callable[[str], None
     export_denoiser(model, out / TRT_ONNX_FILE, plugin=True, precision=precision)
     log(f"  wrote {out / TRT_ONNX_FILE} (DenoiseStep as plugin, {precision})")
     profiles = optimization_profiles(model.cfg, max_batch=max_batch)
-    entry = build_plan(out / TRT_ONNX_FILE, out / PLAN_FILE, profiles, model.cfg,
-                       out / TIMING_CACHE_FILE, log=log)
+    entry = build_plan(
+        out / TRT_ONNX_FILE, out / PLAN_FILE, profiles, model.cfg, out / TIMING_CACHE_FILE, log=log
+    )
     entry["device"] = torch.cuda.get_device_name()
     entry["validation"] = validate(out, model, precision, profiles, log)
     if not entry["validation"]["ok"]:
@@ -243,8 +310,13 @@ def build_from_model(model, out: Path, precision: str, log: Callable[[str], None
     return {"tensorrt": entry}
 
 
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT64": "int64",
-                 "INT32": "int32"}
+_TORCH_DTYPES = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "BF16": "bfloat16",
+    "INT64": "int64",
+    "INT32": "int32",
+}
 
 
 class TrtEngine(CachedEngine):
@@ -254,8 +326,13 @@ class TrtEngine(CachedEngine):
     private CUDA stream, in the first optimization profile that covers the call's shapes.
     """
 
-    def __init__(self, plan_path: str | Path, config: ModelConfig, device: str = "cuda",
-                 profiles: list[Profile] | None = None) -> None:
+    def __init__(
+        self,
+        plan_path: str | Path,
+        config: ModelConfig,
+        device: str = "cuda",
+        profiles: list[Profile] | None = None,
+    ) -> None:
         import torch
 
         from plugins.denoise_step.tensorrt_plugin import register
@@ -272,15 +349,19 @@ class TrtEngine(CachedEngine):
         self.stream = torch.cuda.Stream(self.device)
         self.profiles = profiles or optimization_profiles(config)
         if len(self.profiles) != self.engine.num_optimization_profiles:
-            raise ValueError(f"{plan_path}: {self.engine.num_optimization_profiles} profiles, "
-                             f"expected {len(self.profiles)} ({[p.name for p in self.profiles]})")
+            raise ValueError(
+                f"{plan_path}: {self.engine.num_optimization_profiles} profiles, "
+                f"expected {len(self.profiles)} ({[p.name for p in self.profiles]})"
+            )
         self._profile = -1
-        self._dtypes = {n: getattr(torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name])
-                        for n in (self.engine.get_tensor_name(i)
-                                  for i in range(self.engine.num_io_tensors))}
+        self._dtypes = {
+            n: getattr(torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name])
+            for n in (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+        }
         self._dummy = torch.zeros(16, dtype=torch.uint8, device=self.device)  # for empty tensors
-        self.kv = KVStore(config, lambda shape: torch.zeros(shape, device=self.device,
-                                                            dtype=torch.float32))
+        self.kv = KVStore(
+            config, lambda shape: torch.zeros(shape, device=self.device, dtype=torch.float32)
+        )
 
     def _address(self, t) -> int:
         return t.data_ptr() if t.numel() else self._dummy.data_ptr()
@@ -309,12 +390,17 @@ class TrtEngine(CachedEngine):
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execute failed for dims {pass_dims(feed)}")
         self.stream.synchronize()
-        return (out["token"].cpu().numpy(), out["confidence"].float().cpu().numpy(),
-                out["new_k"], out["new_v"])
+        return (
+            out["token"].cpu().numpy(),
+            out["confidence"].float().cpu().numpy(),
+            out["new_k"],
+            out["new_v"],
+        )
 
 
-def validate(out: Path, model, precision: str, profiles: list[Profile],
-             log: Callable[[str], None] = print) -> dict:
+def validate(
+    out: Path, model, precision: str, profiles: list[Profile], log: Callable[[str], None] = print
+) -> dict:
     """The plan against ONNX Runtime (fp32 standard graph) with Polygraphy's runners on the
     parity cases, then whole generations TrtEngine vs OrtEngine at temperature 0 (identical
     required for fp32 plans; agreement reported for bf16/fp16)."""
@@ -328,19 +414,27 @@ def validate(out: Path, model, precision: str, profiles: list[Profile],
     from export.ort_engine import OrtEngine
 
     cfg = model.cfg
-    feeds = [parity.case_inputs(cfg, c, seed=i)
-             for i, c in enumerate(parity.pass_cases(cfg.block_length))]
+    feeds = [
+        parity.case_inputs(cfg, c, seed=i)
+        for i, c in enumerate(parity.pass_cases(cfg.block_length))
+    ]
     tol = validation_tolerances(precision, cfg.vocab_size)
-    runners = [OnnxrtRunner(SessionFromOnnx(str(out / ONNX_FILE))),
-               TrtRunner(EngineFromBytes(BytesFromPath(str(out / PLAN_FILE))))]
+    runners = [
+        OnnxrtRunner(SessionFromOnnx(str(out / ONNX_FILE))),
+        TrtRunner(EngineFromBytes(BytesFromPath(str(out / PLAN_FILE)))),
+    ]
     results = Comparator.run(runners, data_loader=feeds)
-    compare = CompareFunc.simple(atol={k: a for k, (a, _) in tol.items()},
-                                 rtol={k: r for k, (_, r) in tol.items()})
+    compare = CompareFunc.simple(
+        atol={k: a for k, (a, _) in tol.items()}, rtol={k: r for k, (_, r) in tol.items()}
+    )
     accuracy = bool(Comparator.compare_accuracy(results, compare_func=compare))
     prompts = parity.parity_prompts(cfg)
-    gen = parity.generation_parity(OrtEngine(out / ONNX_FILE, cfg),
-                                   TrtEngine(out / PLAN_FILE, cfg, profiles=profiles), prompts,
-                                   max_tokens=2 * cfg.block_length)
+    gen = parity.generation_parity(
+        OrtEngine(out / ONNX_FILE, cfg),
+        TrtEngine(out / PLAN_FILE, cfg, profiles=profiles),
+        prompts,
+        max_tokens=2 * cfg.block_length,
+    )
     for line in parity.format_generation_parity(gen):
         log(line)
     ok = accuracy and (gen["ok"] or precision != "fp32")
@@ -350,8 +444,10 @@ def validate(out: Path, model, precision: str, profiles: list[Profile],
 def polygraphy_tolerance_args(precision: str, vocab_size: int) -> list[str]:
     """`validation_tolerances` as `polygraphy run` arguments (--atol/--rtol name:value ...)."""
     tol = validation_tolerances(precision, vocab_size)
-    return (["--atol", *(f"{k}:{a:g}" for k, (a, _) in tol.items())]
-            + ["--rtol", *(f"{k}:{r:g}" for k, (_, r) in tol.items())])
+    return ["--atol", *(f"{k}:{a:g}" for k, (a, _) in tol.items())] + [
+        "--rtol",
+        *(f"{k}:{r:g}" for k, (_, r) in tol.items()),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

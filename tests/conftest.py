@@ -31,8 +31,11 @@ def train_tiny_tokenizer(folder, vocab_size: int = 300) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     text = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint('hi')\n"]
     tok.train_from_iterator(text * 20, trainer)
     tok.save(str(folder / "tokenizer.json"))

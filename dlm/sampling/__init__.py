@@ -3,5 +3,13 @@
 from dlm.sampling.loop import POLICIES, GenerationResult, Scheduler, generate
 from dlm.sampling.request import MODES, GenerationRequest, Limits, RequestError
 
-__all__ = ["POLICIES", "MODES", "GenerationRequest", "GenerationResult", "Limits",
-           "RequestError", "Scheduler", "generate"]
+__all__ = [
+    "POLICIES",
+    "MODES",
+    "GenerationRequest",
+    "GenerationResult",
+    "Limits",
+    "RequestError",
+    "Scheduler",
+    "generate",
+]

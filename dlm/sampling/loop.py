@@ -40,8 +40,13 @@ class GenerationResult:
 class Scheduler:
     """Requests in flight and their pending passes. `step()` runs one batched engine call."""
 
-    def __init__(self, engine: Engine, limits: Limits | None = None, use_cache: bool = True,
-                 max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits | None = None,
+        use_cache: bool = True,
+        max_batch: int = 64,
+    ) -> None:
         self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
         self.policies = dict(POLICIES)
         if not use_cache:
@@ -69,7 +74,7 @@ class Scheduler:
         ids = list(self.pending)[: self.max_batch]
         results = self.engine.step([self.pending[i][2] for i in ids])
         finished = []
-        for i, res in zip(ids, results):
+        for i, res in zip(ids, results, strict=False):
             seq, gen, _ = self.pending[i]
             try:
                 self.pending[i] = (seq, gen, gen.send(res))
@@ -87,8 +92,13 @@ class Scheduler:
         return len(self.pending)
 
 
-def generate(engine: Engine, requests: list[GenerationRequest], limits: Limits | None = None,
-             use_cache: bool = True, on_commit=None) -> list[GenerationResult]:
+def generate(
+    engine: Engine,
+    requests: list[GenerationRequest],
+    limits: Limits | None = None,
+    use_cache: bool = True,
+    on_commit=None,
+) -> list[GenerationResult]:
     """Run a batch of requests to completion (all in flight together)."""
     sched = Scheduler(engine, limits, use_cache=use_cache, max_batch=max(1, len(requests)))
     seqs = [sched.add(r, on_commit) for r in requests]
@@ -98,5 +108,6 @@ def generate(engine: Engine, requests: list[GenerationRequest], limits: Limits |
 
 
 def to_result(seq: Sequence) -> GenerationResult:
-    return GenerationResult(list(seq.output), seq.nfe, seq.finish_reason or "length", seq.blocks,
-                            seq.seconds)
+    return GenerationResult(
+        list(seq.output), seq.nfe, seq.finish_reason or "length", seq.blocks, seq.seconds
+    )

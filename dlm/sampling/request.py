@@ -52,32 +52,56 @@ class GenerationRequest:
         if not self.prompt_ids:
             raise bad("text_input", "", "a non-empty prompt")
         if len(self.prompt_ids) > lim.max_prompt_tokens:
-            raise bad("text_input", f"<{len(self.prompt_ids)} tokens>",
-                      f"at most {lim.max_prompt_tokens} tokens")
+            raise bad(
+                "text_input",
+                f"<{len(self.prompt_ids)} tokens>",
+                f"at most {lim.max_prompt_tokens} tokens",
+            )
         if any(not 0 <= t < cfg.vocab_size for t in self.prompt_ids):
             raise bad("prompt_ids", "<out of vocabulary>", f"ids in [0, {cfg.vocab_size})")
-        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= lim.max_output_tokens:
+        if (
+            not isinstance(self.max_tokens, int)
+            or not 1 <= self.max_tokens <= lim.max_output_tokens
+        ):
             raise bad("max_tokens", self.max_tokens, f"an integer in [1, {lim.max_output_tokens}]")
         room = cfg.max_position - len(self.prompt_ids)
         if self.max_tokens > room:
-            raise bad("max_tokens", self.max_tokens,
-                      f"at most {room} for this prompt (model context {cfg.max_position})")
+            raise bad(
+                "max_tokens",
+                self.max_tokens,
+                f"at most {room} for this prompt (model context {cfg.max_position})",
+            )
         if self.block_length is None:
             self.block_length = cfg.block_length
-        if not isinstance(self.block_length, int) or not 1 <= self.block_length <= lim.max_block_length:
-            raise bad("block_length", self.block_length,
-                      f"an integer in [1, {lim.max_block_length}]")
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
-                and 0.0 < self.threshold <= 1.0):
+        if (
+            not isinstance(self.block_length, int)
+            or not 1 <= self.block_length <= lim.max_block_length
+        ):
+            raise bad(
+                "block_length", self.block_length, f"an integer in [1, {lim.max_block_length}]"
+            )
+        if not (
+            isinstance(self.threshold, (int, float))
+            and math.isfinite(self.threshold)
+            and 0.0 < self.threshold <= 1.0
+        ):
             raise bad("threshold", self.threshold, "a number in (0, 1]")
         if self.steps is not None:
             if not isinstance(self.steps, int) or not 1 <= self.steps <= self.block_length:
-                raise bad("steps", self.steps, f"an integer in [1, block_length={self.block_length}]")
+                raise bad(
+                    "steps", self.steps, f"an integer in [1, block_length={self.block_length}]"
+                )
             if self.block_length % self.steps:
-                raise bad("steps", self.steps,
-                          f"a divisor of block_length={self.block_length} (equal tokens per pass)")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
-                and 0.0 <= self.temperature <= 100.0):
+                raise bad(
+                    "steps",
+                    self.steps,
+                    f"a divisor of block_length={self.block_length} (equal tokens per pass)",
+                )
+        if not (
+            isinstance(self.temperature, (int, float))
+            and math.isfinite(self.temperature)
+            and 0.0 <= self.temperature <= 100.0
+        ):
             raise bad("temperature", self.temperature, "a number in [0, 100]")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise bad("random_seed", self.seed, "an integer in [0, 2**64)")
@@ -86,8 +110,12 @@ class GenerationRequest:
         if not 0 <= self.end_id < cfg.vocab_size:
             raise bad("end_id", self.end_id, f"a token id in [0, {cfg.vocab_size})")
         if self.mode != "diffusion" and not cfg.uses_kv_cache:
-            raise bad("mode", self.mode, f"diffusion for this {cfg.family} model "
-                      "(it is fully bidirectional: no causal passes)")
+            raise bad(
+                "mode",
+                self.mode,
+                f"diffusion for this {cfg.family} model "
+                "(it is fully bidirectional: no causal passes)",
+            )
         if any(not s for s in self.stop_sequences):
             raise bad("stop_words", "", "non-empty strings")
         return self

@@ -32,6 +32,6 @@ def by_count(confidence: np.ndarray, masked: np.ndarray, count: int) -> np.ndarr
 
 def schedule(masked: int, steps: int) -> list[int]:
     """Tokens committed at each of `steps` passes for `masked` positions: as even as possible,
-    the remainder first (LLaDA's get_num_transfer_tokens); passes that would commit 0 are dropped."""
+    the remainder first (LLaDA's get_num_transfer_tokens); passes committing 0 are dropped."""
     base, extra = divmod(masked, steps)
     return [n for n in [base + (1 if i < extra else 0) for i in range(steps)] if n > 0]

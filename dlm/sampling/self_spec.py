@@ -38,8 +38,9 @@ def self_spec(seq: Sequence, lookahead: bool = True) -> Generator[PassRequest, P
             draft = ready[: size - 1]
         else:
             seq.block_view = [pending] + [mask] * (size - 1)
-            out = yield seq.make_pass(cached, seq.block_view, tail=size, write=False,
-                                      n_out=size - 1)
+            out = yield seq.make_pass(
+                cached, seq.block_view, tail=size, write=False, n_out=size - 1
+            )
             draft = [int(t) for t in out.tokens]
             passes += 1
         seq.block_view = None
@@ -53,7 +54,7 @@ def self_spec(seq: Sequence, lookahead: bool = True) -> Generator[PassRequest, P
             k += 1
         accepted = draft[:k] + [verified[k]]
         # All accepted: the lookahead masks after the bonus position are the next draft.
-        ready = [int(t) for t in out.tokens[size + 1:]] if extra and k == len(draft) else None
+        ready = [int(t) for t in out.tokens[size + 1 :]] if extra and k == len(draft) else None
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
         seq.blocks.append(BlockStats(tokens=len(accepted), passes=passes))

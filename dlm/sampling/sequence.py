@@ -52,13 +52,21 @@ class Sequence:
     def remaining(self) -> int:
         return self.request.max_tokens - len(self.output)
 
-    def make_pass(self, start: int, tokens: list[int], tail: int, write: bool,
-                  n_out: int) -> PassRequest:
+    def make_pass(
+        self, start: int, tokens: list[int], tail: int, write: bool, n_out: int
+    ) -> PassRequest:
         """A pass of this sequence; counts it (every pass counts, prefill and commit included)."""
         self.nfe += 1
-        return PassRequest(self.seq_id, start, list(tokens), tail, write, n_out,
-                           float(self.request.temperature),
-                           pass_seed(self.request.seed, self.nfe))
+        return PassRequest(
+            self.seq_id,
+            start,
+            list(tokens),
+            tail,
+            write,
+            n_out,
+            float(self.request.temperature),
+            pass_seed(self.request.seed, self.nfe),
+        )
 
     def commit(self, tokens: list[int]) -> None:
         """Append final tokens in order, stopping at end_id, a stop sequence or max_tokens."""

@@ -1,12 +1,13 @@
 """The engine behind the wire: the `denoiser` model's logic.
 
-One call = one batched engine step over every pass in it, after releasing the sequences named in
-`release`. The engine keeps the KV cache per sequence; this class also counts the sequences it
-holds (`live_sequences`), engine-agnostic, for the metrics port and the cancellation tests.
+One call = one batched engine step over every pass in it, after releasing the sequences its
+`control` input names. The engine keeps the KV cache per sequence; this class also counts the
+sequences it holds (`live_sequences`), engine-agnostic, for the metrics port and the tests.
 
-Cancellation: `cancel` marks live sequences; a later call carrying a pass of a marked sequence
-reports it in `cancelled`, so the scheduler that owns it (whichever `dlm` instance) drops it and
-releases its cache. The pass itself still runs: its cache must stay consistent until then.
+Cancellation: a CANCEL entry marks a live sequence; a later call carrying a pass of a marked
+sequence reports it in `cancelled`, so the scheduler that owns it (whichever `dlm` instance)
+drops it and releases its cache. The pass itself still runs: its cache must stay consistent
+until then.
 """
 
 from __future__ import annotations
@@ -54,9 +55,13 @@ class Denoiser:
         return len(self.live)
 
 
-def load_engine(model_dir: str | Path, engine_dir: str | Path | None = None,
-                backend: str = "auto", threads: int = 0,
-                say: Callable[[str], None] = log.info) -> Engine:
+def load_engine(
+    model_dir: str | Path,
+    engine_dir: str | Path | None = None,
+    backend: str = "auto",
+    threads: int = 0,
+    say: Callable[[str], None] = log.info,
+) -> Engine:
     """The serving engine of a model folder on the CPU.
 
     backend `auto`: `export.engines.load_engine(engine_dir, model_dir)` (ONNX Runtime, TensorRT
@@ -79,8 +84,10 @@ def load_engine(model_dir: str | Path, engine_dir: str | Path | None = None,
         except ModuleNotFoundError as e:
             if e.name not in ("export", "export.engines"):
                 raise
-            say("denoiser: no export.engines package (ONNX/TensorRT export not installed): "
-                f"falling back to the PyTorch engine for {model_dir}")
+            say(
+                "denoiser: no export.engines package (ONNX/TensorRT export not installed): "
+                f"falling back to the PyTorch engine for {model_dir}"
+            )
         else:
             engine = load_built(engine_dir, model_dir, threads=threads)
             say(f"denoiser: {type(engine).__name__} from {engine_dir} (model {model_dir})")

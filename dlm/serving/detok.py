@@ -31,11 +31,12 @@ def text_delta(decode: Decode, ids: Sequence[int], shown: int, final: bool) -> s
     now = decode(ids)
     if not final:
         now = safe(now)
-    return now[len(before):]
+    return now[len(before) :]
 
 
-def block_text(decode: Decode, block: Sequence[int], mask_id: int,
-               placeholder: str = MASK_PLACEHOLDER) -> str:
+def block_text(
+    decode: Decode, block: Sequence[int], mask_id: int, placeholder: str = MASK_PLACEHOLDER
+) -> str:
     """A block being denoised as text: runs of known tokens decoded, one placeholder per mask."""
     parts: list[str] = []
     run: list[int] = []
@@ -62,8 +63,9 @@ class Postprocessor:
         self.tokenizer = TextTokenizer(folder)
         self.mask_id = model_config(folder).mask_token_id
 
-    def __call__(self, output_ids: Sequence[int], shown: int, final: bool,
-                 block_ids: Sequence[int] = ()) -> tuple[str, str]:
+    def __call__(
+        self, output_ids: Sequence[int], shown: int, final: bool, block_ids: Sequence[int] = ()
+    ) -> tuple[str, str]:
         decode = self.tokenizer.decode
         text = text_delta(decode, output_ids, shown, final)
         view = block_text(decode, block_ids, self.mask_id) if len(block_ids) else ""

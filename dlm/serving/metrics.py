@@ -47,21 +47,32 @@ class ServingMetrics:
             family = mf(name=name, description=doc, kind=kind)
             return {m: family.Metric(labels={**label, "mode": m}, **kw) for m in MODES}
 
-        self.requests = per_mode("dlm_requests", "Requests admitted, per generation mode",
-                                 mf.COUNTER)
-        self.passes = per_mode("dlm_forward_passes", "Forward passes run, per generation mode",
-                               mf.COUNTER)
-        self.tokens = per_mode("dlm_output_tokens", "Output tokens committed, per generation mode",
-                               mf.COUNTER)
-        self.tpf = per_mode("dlm_tokens_per_forward",
-                            "Tokens per forward pass of each finished request", mf.HISTOGRAM,
-                            buckets=TPF_BUCKETS)
-        self.accepted = mf(name="dlm_self_spec_accepted_tokens",
-                           description="Tokens accepted per self-speculation verify round",
-                           kind=mf.HISTOGRAM).Metric(labels=label, buckets=ACCEPT_BUCKETS)
-        self.inflight = mf(name="dlm_sequences_in_flight",
-                           description="Requests in the dlm scheduler",
-                           kind=mf.GAUGE).Metric(labels=label)
+        self.requests = per_mode(
+            "dlm_requests", "Requests admitted, per generation mode", mf.COUNTER
+        )
+        self.passes = per_mode(
+            "dlm_forward_passes", "Forward passes run, per generation mode", mf.COUNTER
+        )
+        self.tokens = per_mode(
+            "dlm_output_tokens", "Output tokens committed, per generation mode", mf.COUNTER
+        )
+        self.tpf = per_mode(
+            "dlm_tokens_per_forward",
+            "Tokens per forward pass of each finished request",
+            mf.HISTOGRAM,
+            buckets=TPF_BUCKETS,
+        )
+        self.accepted = mf(
+            name="dlm_self_spec_accepted_tokens",
+            description="Tokens accepted per self-speculation verify round",
+            kind=mf.HISTOGRAM,
+        ).Metric(labels=label, buckets=ACCEPT_BUCKETS)
+        self.inflight = mf(
+            name="dlm_sequences_in_flight",
+            description="Requests in the dlm scheduler",
+            kind=mf.GAUGE,
+        ).Metric(labels=label)
+        self._inflight = 0
         self.families = mf
 
     def admitted(self, request: GenerationRequest) -> None:
@@ -82,24 +93,33 @@ class ServingMetrics:
                 self.accepted.observe(block.tokens)
 
     def in_flight(self, n: int) -> None:
-        self.inflight.set(n)
+        if n != self._inflight:  # every update is an IPC to the server (~30 us)
+            self.inflight.set(n)
+            self._inflight = n
 
 
 class DenoiserMetrics:
     def __init__(self, pb, model: str = "denoiser") -> None:
         mf = _Families(pb)
         label = {"model": model}
-        self.live = mf(name="dlm_denoiser_live_sequences",
-                       description="Sequences whose KV cache the denoiser holds",
-                       kind=mf.GAUGE).Metric(labels=label)
-        self.calls = mf(name="dlm_denoiser_calls", description="Denoiser calls (engine steps)",
-                        kind=mf.COUNTER).Metric(labels=label)
-        self.passes = mf(name="dlm_denoiser_passes", description="Passes run by the denoiser",
-                         kind=mf.COUNTER).Metric(labels=label)
+        self.live = mf(
+            name="dlm_denoiser_live_sequences",
+            description="Sequences whose KV cache the denoiser holds",
+            kind=mf.GAUGE,
+        ).Metric(labels=label)
+        self.calls = mf(
+            name="dlm_denoiser_calls", description="Denoiser calls (engine steps)", kind=mf.COUNTER
+        ).Metric(labels=label)
+        self.passes = mf(
+            name="dlm_denoiser_passes", description="Passes run by the denoiser", kind=mf.COUNTER
+        ).Metric(labels=label)
+        self._live = 0
         self.families = mf
 
     def update(self, live: int, calls: int, passes: int) -> None:
-        self.live.set(live)
+        if live != self._live:  # every update is an IPC to the server (~30 us)
+            self.live.set(live)
+            self._live = live
         if calls:
             self.calls.increment(calls)
         if passes:

@@ -36,7 +36,7 @@ from dlm.config import ModelConfig
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling import GenerationRequest, Limits, RequestError, Scheduler
 from dlm.sampling.sequence import Sequence
-from dlm.serving.wire import pack_passes, unpack_results  # noqa: F401
+from dlm.serving.wire import pack_passes, unpack_results
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,14 @@ class NullMetrics:
 
 
 class Orchestrator:
-    def __init__(self, engine: Engine, limits: Limits | None = None, max_batch: int = 64,
-                 metrics: NullMetrics | None = None, heartbeat_s: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        limits: Limits | None = None,
+        max_batch: int = 64,
+        metrics: NullMetrics | None = None,
+        heartbeat_s: float | None = None,
+    ) -> None:
         self.engine, self.heartbeat_s = engine, heartbeat_s
         self.remote_cancelled: set[int] = getattr(engine, "cancelled", set())
         self.wire_id = getattr(engine, "wire_id", lambda seq_id: seq_id)
@@ -138,9 +144,14 @@ class Orchestrator:
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ any thread
-    def submit(self, request: GenerationRequest, emit: Callable[[Event], None],
-               is_cancelled: Callable[[], bool] | None = None, stream: bool = False,
-               block_views: bool = False) -> None:
+    def submit(
+        self,
+        request: GenerationRequest,
+        emit: Callable[[Event], None],
+        is_cancelled: Callable[[], bool] | None = None,
+        stream: bool = False,
+        block_views: bool = False,
+    ) -> None:
         """Queue a request; `emit` is called from the scheduler thread (see module doc)."""
         job = Job(request, emit, is_cancelled or (lambda: False), stream, block_views)
         with self._cond:
@@ -225,10 +236,12 @@ class Orchestrator:
                 self._fail(job, f"denoiser step failed: {e}")
             return
         now = time.monotonic()
+        progress: dict[str, list[int]] = {}  # mode -> [passes, tokens], one report per mode
         for job in list(self.jobs.values()):
             seq = job.seq
-            self.metrics.progressed(job.request.mode, seq.nfe - job.counted_passes,
-                                    len(seq.output) - job.counted_tokens)
+            counts = progress.setdefault(job.request.mode, [0, 0])
+            counts[0] += seq.nfe - job.counted_passes
+            counts[1] += len(seq.output) - job.counted_tokens
             job.counted_passes, job.counted_tokens = seq.nfe, len(seq.output)
             if seq.seq_id not in self.scheduler.pending:
                 self.metrics.finished(seq)
@@ -240,8 +253,21 @@ class Orchestrator:
                     self._send(job, event)
                     continue
             if self.heartbeat_s is not None and now - job.last_sent >= self.heartbeat_s:
-                self._send(job, Event([], 0, seq.nfe, len(seq.output), None, False,
-                                      key=self.wire_id(seq.seq_id), heartbeat=True))
+                self._send(
+                    job,
+                    Event(
+                        [],
+                        0,
+                        seq.nfe,
+                        len(seq.output),
+                        None,
+                        False,
+                        key=self.wire_id(seq.seq_id),
+                        heartbeat=True,
+                    ),
+                )
+        for mode, (passes, tokens) in progress.items():
+            self.metrics.progressed(mode, passes, tokens)
 
     def _event(self, job: Job, final: bool, reason: str | None = None) -> Event:
         seq = job.seq
@@ -251,8 +277,16 @@ class Orchestrator:
             mask = seq.cfg.mask_token_id
             first = next((i for i, t in enumerate(seq.block_view) if t == mask), None)
             view = list(seq.block_view[first:]) if first is not None else None
-        return Event(list(seq.output), min(job.shown, len(seq.output)), seq.nfe, len(seq.output),
-                     view, final, reason, key=self.wire_id(seq.seq_id))
+        return Event(
+            list(seq.output),
+            min(job.shown, len(seq.output)),
+            seq.nfe,
+            len(seq.output),
+            view,
+            final,
+            reason,
+            key=self.wire_id(seq.seq_id),
+        )
 
     def _finish(self, job: Job, reason: str) -> None:
         self.jobs.pop(job.seq.seq_id, None)
@@ -262,8 +296,9 @@ class Orchestrator:
         if job.seq is not None:
             self.scheduler.cancel(job.seq)  # no-op unless pending; frees the cache
             self.jobs.pop(job.seq.seq_id, None)
-        self._send(job, Event([], 0, job.seq.nfe if job.seq else 0, 0, None, True, "error",
-                              message))
+        self._send(
+            job, Event([], 0, job.seq.nfe if job.seq else 0, 0, None, True, "error", message)
+        )
 
     def _send(self, job: Job, event: Event) -> None:
         if job.done:

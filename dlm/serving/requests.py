@@ -40,18 +40,24 @@ class _ConfigOnly:
 
 
 class Preprocessor:
-    def __init__(self, folder: str | Path, limits: Limits | None = None,
-                 chat_template: bool = False) -> None:
+    def __init__(
+        self, folder: str | Path, limits: Limits | None = None, chat_template: bool = False
+    ) -> None:
         self.config = model_config(folder)
         self.tokenizer = TextTokenizer(folder)
-        self.pipeline = Pipeline(_ConfigOnly(self.config), self.tokenizer,
-                                 generation_defaults(folder), limits or Limits())
+        self.pipeline = Pipeline(
+            _ConfigOnly(self.config),
+            self.tokenizer,
+            generation_defaults(folder),
+            limits or Limits(),
+        )
         if chat_template and not self.tokenizer.chat_template:
             raise ValueError(f"apply_chat_template=true but {folder} has no chat_template")
         self.chat_template = chat_template
 
-    def __call__(self, text: str | bytes, stop_words: list | None = None,
-                 **knobs) -> GenerationRequest:
+    def __call__(
+        self, text: str | bytes, stop_words: list | None = None, **knobs
+    ) -> GenerationRequest:
         """A validated request; knobs that are None take the model's defaults.
 
         Raises RequestError naming the field (text_input, max_tokens, mode, ...).
@@ -72,8 +78,9 @@ class Preprocessor:
         return self.pipeline.request(text, stop_words=stops, **knobs)
 
 
-def to_wire(request: GenerationRequest, stream: bool = False,
-            block_views: bool = False) -> tuple[np.ndarray, str]:
+def to_wire(
+    request: GenerationRequest, stream: bool = False, block_views: bool = False
+) -> tuple[np.ndarray, str]:
     """(input_ids INT32 [n], JSON of the knobs and the response options)."""
     knobs = {k: getattr(request, k) for k in KNOBS}
     knobs.update(stream=bool(stream), block_views=bool(block_views))
@@ -92,9 +99,16 @@ def from_wire(input_ids: np.ndarray, payload: str | bytes) -> tuple[GenerationRe
 
 
 # Ensemble input -> GenerationRequest field, for the optional scalar knobs.
-SCALAR_INPUTS = {"max_tokens": "max_tokens", "temperature": "temperature",
-                 "random_seed": "seed", "end_id": "end_id", "mode": "mode",
-                 "block_length": "block_length", "threshold": "threshold", "steps": "steps"}
+SCALAR_INPUTS = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "random_seed": "seed",
+    "end_id": "end_id",
+    "mode": "mode",
+    "block_length": "block_length",
+    "threshold": "threshold",
+    "steps": "steps",
+}
 
 
 def scalar(name: str, array: np.ndarray):
@@ -123,10 +137,13 @@ def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
     text = np.asarray(inputs["text_input"]).reshape(-1)
     if text.size != 1:
         raise RequestError(f"text_input: must hold exactly one prompt, got {text.size}")
-    knobs = {field: scalar(name, inputs[name]) for name, field in SCALAR_INPUTS.items()
-             if name in inputs}
+    knobs = {
+        field: scalar(name, inputs[name]) for name, field in SCALAR_INPUTS.items() if name in inputs
+    }
     stops = list(np.asarray(inputs["stop_words"]).reshape(-1)) if "stop_words" in inputs else []
     request = pre(text[0], stop_words=stops, **knobs)
-    flags = {k: bool(scalar(k, inputs[k])) if k in inputs else False
-             for k in ("stream", "return_block_text")}
+    flags = {
+        k: bool(scalar(k, inputs[k])) if k in inputs else False
+        for k in ("stream", "return_block_text")
+    }
     return to_wire(request, stream=flags["stream"], block_views=flags["return_block_text"])

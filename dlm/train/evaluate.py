@@ -28,8 +28,10 @@ from dlm.train.corpus import held_out_prompts
 
 SETTINGS: list[tuple[str, dict]] = [
     ("ar", {"mode": "ar"}),
-    *[(f"diffusion t={t}", {"mode": "diffusion", "threshold": t})
-      for t in (0.5, 0.7, 0.8, 0.9, 0.95)],
+    *[
+        (f"diffusion t={t}", {"mode": "diffusion", "threshold": t})
+        for t in (0.5, 0.7, 0.8, 0.9, 0.95)
+    ],
     ("diffusion steps=16", {"mode": "diffusion", "block_length": 32, "steps": 16}),
     ("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8}),
     ("self_spec", {"mode": "self_spec"}),
@@ -64,7 +66,7 @@ def ar_perplexity(pipe: Pipeline, prompt_ids: list[int], completion: list[int]) 
     pos = torch.arange(n)[None]
     mask = torch.ones(1, n, n, dtype=torch.bool).tril()
     h, _, _ = model.hidden(ids, pos, mask, pk, pv)
-    logp = torch.log_softmax(model.logits(h[0, len(prompt_ids) - 1:-1]).float(), -1)
+    logp = torch.log_softmax(model.logits(h[0, len(prompt_ids) - 1 : -1]).float(), -1)
     nll = -logp.gather(-1, torch.tensor(completion)[:, None]).mean()
     return math.exp(float(nll))
 
@@ -91,29 +93,43 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
             else:
                 ref = ar_tokens.get(i, [])
                 n = min(len(ref), len(res.token_ids))
-                agree += sum(a == b for a, b in zip(ref[:n], res.token_ids[:n]))
+                agree += sum(a == b for a, b in zip(ref[:n], res.token_ids[:n], strict=False))
                 agree_n += max(len(ref), len(res.token_ids))
         finite = [x for x in ppl if math.isfinite(x)]
-        rows.append({"setting": name, "tpf": tokens / max(passes, 1),
-                     "tokens_per_s": tokens / max(seconds, 1e-9),
-                     "gen_ppl": math.exp(sum(map(math.log, finite)) / max(len(finite), 1)),
-                     "valid_python": valid / len(prompts),
-                     "agreement_with_ar": (agree / agree_n) if agree_n else 1.0,
-                     "tokens": tokens, "passes": passes})
+        rows.append(
+            {
+                "setting": name,
+                "tpf": tokens / max(passes, 1),
+                "tokens_per_s": tokens / max(seconds, 1e-9),
+                "gen_ppl": math.exp(sum(map(math.log, finite)) / max(len(finite), 1)),
+                "valid_python": valid / len(prompts),
+                "agreement_with_ar": (agree / agree_n) if agree_n else 1.0,
+                "tokens": tokens,
+                "passes": passes,
+            }
+        )
         r = rows[-1]
-        print(f"{name:22s} TPF {r['tpf']:5.2f}  {r['tokens_per_s']:7.1f} tok/s  "
-              f"gen-ppl {r['gen_ppl']:6.2f}  valid {r['valid_python']:.2f}  "
-              f"agree {r['agreement_with_ar']:.2f}", flush=True)
+        print(
+            f"{name:22s} TPF {r['tpf']:5.2f}  {r['tokens_per_s']:7.1f} tok/s  "
+            f"gen-ppl {r['gen_ppl']:6.2f}  valid {r['valid_python']:.2f}  "
+            f"agree {r['agreement_with_ar']:.2f}",
+            flush=True,
+        )
     return rows
 
 
 def markdown(rows: list[dict], ar_speed: float) -> str:
-    out = ["| setting | tokens/forward | tokens/s | speed-up vs AR | gen. perplexity | "
-           "valid Python | agreement with AR |", "|---|---|---|---|---|---|---|"]
+    out = [
+        "| setting | tokens/forward | tokens/s | speed-up vs AR | gen. perplexity | "
+        "valid Python | agreement with AR |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        out.append(f"| {r['setting']} | {r['tpf']:.2f} | {r['tokens_per_s']:.1f} | "
-                   f"{r['tokens_per_s'] / ar_speed:.2f}x | {r['gen_ppl']:.2f} | "
-                   f"{100 * r['valid_python']:.0f}% | {100 * r['agreement_with_ar']:.0f}% |")
+        out.append(
+            f"| {r['setting']} | {r['tpf']:.2f} | {r['tokens_per_s']:.1f} | "
+            f"{r['tokens_per_s'] / ar_speed:.2f}x | {r['gen_ppl']:.2f} | "
+            f"{100 * r['valid_python']:.0f}% | {100 * r['agreement_with_ar']:.0f}% |"
+        )
     return "\n".join(out) + "\n"
 
 

@@ -24,7 +24,7 @@ from dlm.model import DiffusionLM
 
 
 def joint_mask(length: int, block: int, copies: int, device=None) -> torch.Tensor:
-    """Boolean attention mask [(copies + 1) L, (copies + 1) L]: `copies` noisy copies, then clean."""
+    """Boolean attention mask [(copies + 1) L] x [(copies + 1) L]: noisy copies, then clean."""
     i = torch.arange(length, device=device)
     blk = i // block
     causal = i[None, :] <= i[:, None]
@@ -35,13 +35,18 @@ def joint_mask(length: int, block: int, copies: int, device=None) -> torch.Tenso
     for c in range(copies):
         s = slice(c * length, (c + 1) * length)
         mask[s, s] = same_block
-        mask[s, copies * length:] = prev_blocks
-    mask[copies * length:, copies * length:] = causal
+        mask[s, copies * length :] = prev_blocks
+    mask[copies * length :, copies * length :] = causal
     return mask
 
 
-def noise(x: torch.Tensor, block: int, mask_id: int, t_min: float = 0.05,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def noise(
+    x: torch.Tensor,
+    block: int,
+    mask_id: int,
+    t_min: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask each block of x [B, L] at its own ratio t ~ U(t_min, 1). Returns (noisy, masked)."""
     b, length = x.shape
     nblocks = (length + block - 1) // block
@@ -51,9 +56,15 @@ def noise(x: torch.Tensor, block: int, mask_id: int, t_min: float = 0.05,
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
 
 
-def joint_loss(model: DiffusionLM, x: torch.Tensor, block: int, diffusion_weight: float,
-               complementary: bool = False, ar_weights: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def joint_loss(
+    model: DiffusionLM,
+    x: torch.Tensor,
+    block: int,
+    diffusion_weight: float,
+    complementary: bool = False,
+    ar_weights: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """Losses for a batch of windows x [B, L] (int64). Returns loss, ar, diffusion, accuracy."""
     b, length = x.shape
     cfg = model.cfg
@@ -69,18 +80,26 @@ def joint_loss(model: DiffusionLM, x: torch.Tensor, block: int, diffusion_weight
     past_k, past_v = model.empty_past(b, x.device, next(model.parameters()).dtype)
     h, _, _ = model.hidden(inp, pos, attn, past_k, past_v)
     logits = model.logits(h).float()  # [B, (copies + 1) L, V]
-    clean = logits[:, len(copies) * length:]
-    ar_ce = F.cross_entropy(clean[:, :-1].reshape(-1, clean.shape[-1]), x[:, 1:].reshape(-1),
-                            reduction="none").view(b, length - 1)
-    ar = (ar_ce * ar_weights[:, 1:]).sum() / ar_weights[:, 1:].sum().clamp(min=1) \
-        if ar_weights is not None else ar_ce.mean()
+    clean = logits[:, len(copies) * length :]
+    ar_ce = F.cross_entropy(
+        clean[:, :-1].reshape(-1, clean.shape[-1]), x[:, 1:].reshape(-1), reduction="none"
+    ).view(b, length - 1)
+    ar = (
+        (ar_ce * ar_weights[:, 1:]).sum() / ar_weights[:, 1:].sum().clamp(min=1)
+        if ar_weights is not None
+        else ar_ce.mean()
+    )
     diff_terms, correct, count = [], 0, 0
     for c, m in enumerate(masks):
-        lc = logits[:, c * length:(c + 1) * length][m]
+        lc = logits[:, c * length : (c + 1) * length][m]
         target = x[m]
         diff_terms.append(F.cross_entropy(lc, target, reduction="sum"))
         correct += (lc.argmax(-1) == target).sum()
         count += int(m.sum())
     diff = torch.stack(diff_terms).sum() / max(count, 1)
-    return {"loss": ar + diffusion_weight * diff, "ar": ar.detach(), "diffusion": diff.detach(),
-            "diff_acc": torch.as_tensor(correct / max(count, 1)).detach()}
+    return {
+        "loss": ar + diffusion_weight * diff,
+        "ar": ar.detach(),
+        "diffusion": diff.detach(),
+        "diff_acc": torch.as_tensor(correct / max(count, 1)).detach(),
+    }

@@ -85,7 +85,7 @@ def lr_at(r: Recipe, base: float, step: int, progress: float) -> float:
 
 def windows(tokens: np.ndarray, n: int, length: int, rng: np.random.Generator) -> torch.Tensor:
     starts = rng.integers(0, len(tokens) - length - 1, size=n)
-    return torch.from_numpy(np.stack([tokens[s:s + length] for s in starts]).astype(np.int64))
+    return torch.from_numpy(np.stack([tokens[s : s + length] for s in starts]).astype(np.int64))
 
 
 @torch.no_grad()
@@ -96,8 +96,9 @@ def greedy_continue(model: DiffusionLM, prompts: torch.Tensor, steps: int) -> to
     cfg, dev = model.cfg, prompts.device
     dtype = next(model.parameters()).dtype
     total = p + steps
-    k_all = torch.zeros(cfg.num_layers, b, cfg.num_kv_heads, total, cfg.head_dim, device=dev,
-                        dtype=dtype)
+    k_all = torch.zeros(
+        cfg.num_layers, b, cfg.num_kv_heads, total, cfg.head_dim, device=dev, dtype=dtype
+    )
     v_all = torch.zeros_like(k_all)
     empty = model.empty_past(b, dev, dtype)
     pos = torch.arange(p, device=dev)[None].expand(b, -1)
@@ -109,7 +110,7 @@ def greedy_continue(model: DiffusionLM, prompts: torch.Tensor, steps: int) -> to
         pos = torch.full((b, 1), i, device=dev)
         mask = torch.ones(b, 1, i + 1, dtype=torch.bool, device=dev)
         h, k, v = model.hidden(out[-1], pos, mask, k_all[:, :, :, :i], v_all[:, :, :, :i])
-        k_all[:, :, :, i:i + 1], v_all[:, :, :, i:i + 1] = k, v
+        k_all[:, :, :, i : i + 1], v_all[:, :, :, i : i + 1] = k, v
         out.append(model.logits(h).argmax(-1))
     return torch.cat(out, dim=1)
 
@@ -123,10 +124,12 @@ class Trainer:
         self.heldout = np.load(corpus / "heldout.npy")
         cfg = preset(r.preset, dropout=r.dropout, block_length=r.block)
         self.model = DiffusionLM(cfg).to(self.dev)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=r.lr, betas=(0.9, 0.95),
-                                     weight_decay=r.weight_decay)
-        self.eval_x = windows(self.heldout, r.eval_windows, r.seq_len,
-                              np.random.default_rng(1234)).to(self.dev)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=r.weight_decay
+        )
+        self.eval_x = windows(
+            self.heldout, r.eval_windows, r.seq_len, np.random.default_rng(1234)
+        ).to(self.dev)
         self.log: list[dict] = []
         self.best: tuple[float, dict] | None = None
         self.phase, self.step, self.elapsed = "pretrain", 0, 0.0
@@ -138,8 +141,9 @@ class Trainer:
     def loss(self, x: torch.Tensor, gen: torch.Generator | None = None) -> dict:
         r = self.r
         with self.autocast():
-            return joint_loss(self.model, x, r.block, r.diffusion_weight, r.complementary,
-                              generator=gen)
+            return joint_loss(
+                self.model, x, r.block, r.diffusion_weight, r.complementary, generator=gen
+            )
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -176,8 +180,12 @@ class Trainer:
             tokens += x.numel()
             bar.update(1)
             if self.step % 20 == 0:
-                bar.set_postfix(ar=f"{float(m['ar']):.3f}", diff=f"{float(m['diffusion']):.3f}",
-                                tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", lr=f"{lr:.1e}")
+                bar.set_postfix(
+                    ar=f"{float(m['ar']):.3f}",
+                    diff=f"{float(m['diffusion']):.3f}",
+                    tok_s=f"{tokens / (time.perf_counter() - t0):.0f}",
+                    lr=f"{lr:.1e}",
+                )
             if self.step % self.r.eval_every == 0:
                 self.checkpoint_eval(budget, tokens / (time.perf_counter() - t0))
         bar.close()
@@ -185,11 +193,16 @@ class Trainer:
 
     def checkpoint_eval(self, budget: Budget, tok_s: float) -> None:
         ev = self.evaluate()
-        ev.update(phase=self.phase, step=self.step, minutes=round(budget.elapsed() / 60, 2),
-                  train_tokens_per_s=round(tok_s))
+        ev.update(
+            phase=self.phase,
+            step=self.step,
+            minutes=round(budget.elapsed() / 60, 2),
+            train_tokens_per_s=round(tok_s),
+        )
         self.log.append(ev)
-        tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                               for k, v in ev.items()}))
+        tqdm.write(
+            json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in ev.items()})
+        )
         # Pre-training keeps the best held-out AR loss; distillation keeps its latest state
         # (its purpose is to change the diffusion behaviour), unless AR quality collapses.
         score = ev["ar"]
@@ -212,7 +225,9 @@ class Trainer:
             t0, n = time.perf_counter(), 0
             while n < round_steps if round_steps else time.perf_counter() - t0 < round_seconds:
                 idx = torch.from_numpy(self.rng.integers(0, len(data), size=own))
-                yield torch.cat([data[idx], windows(self.train, r.batch - own, r.seq_len, self.rng)])
+                yield torch.cat(
+                    [data[idx], windows(self.train, r.batch - own, r.seq_len, self.rng)]
+                )
                 n += 1
 
     def continuations(self) -> torch.Tensor:
@@ -224,19 +239,34 @@ class Trainer:
         seqs = []
         for chunk in prompts.split(1024):
             with self.autocast():
-                seqs.append(greedy_continue(self.model, chunk.to(self.dev),
-                                            r.seq_len - r.distill_prefix).cpu())
+                seqs.append(
+                    greedy_continue(
+                        self.model, chunk.to(self.dev), r.seq_len - r.distill_prefix
+                    ).cpu()
+                )
         self.model.train()
-        tqdm.write(f"distill: {r.distill_sequences} greedy continuations of "
-                   f"{r.seq_len - r.distill_prefix} tokens in {time.perf_counter() - t0:.1f}s")
+        tqdm.write(
+            f"distill: {r.distill_sequences} greedy continuations of "
+            f"{r.seq_len - r.distill_prefix} tokens in {time.perf_counter() - t0:.1f}s"
+        )
         return torch.cat(seqs)
 
     def save_state(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                    "phase": self.phase, "step": self.step, "elapsed": self.elapsed,
-                    "log": self.log, "best": self.best, "rng": self.rng.bit_generator.state,
-                    "recipe": asdict(self.r)}, self.work / "state.pt")
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "phase": self.phase,
+                "step": self.step,
+                "elapsed": self.elapsed,
+                "log": self.log,
+                "best": self.best,
+                "rng": self.rng.bit_generator.state,
+                "recipe": asdict(self.r),
+            },
+            self.work / "state.pt",
+        )
 
     def resume(self) -> None:
         s = torch.load(self.work / "state.pt", map_location=self.dev, weights_only=False)
@@ -255,36 +285,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("build/train"))
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--init", type=Path, default=None,
-                    help="start from this model folder's weights (e.g. to distill further)")
+    ap.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this model folder's weights (e.g. to distill further)",
+    )
     ap.add_argument("--shard-mb", type=float, default=15.0, help="safetensors shard size")
     for f, v in asdict(Recipe()).items():
-        ap.add_argument("--" + f.replace("_", "-"), type=type(v) if not isinstance(v, bool)
-                        else lambda s: s.lower() in ("1", "true", "yes"), default=v)
+        ap.add_argument(
+            "--" + f.replace("_", "-"),
+            type=type(v)
+            if not isinstance(v, bool)
+            else lambda s: s.lower() in ("1", "true", "yes"),
+            default=v,
+        )
     args = ap.parse_args(argv)
     recipe = Recipe(**{f: getattr(args, f) for f in asdict(Recipe())})
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else args.device
+    device = (
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     tr = Trainer(recipe, args.corpus, args.work, device)
-    print(f"model: {tr.model.num_parameters() / 1e6:.2f} M parameters on {device}; "
-          f"corpus {len(tr.train) / 1e6:.2f} M train tokens; recipe {asdict(recipe)}")
+    print(
+        f"model: {tr.model.num_parameters() / 1e6:.2f} M parameters on {device}; "
+        f"corpus {len(tr.train) / 1e6:.2f} M train tokens; recipe {asdict(recipe)}"
+    )
     if args.resume and (args.work / "state.pt").exists():
         tr.resume()
     elif args.init is not None:
         tr.model.load_state_dict(checkpoint.load(args.init).state_dict())
         print(f"initialised from {args.init}")
     if tr.phase == "pretrain" and (recipe.pretrain_steps > 0 or recipe.pretrain_minutes > 0):
-        tr.train_phase("pretrain", recipe.pretrain_steps, recipe.pretrain_minutes, recipe.lr,
-                       tr.pretrain_batches())
+        tr.train_phase(
+            "pretrain",
+            recipe.pretrain_steps,
+            recipe.pretrain_minutes,
+            recipe.lr,
+            tr.pretrain_batches(),
+        )
         if tr.best is not None:
             tr.model.load_state_dict(tr.best[1])
             print(f"kept the best pre-training checkpoint: held-out AR loss {tr.best[0]:.4f}")
     if recipe.distill_steps > 0 or recipe.distill_minutes > 0:
         tr.r.warmup = 0 if tr.phase == "distill" else min(recipe.warmup, 50)
-        tr.train_phase("distill", recipe.distill_steps, recipe.distill_minutes,
-                       recipe.distill_lr, tr.distill_batches())
+        tr.train_phase(
+            "distill",
+            recipe.distill_steps,
+            recipe.distill_minutes,
+            recipe.distill_lr,
+            tr.distill_batches(),
+        )
     export(tr, args.corpus, args.out, int(args.shard_mb * 1e6))
     return 0
 
@@ -298,12 +350,20 @@ def export(tr: Trainer, corpus: Path, out: Path, shard_bytes: int) -> None:
     checkpoint.save(model, out, max_shard_bytes=shard_bytes, dtype=torch.bfloat16)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(corpus / name, out / name)
-    (out / "generation_config.json").write_text(json.dumps(
-        {"mode": "diffusion", "block_length": tr.r.block, "threshold": 0.9, "max_tokens": 64},
-        indent=2) + "\n")
-    (out / "training_log.json").write_text(json.dumps(
-        {"recipe": asdict(tr.r), "evals": tr.log,
-         "parameters": model.num_parameters()}, indent=1) + "\n")
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {"mode": "diffusion", "block_length": tr.r.block, "threshold": 0.9, "max_tokens": 64},
+            indent=2,
+        )
+        + "\n"
+    )
+    (out / "training_log.json").write_text(
+        json.dumps(
+            {"recipe": asdict(tr.r), "evals": tr.log, "parameters": model.num_parameters()},
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

@@ -19,10 +19,16 @@ def test_cpu_smoke_run_writes_every_section(tmp_path):
         assert f"\n| {mode} | " in text
 
 
-@pytest.mark.parametrize("name,bandwidth", [
-    ("NVIDIA H100 80GB HBM3", 3.35e12), ("NVIDIA H100 PCIe", 2.0e12), ("NVIDIA H100 NVL", 3.9e12),
-    ("NVIDIA H200", 4.8e12), ("NVIDIA A10G", None),
-])
+@pytest.mark.parametrize(
+    "name,bandwidth",
+    [
+        ("NVIDIA H100 80GB HBM3", 3.35e12),
+        ("NVIDIA H100 PCIe", 2.0e12),
+        ("NVIDIA H100 NVL", 3.9e12),
+        ("NVIDIA H200", 4.8e12),
+        ("NVIDIA A10G", None),
+    ],
+)
 def test_peak_bandwidth_by_device_name(name, bandwidth):
     assert gf.peak_bandwidth(name)[0] == bandwidth
 

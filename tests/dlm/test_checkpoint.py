@@ -14,17 +14,36 @@ from tests.conftest import tiny_model
 FAMILIES = {
     "nld": {},
     "llada": {"family": "llada", "attention": "bidirectional", "num_kv_heads": 4},
-    "dream": {"family": "dream", "attention": "bidirectional", "qkv_bias": True,
-              "logits_shift": True},
+    "dream": {
+        "family": "dream",
+        "attention": "bidirectional",
+        "qkv_bias": True,
+        "logits_shift": True,
+    },
 }
 REAL_NAMES = {
-    "nld": ["encoder.embed_tokens.weight", "encoder.layers.1.self_attn.q_proj.weight",
-            "encoder.layers.0.mlp.gate_proj.weight", "encoder.norm.weight", "diffusion_head.weight"],
-    "llada": ["model.transformer.wte.weight", "model.transformer.blocks.1.attn_out.weight",
-              "model.transformer.blocks.0.ff_proj.weight", "model.transformer.blocks.0.ff_out.weight",
-              "model.transformer.ln_f.weight", "model.transformer.ff_out.weight"],
-    "dream": ["model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.bias",
-              "model.layers.0.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"],
+    "nld": [
+        "encoder.embed_tokens.weight",
+        "encoder.layers.1.self_attn.q_proj.weight",
+        "encoder.layers.0.mlp.gate_proj.weight",
+        "encoder.norm.weight",
+        "diffusion_head.weight",
+    ],
+    "llada": [
+        "model.transformer.wte.weight",
+        "model.transformer.blocks.1.attn_out.weight",
+        "model.transformer.blocks.0.ff_proj.weight",
+        "model.transformer.blocks.0.ff_out.weight",
+        "model.transformer.ln_f.weight",
+        "model.transformer.ff_out.weight",
+    ],
+    "dream": [
+        "model.embed_tokens.weight",
+        "model.layers.1.self_attn.q_proj.bias",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ],
 }
 
 

@@ -12,8 +12,9 @@ def run(model, ids, past=None, past_len=0, tail=0):
     pk, pv = past if past is not None else model.empty_past(1)
     n = ids.shape[1]
     out_index = torch.arange(n)[None]
-    return model(ids, pk, pv, torch.tensor([past_len]), torch.tensor([n]), torch.tensor([tail]),
-                 out_index)
+    return model(
+        ids, pk, pv, torch.tensor([past_len]), torch.tensor([n]), torch.tensor([tail]), out_index
+    )
 
 
 def test_causal_cache_equals_full_recompute():
@@ -48,8 +49,9 @@ def test_ragged_batch_equals_rows():
     ids = torch.tensor([a, b + [0, 0, 0]])
     pk, pv = m.empty_past(2)
     out_index = torch.tensor([[4], [1]])
-    logits, _, _ = m(ids, pk, pv, torch.tensor([0, 0]), torch.tensor([5, 2]), torch.tensor([0, 0]),
-                     out_index)
+    logits, _, _ = m(
+        ids, pk, pv, torch.tensor([0, 0]), torch.tensor([5, 2]), torch.tensor([0, 0]), out_index
+    )
     la, _, _ = run(m, a)
     lb, _, _ = run(m, b)
     torch.testing.assert_close(logits[0, 0], la[0, 4], atol=1e-5, rtol=1e-5)
@@ -58,8 +60,11 @@ def test_ragged_batch_equals_rows():
 
 def test_yarn_and_query_scaling_run_and_change_outputs():
     base = tiny_model()
-    scaled = tiny_model(yarn=YarnScaling(factor=4.0, original_max_position=64),
-                        query_scale_beta=0.5, query_scale_max_position=4)
+    scaled = tiny_model(
+        yarn=YarnScaling(factor=4.0, original_max_position=64),
+        query_scale_beta=0.5,
+        query_scale_max_position=4,
+    )
     seq = list(range(4, 30))
     a, _, _ = run(base, seq)
     b, _, _ = run(scaled, seq)

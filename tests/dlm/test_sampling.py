@@ -26,7 +26,7 @@ def test_self_spec_equals_ar_in_ragged_batches(engine):
     for block in (4, 8, 16):
         ar = generate(engine, reqs(prompts, mode="ar", max_tokens=30))
         ss = generate(engine, reqs(prompts, mode="self_spec", max_tokens=30, block_length=block))
-        for a, s in zip(ar, ss):
+        for a, s in zip(ar, ss, strict=False):
             assert s.token_ids == a.token_ids
 
 
@@ -41,26 +41,31 @@ def test_self_spec_equals_ar_on_a_confident_model():
     assert [r.token_ids for r in ss] == [r.token_ids for r in ar]
 
 
-@pytest.mark.parametrize("knobs", [{"threshold": 0.05}, {"threshold": 0.9}, {"steps": 4},
-                                   {"steps": 8, "block_length": 8}])
+@pytest.mark.parametrize(
+    "knobs",
+    [{"threshold": 0.05}, {"threshold": 0.9}, {"steps": 4}, {"steps": 8, "block_length": 8}],
+)
 def test_diffusion_cache_equals_recompute(engine, knobs):
     prompts = random_prompts(6, seed=4)
     cached = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs))
-    full = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs),
-                    use_cache=False)
-    for a, b in zip(cached, full):
+    full = generate(
+        engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs), use_cache=False
+    )
+    for a, b in zip(cached, full, strict=False):
         assert a.token_ids == b.token_ids
         assert a.num_forward_passes == b.num_forward_passes
 
 
-@pytest.mark.parametrize("mode,knobs", [("ar", {}), ("diffusion", {"threshold": 0.1}),
-                                        ("diffusion", {"steps": 2}), ("self_spec", {})])
+@pytest.mark.parametrize(
+    "mode,knobs",
+    [("ar", {}), ("diffusion", {"threshold": 0.1}), ("diffusion", {"steps": 2}), ("self_spec", {})],
+)
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_batch_equals_one_by_one(engine, mode, knobs, temperature):
     prompts = random_prompts(5, seed=5)
     kw = dict(mode=mode, max_tokens=20, temperature=temperature, seed=11, **knobs)
     batch = generate(engine, reqs(prompts, **kw))
-    for p, b in zip(prompts, batch):
+    for p, b in zip(prompts, batch, strict=False):
         (one,) = generate(engine, reqs([p], **kw))
         assert one.token_ids == b.token_ids and one.num_forward_passes == b.num_forward_passes
 
@@ -88,8 +93,7 @@ def test_forward_counts_follow_the_schedule(engine):
 
 def test_threshold_above_every_confidence_still_progresses(engine):
     p = random_prompts(1, seed=8)
-    r = generate(engine, reqs(p, mode="diffusion", max_tokens=16, block_length=8,
-                              threshold=1.0))[0]
+    r = generate(engine, reqs(p, mode="diffusion", max_tokens=16, block_length=8, threshold=1.0))[0]
     assert r.num_output_tokens == 16
     assert r.num_forward_passes == 1 + 8 + 7  # one token per denoise pass
 
@@ -110,10 +114,19 @@ def test_stops_at_end_id_and_stop_sequences(engine):
     assert r.token_ids == free[:7] and r.finish_reason == "length"
 
 
-@pytest.mark.parametrize("field,value", [("mode", "beam"), ("max_tokens", 0),
-                                         ("max_tokens", 10**6), ("threshold", 0.0),
-                                         ("threshold", float("nan")), ("temperature", -1.0),
-                                         ("steps", 3), ("block_length", 0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("mode", "beam"),
+        ("max_tokens", 0),
+        ("max_tokens", 10**6),
+        ("threshold", 0.0),
+        ("threshold", float("nan")),
+        ("temperature", -1.0),
+        ("steps", 3),
+        ("block_length", 0),
+    ],
+)
 def test_bad_requests_name_the_field(engine, field, value):
     r = GenerationRequest([5, 6], **{field: value})
     with pytest.raises(RequestError, match=field):

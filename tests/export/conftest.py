@@ -20,8 +20,13 @@ from tests.conftest import tiny_model, train_tiny_tokenizer
 
 
 def confident_nld_model() -> DiffusionLM:
-    m = tiny_model(seed=3, vocab_size=300, yarn=YarnScaling(factor=4.0, original_max_position=64),
-                   query_scale_beta=0.1, query_scale_max_position=16)
+    m = tiny_model(
+        seed=3,
+        vocab_size=300,
+        yarn=YarnScaling(factor=4.0, original_max_position=64),
+        query_scale_beta=0.1,
+        query_scale_max_position=16,
+    )
     m.diffusion_head.weight.data *= 8
     return m
 

@@ -34,14 +34,26 @@ def test_manifest(nld_build):
 def test_rerun_with_nothing_changed_skips(nld_build):
     t0 = time.perf_counter()
     log: list[str] = []
-    m = build_mod.build(nld_build.model_dir, nld_build.out, backend="onnxruntime",
-                        log=log.append)
+    m = build_mod.build(nld_build.model_dir, nld_build.out, backend="onnxruntime", log=log.append)
     assert time.perf_counter() - t0 < 2.0
     assert m == nld_build.manifest and log[0].startswith("[skip]")
     # The CLI too (a fresh process: no torch import on this path).
-    r = subprocess.run([sys.executable, "-m", "export", "--model", str(nld_build.model_dir),
-                        "--backend", "onnxruntime", "--out", str(nld_build.out)],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--model",
+            str(nld_build.model_dir),
+            "--backend",
+            "onnxruntime",
+            "--out",
+            str(nld_build.out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "[skip]" in r.stdout
 
 

@@ -23,8 +23,10 @@ def test_graph_contract(nld_build):
     assert [o.name for o in graph.graph.output] == list(onnx_export.OUTPUTS)  # no logits
     summary = onnx_export.check_graph(graph, cfg)
     assert summary["opset"] == 18
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in graph.graph.input}
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in graph.graph.input
+    }
     assert dims["past_k"] == [cfg.num_layers, "batch", cfg.num_kv_heads, "past", cfg.head_dim]
     assert dims["out_index"] == ["batch", "k"]
 
@@ -43,8 +45,9 @@ def test_parity_figures_in_the_manifest(nld_build):
 
 def test_check_graph_rejects_logits_output(nld_build):
     graph = onnx.load(str(nld_build.out / "denoiser.onnx"))
-    extra = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
-                                               ["batch", "k", 300])
+    extra = onnx.helper.make_tensor_value_info(
+        "logits", onnx.TensorProto.FLOAT, ["batch", "k", 300]
+    )
     graph.graph.output.append(extra)
     with pytest.raises(ValueError, match="logits must not leave the graph"):
         onnx_export.check_graph(graph, nld_build.model.cfg, run=False)
@@ -58,24 +61,49 @@ def test_polygraphy_inspect_and_onnxrt_run(nld_build, tmp_path):
 
     onnx_path = str(nld_build.out / "denoiser.onnx")
     polygraphy = [sys.executable, str(Path(sys.executable).parent / "polygraphy")]
-    text = subprocess.run(polygraphy + ["inspect", "model", onnx_path], check=True,
-                          capture_output=True, text=True).stdout
+    text = subprocess.run(
+        polygraphy + ["inspect", "model", onnx_path], check=True, capture_output=True, text=True
+    ).stdout
     for name in ("input_ids", "past_k", "token", "confidence", "new_v"):
         assert name in text
     assert "logits" not in text
     model, cfg = nld_build.model, nld_build.model.cfg
-    feeds = [parity.case_inputs(cfg, c, seed=i)
-             for i, c in enumerate(parity.pass_cases(cfg.block_length))]
+    feeds = [
+        parity.case_inputs(cfg, c, seed=i)
+        for i, c in enumerate(parity.pass_cases(cfg.block_length))
+    ]
     save_json(feeds, str(tmp_path / "inputs.json"))
-    subprocess.run(polygraphy + ["run", onnx_path, "--onnxrt", "--load-inputs",
-                                 str(tmp_path / "inputs.json"), "--save-outputs",
-                                 str(tmp_path / "outputs.json")], check=True, capture_output=True)
+    subprocess.run(
+        polygraphy
+        + [
+            "run",
+            onnx_path,
+            "--onnxrt",
+            "--load-inputs",
+            str(tmp_path / "inputs.json"),
+            "--save-outputs",
+            str(tmp_path / "outputs.json"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     # docker/build_engine.sh's comparison, with ONNX Runtime standing in for TensorRT.
     tolerances = tensorrt_build.polygraphy_tolerance_args("fp32", cfg.vocab_size)
-    subprocess.run(polygraphy + ["run", onnx_path, "--onnxrt", "--load-inputs",
-                                 str(tmp_path / "inputs.json"), "--load-outputs",
-                                 str(tmp_path / "outputs.json"), *tolerances], check=True,
-                   capture_output=True)
+    subprocess.run(
+        polygraphy
+        + [
+            "run",
+            onnx_path,
+            "--onnxrt",
+            "--load-inputs",
+            str(tmp_path / "inputs.json"),
+            "--load-outputs",
+            str(tmp_path / "outputs.json"),
+            *tolerances,
+        ],
+        check=True,
+        capture_output=True,
+    )
     ((_, outputs),) = RunResults.load(str(tmp_path / "outputs.json")).items()
     assert len(outputs) == len(feeds)
     for feed, out in zip(feeds, outputs, strict=True):
@@ -88,14 +116,16 @@ def test_polygraphy_inspect_and_onnxrt_run(nld_build, tmp_path):
 
 def test_dream_like_family_exports_with_parity():
     """Fully bidirectional, logits shifted by one, q/k/v biases (the Dream mapping)."""
-    model = tiny_model(seed=5, attention="bidirectional", logits_shift=True, qkv_bias=True,
-                       family="dream")
+    model = tiny_model(
+        seed=5, attention="bidirectional", logits_shift=True, qkv_bias=True, family="dream"
+    )
     graph = onnx_export.export_parity_graph(model)
     onnx_export.check_graph(onnx_export.deployment_graph(graph), model.cfg)
     session = ort_session(graph)
     names = [o.name for o in session.get_outputs()]
     report = parity.pass_parity(
-        model, lambda f: dict(zip(names, session.run(names, f), strict=True)))
+        model, lambda f: dict(zip(names, session.run(names, f), strict=True))
+    )
     assert report["ok"], "\n".join(parity.format_pass_parity(report))
 
 
@@ -103,8 +133,7 @@ def test_plugin_form_in_bf16_for_tensorrt(tmp_path):
     """What TensorRT gets: one dlm::DenoiseStep node in the plugin convention, bf16 compute,
     float32 KV at the edges. (ONNX Runtime cannot run the custom node; TensorRT is absent.)"""
     model = tiny_model(seed=1)
-    graph = onnx_export.export_denoiser(model, tmp_path / "trt.onnx", plugin=True,
-                                        precision="bf16")
+    graph = onnx_export.export_denoiser(model, tmp_path / "trt.onnx", plugin=True, precision="bf16")
     assert str(next(model.parameters()).dtype) == "torch.float32"  # the caller's model untouched
     (node,) = [n for n in graph.graph.node if n.op_type == "DenoiseStep"]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}

@@ -23,8 +23,14 @@ def test_generations_identical_in_every_mode(engines, temperature):
     torch_engine, ort_engine = engines
     cfg = torch_engine.config
     prompts = random_prompts(5, vocab=cfg.vocab_size, lo=2, hi=40, seed=4)
-    report = parity.generation_parity(torch_engine, ort_engine, prompts, max_tokens=24,
-                                      temperature=temperature, end_id=cfg.vocab_size - 1)
+    report = parity.generation_parity(
+        torch_engine,
+        ort_engine,
+        prompts,
+        max_tokens=24,
+        temperature=temperature,
+        end_id=cfg.vocab_size - 1,
+    )
     assert report["ok"], "\n".join(parity.format_generation_parity(report))
     assert set(report["modes"]) == set(parity.GEN_SETTINGS)
     # The confident model commits several tokens per diffusion pass: the parallel path is run.
@@ -34,8 +40,7 @@ def test_generations_identical_in_every_mode(engines, temperature):
 
 def test_build_generations_identical(nld_build):
     gen = nld_build.manifest["parity"]["generation"]
-    assert gen["ok"] and gen["temperature"] == 0.0, "\n".join(
-        parity.format_generation_parity(gen))
+    assert gen["ok"] and gen["temperature"] == 0.0, "\n".join(parity.format_generation_parity(gen))
     assert set(gen["modes"]) == set(parity.GEN_SETTINGS)
 
 
@@ -47,8 +52,7 @@ def test_cache_rollback_and_release(engines):
         assert e.kv.cached(7) == 20
     # Roll back to 12 cached positions and run a block there: both engines agree.
     block = [3] * 8
-    a, b = (e.step([PassRequest(7, 12, block, tail=8, write=False, n_out=8)])[0]
-            for e in engines)
+    a, b = (e.step([PassRequest(7, 12, block, tail=8, write=False, n_out=8)])[0] for e in engines)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     np.testing.assert_allclose(a.confidence, b.confidence, atol=1e-5)
     assert ort_engine.kv.cached(7) == 12

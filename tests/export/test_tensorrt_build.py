@@ -26,8 +26,12 @@ def test_profiles_are_ordered_and_consistent():
         for axis, (lo, opt, hi) in p.dims.items():
             assert 0 <= lo <= opt <= hi, (p.name, axis)
         assert p.dims["k"][2] <= p.dims["block"][2]
-    assert step.dims == {"batch": (1, 4, 8), "block": (1, 8, 16), "past": (0, 64, 159),
-                         "k": (1, 8, 16)}
+    assert step.dims == {
+        "batch": (1, 4, 8),
+        "block": (1, 8, 16),
+        "past": (0, 64, 159),
+        "k": (1, 8, 16),
+    }
     assert prefill.dims["block"] == (1, 128, 160) and prefill.dims["past"] == (0, 0, 159)
 
 
@@ -106,18 +110,30 @@ def test_select_profile_prefers_step_and_names_the_miss():
         tb.select_profile(profiles, {"batch": 5, "block": 8, "past": 0, "k": 8})
 
 
-@pytest.mark.parametrize("requested,cap,expected", [
-    ("auto", (9, 0), "bf16"), ("auto", (8, 0), "bf16"), ("auto", (7, 5), "fp16"),
-    ("fp32", (7, 5), "fp32"), ("fp16", (9, 0), "fp16"), ("bf16", (8, 6), "bf16"),
-])
+@pytest.mark.parametrize(
+    "requested,cap,expected",
+    [
+        ("auto", (9, 0), "bf16"),
+        ("auto", (8, 0), "bf16"),
+        ("auto", (7, 5), "fp16"),
+        ("fp32", (7, 5), "fp32"),
+        ("fp16", (9, 0), "fp16"),
+        ("bf16", (8, 6), "bf16"),
+    ],
+)
 def test_choose_precision(requested, cap, expected):
     assert tb.choose_precision(requested, cap) == expected
 
 
-@pytest.mark.parametrize("requested,cap,match", [
-    ("bf16", (7, 5), "compute capability >= 8.0"), ("fp8", (8, 0), ">= 8.9"),
-    ("fp8", (9, 0), "Q/DQ"), ("int4", (9, 0), "must be one of"),
-])
+@pytest.mark.parametrize(
+    "requested,cap,match",
+    [
+        ("bf16", (7, 5), "compute capability >= 8.0"),
+        ("fp8", (8, 0), ">= 8.9"),
+        ("fp8", (9, 0), "Q/DQ"),
+        ("int4", (9, 0), "must be one of"),
+    ],
+)
 def test_choose_precision_refusals(requested, cap, match):
     with pytest.raises(ValueError, match=match):
         tb.choose_precision(requested, cap)
@@ -162,4 +178,5 @@ def test_build_and_run_a_plan(tmp_path):  # pragma: no cover - needs TensorRT an
     checkpoint.save(tiny_model(vocab_size=300), tmp_path / "m")
     m = build(tmp_path / "m", tmp_path / "e", backend="tensorrt", precision="fp32")
     assert m["tensorrt"]["validation"]["ok"], parity.format_generation_parity(
-        m["tensorrt"]["validation"]["generation"])
+        m["tensorrt"]["validation"]["generation"]
+    )

@@ -1,7 +1,7 @@
 """denoiser: the engine and the KV cache per sequence (dlm.serving.denoiser).
 
 One execute = one batched engine step: inputs and outputs are dlm.serving.wire's (token ids and
-confidences only, never logits). Sequences named in `release` are dropped first. The engine is
+confidences only, never logits). Sequences released in `control` are dropped first. The engine is
 export.engines.load_engine's (ONNX Runtime on CPU, TensorRT on GPU) when the export package
 exists, else a TorchEngine (logged); BACKEND=torch forces the TorchEngine.
 Errors: a pass no engine could run (ValueError naming the field) fails that call only.
@@ -10,7 +10,6 @@ Errors: a pass no engine could run (ValueError naming the field) fails that call
 import json
 import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
@@ -31,10 +30,8 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            arrays = {}
-            for name in self.inputs:
-                tensor = pb_utils.get_input_tensor_by_name(request, name)
-                arrays[name] = tensor.as_numpy() if tensor is not None else np.zeros(0, np.int64)
+            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                      for name in self.inputs}
             calls, passes = self.denoiser.calls, self.denoiser.passes
             try:
                 out = self.denoiser(arrays)
