@@ -33,8 +33,13 @@ from dlm.sampling import Limits, Scheduler
 from dlm.serving.denoiser import load_engine
 from dlm.tokenizer import TextTokenizer
 
-PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef walk(path):\n", "class Stack:\n    def ",
-           "for i in range(10):\n    ", "def read_lines(path):\n    with open(path) as f:\n"]
+PROMPTS = [
+    "def fibonacci(n):\n",
+    "import os\n\n\ndef walk(path):\n",
+    "class Stack:\n    def ",
+    "for i in range(10):\n    ",
+    "def read_lines(path):\n    with open(path) as f:\n",
+]
 MODES = [("ar", {}), ("diffusion", {}), ("self_spec", {})]
 
 
@@ -103,8 +108,11 @@ def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.serving_overhead", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.serving_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", default="models/default")
     p.add_argument("--random", metavar="PRESET", help="random weights of a preset instead")
     p.add_argument("--max-tokens", type=int, default=64)
@@ -123,20 +131,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.random:
         model = random_checkpoint(args.random, Path("build") / f"bench_random_{args.random}")
     if not (model / "config.json").exists():
-        print(f"error: --model {model}: no checkpoint (train one, or use --random default)",
-              file=sys.stderr)
+        print(
+            f"error: --model {model}: no checkpoint (train one, or use --random default)",
+            file=sys.stderr,
+        )
         return 2
     engine = load_engine(model, args.engine, args.backend, args.threads, say=print)
     pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
     levels = [int(x) for x in args.concurrency.split(",")]
-    print(f"# serving overhead: {model} ({'random weights' if args.random else 'trained'}), "
-          f"{type(engine).__name__}, {platform.node()}, {os.cpu_count()} CPUs, "
-          f"{args.threads} engine threads, "
-          f"max_tokens {args.max_tokens}, greedy")
+    print(
+        f"# serving overhead: {model} ({'random weights' if args.random else 'trained'}), "
+        f"{type(engine).__name__}, {platform.node()}, {os.cpu_count()} CPUs, "
+        f"{args.threads} engine threads, "
+        f"max_tokens {args.max_tokens}, greedy"
+    )
     work = Path(tempfile.mkdtemp(prefix="dlm-bench-"))
-    with LocalServer(model, work, ["--backend", args.backend, "--engine", args.engine,
-                                   "--threads", str(args.threads),
-                                   "--max-passes-per-step", str(max(levels))]) as server:
+    with LocalServer(
+        model,
+        work,
+        [
+            "--backend",
+            args.backend,
+            "--engine",
+            args.engine,
+            "--threads",
+            str(args.threads),
+            "--max-passes-per-step",
+            str(max(levels)),
+        ],
+    ) as server:
         url = f"127.0.0.1:{server.grpc}"
         through_triton(url, [(PROMPTS[0], {"max_tokens": 8, "mode": "ar"})], 1)  # warm up
         in_process(pipe, [pipe.request(PROMPTS[0], max_tokens=8, mode="ar")], 1)
@@ -144,17 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         print("| mode | tokens | in process tok/s | Triton tok/s | Triton / in process |")
         print("|---|---|---|---|---|")
         for mode, knobs in MODES:
-            reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode, **knobs)
-                    for p in PROMPTS]
+            reqs = [
+                pipe.request(p, max_tokens=args.max_tokens, mode=mode, **knobs) for p in PROMPTS
+            ]
             tok_a, sec_a = in_process(pipe, reqs, 1)
             jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode, **knobs}) for p in PROMPTS]
             tok_b, sec_b = through_triton(url, jobs, 1)
-            print(f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |")
+            print(
+                f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
+                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |"
+            )
         mode = args.throughput_mode
         print(f"\n## throughput vs concurrency ({mode}, {args.requests} requests per point)")
-        print("| concurrency | in process tok/s | Triton tok/s | Triton / in process | "
-              "Triton passes per denoiser call |")
+        print(
+            "| concurrency | in process tok/s | Triton tok/s | Triton / in process | "
+            "Triton passes per denoiser call |"
+        )
         print("|---|---|---|---|---|")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
         for n in levels:
@@ -165,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             tok_b, sec_b = through_triton(url, jobs, n)
             calls = server.metric("dlm_denoiser_calls") - calls
             passes = server.metric("dlm_denoiser_passes") - passes
-            print(f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                  f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, calls):.1f} |",
-                  flush=True)
+            print(
+                f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
+                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, calls):.1f} |",
+                flush=True,
+            )
     return 0
 
 

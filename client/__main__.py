@@ -20,17 +20,26 @@ MODES = ("ar", "diffusion", "self_spec")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m client", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--prompt", required=True)
-    p.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001, or :8000 "
-                   "with --http)")
+    p.add_argument(
+        "--url", default=None, help="host:port (default 127.0.0.1:8001, or :8000 " "with --http)"
+    )
     p.add_argument("--model", default="ensemble", help="Triton model name")
     p.add_argument("--http", action="store_true", help="HTTP generate endpoints, not gRPC")
-    p.add_argument("--generate-endpoint", choices=("generate", "generate_stream"), default=None,
-                   help="with --http: which endpoint (default: generate_stream when streaming)")
-    p.add_argument("--no-stream", action="store_true",
-                   help="one response with the whole answer (no live view)")
+    p.add_argument(
+        "--generate-endpoint",
+        choices=("generate", "generate_stream"),
+        default=None,
+        help="with --http: which endpoint (default: generate_stream when streaming)",
+    )
+    p.add_argument(
+        "--no-stream", action="store_true", help="one response with the whole answer (no live view)"
+    )
     p.add_argument("--no-block", action="store_true", help="do not show the block live")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per response")
@@ -57,7 +66,7 @@ class LiveLine:
         self.text += u.text
         width = max(20, shutil.get_terminal_size((100, 20)).columns - 1)
         block = _visible(u.block_text)
-        tail = _visible(self.text)[-max(0, width - len(block)):] if width > len(block) else ""
+        tail = _visible(self.text)[-max(0, width - len(block)) :] if width > len(block) else ""
         self.out.write(f"\r\x1b[K{tail}\x1b[7m{block[:width]}\x1b[0m")
         self.out.flush()
 
@@ -74,22 +83,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     stream = not args.no_stream
     live = stream and not args.no_block and not args.json and sys.stderr.isatty()
-    knobs = dict(stream=stream, mode=args.mode, block_length=args.block_length,
-                 threshold=args.threshold, steps=args.steps, temperature=args.temperature,
-                 random_seed=args.seed, stop_words=args.stop, end_id=args.end_id,
-                 return_block_text=True if live else None)
+    knobs = dict(
+        stream=stream,
+        mode=args.mode,
+        block_length=args.block_length,
+        threshold=args.threshold,
+        steps=args.steps,
+        temperature=args.temperature,
+        random_seed=args.seed,
+        stop_words=args.stop,
+        end_id=args.end_id,
+        return_block_text=True if live else None,
+    )
     on_update, line = None, None
     if live:
         on_update = line = LiveLine()
     elif stream and not args.json:
+
         def on_update(u: Update) -> None:
             sys.stdout.write(u.text)
             sys.stdout.flush()
+
     try:
         if args.http:
             client = HttpClient(args.url or "127.0.0.1:8000", args.model, args.timeout)
-            result = client.generate(args.prompt, args.max_tokens, on_update,
-                                     endpoint=args.generate_endpoint, **knobs)
+            result = client.generate(
+                args.prompt, args.max_tokens, on_update, endpoint=args.generate_endpoint, **knobs
+            )
         else:
             client = GrpcClient(args.url or "127.0.0.1:8001", args.model, args.timeout)
             result = client.generate(args.prompt, args.max_tokens, on_update, **knobs)
@@ -105,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         out = {k: v for k, v in dataclasses.asdict(result).items() if k != "updates"}
-        out.update(tokens_per_forward=result.tokens_per_forward,
-                   tokens_per_second=result.tokens_per_second)
+        out.update(
+            tokens_per_forward=result.tokens_per_forward, tokens_per_second=result.tokens_per_second
+        )
         print(json.dumps(out))
         return 0
     if line:

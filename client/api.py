@@ -21,12 +21,18 @@ import numpy as np
 
 # Input name -> (numpy dtype, Triton datatype); every input is a [1, n] tensor (batch of one).
 INPUT_TYPES = {
-    "text_input": (np.object_, "BYTES"), "max_tokens": (np.int32, "INT32"),
-    "stream": (bool, "BOOL"), "temperature": (np.float32, "FP32"),
-    "random_seed": (np.uint64, "UINT64"), "stop_words": (np.object_, "BYTES"),
-    "end_id": (np.int32, "INT32"), "mode": (np.object_, "BYTES"),
-    "block_length": (np.int32, "INT32"), "threshold": (np.float32, "FP32"),
-    "steps": (np.int32, "INT32"), "return_block_text": (bool, "BOOL"),
+    "text_input": (np.object_, "BYTES"),
+    "max_tokens": (np.int32, "INT32"),
+    "stream": (bool, "BOOL"),
+    "temperature": (np.float32, "FP32"),
+    "random_seed": (np.uint64, "UINT64"),
+    "stop_words": (np.object_, "BYTES"),
+    "end_id": (np.int32, "INT32"),
+    "mode": (np.object_, "BYTES"),
+    "block_length": (np.int32, "INT32"),
+    "threshold": (np.float32, "FP32"),
+    "steps": (np.int32, "INT32"),
+    "return_block_text": (bool, "BOOL"),
 }
 
 
@@ -61,9 +67,11 @@ class Result:
         return self.num_output_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"tokens {self.num_output_tokens}  forward passes {self.num_forward_passes}  "
-                f"TPF {self.tokens_per_forward:.2f}  {self.seconds:.3f} s  "
-                f"{self.tokens_per_second:.1f} tokens/s")
+        return (
+            f"tokens {self.num_output_tokens}  forward passes {self.num_forward_passes}  "
+            f"TPF {self.tokens_per_forward:.2f}  {self.seconds:.3f} s  "
+            f"{self.tokens_per_second:.1f} tokens/s"
+        )
 
 
 def request_values(prompt: str, max_tokens: int, **knobs) -> dict:
@@ -103,25 +111,37 @@ class _Collector:
 
     def result(self) -> Result:
         last = self.updates[-1] if self.updates else Update("", "", 0, 0)
-        return Result("".join(self.parts), last.num_output_tokens, last.num_forward_passes,
-                      time.perf_counter() - self.t0, len(self.updates), self.first,
-                      self.updates)
+        return Result(
+            "".join(self.parts),
+            last.num_output_tokens,
+            last.num_forward_passes,
+            time.perf_counter() - self.t0,
+            len(self.updates),
+            self.first,
+            self.updates,
+        )
 
 
 class GrpcClient:
     """gRPC streaming (the ensemble is decoupled: even `stream=False` uses the stream API and
     gets exactly one response)."""
 
-    def __init__(self, url: str = "127.0.0.1:8001", model: str = "ensemble",
-                 timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8001", model: str = "ensemble", timeout: float = 600.0
+    ) -> None:
         import tritonclient.grpc as grpcclient
 
         self.grpc, self.model, self.timeout = grpcclient, model, timeout
         self.client = grpcclient.InferenceServerClient(url)
 
-    def generate(self, prompt: str, max_tokens: int = 64,
-                 on_update: Callable[[Update], None] | None = None,
-                 cancel_after: int | None = None, **knobs) -> Result:
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 64,
+        on_update: Callable[[Update], None] | None = None,
+        cancel_after: int | None = None,
+        **knobs,
+    ) -> Result:
         """`cancel_after=n`: cancel the request after n responses (used by tests)."""
         inputs = []
         for name, value in request_values(prompt, max_tokens, **knobs).items():
@@ -172,29 +192,42 @@ def _first(a: np.ndarray | None):
 
 def _update(get: Callable[[str], object]) -> Update:
     """An Update from a response's outputs, `get(name)` giving each as a Python value."""
-    return Update(get("text_output") or "", get("block_text") or "",
-                  int(get("num_output_tokens") or 0), int(get("num_forward_passes") or 0))
+    return Update(
+        get("text_output") or "",
+        get("block_text") or "",
+        int(get("num_output_tokens") or 0),
+        int(get("num_forward_passes") or 0),
+    )
 
 
 class HttpClient:
     """HTTP through Triton's generate endpoints: `generate` (one JSON answer) or
     `generate_stream` (server-sent events, one per response)."""
 
-    def __init__(self, url: str = "127.0.0.1:8000", model: str = "ensemble",
-                 timeout: float = 600.0) -> None:
+    def __init__(
+        self, url: str = "127.0.0.1:8000", model: str = "ensemble", timeout: float = 600.0
+    ) -> None:
         self.base = url if url.startswith("http") else f"http://{url}"
         self.model, self.timeout = model, timeout
 
-    def generate(self, prompt: str, max_tokens: int = 64,
-                 on_update: Callable[[Update], None] | None = None,
-                 endpoint: str | None = None, **knobs) -> Result:
+    def generate(
+        self,
+        prompt: str,
+        max_tokens: int = 64,
+        on_update: Callable[[Update], None] | None = None,
+        endpoint: str | None = None,
+        **knobs,
+    ) -> Result:
         values = request_values(prompt, max_tokens, **knobs)
         endpoint = endpoint or ("generate_stream" if values.get("stream") else "generate")
         if endpoint not in ("generate", "generate_stream"):
             raise ValueError(f"endpoint={endpoint!r}: must be generate or generate_stream")
         body = json.dumps(values).encode()
-        req = urllib.request.Request(f"{self.base}/v2/models/{self.model}/{endpoint}", body,
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.base}/v2/models/{self.model}/{endpoint}",
+            body,
+            {"Content-Type": "application/json"},
+        )
         got = _Collector(on_update)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:

@@ -96,25 +96,38 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model_repository.fill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m model_repository.fill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--model", required=True, help="checkpoint folder (config.json, tokenizer)")
     p.add_argument("--engine", default="build/engine", help="export's build folder")
     p.add_argument("--backend", default="auto", help="auto (export's engine if built) | torch")
     p.add_argument("--out", default="build/model_repository")
     p.add_argument("--repo-root", default=str(REPO_ROOT), help="put on sys.path by the models")
     p.add_argument("--max-batch-size", default=64, help="Triton max_batch_size of the ensemble")
-    p.add_argument("--max-passes-per-step", default=64,
-                   help="most passes in one denoiser call (requests beyond it wait)")
-    p.add_argument("--heartbeat-ms", default=100,
-                   help="a request silent this long passes through postprocessing, which is "
-                   "where a client's cancellation shows (0: every pass)")
+    p.add_argument(
+        "--max-passes-per-step",
+        default=64,
+        help="most passes in one denoiser call (requests beyond it wait)",
+    )
+    p.add_argument(
+        "--heartbeat-ms",
+        default=100,
+        help="a request silent this long passes through postprocessing, which is "
+        "where a client's cancellation shows (0: every pass)",
+    )
     p.add_argument("--dlm-instances", default=1)
     p.add_argument("--pre-instances", default=1)
-    p.add_argument("--threads", default=0,
-                   help="denoiser engine threads, torch or ONNX Runtime (0: their default)")
-    p.add_argument("--chat-template", action="store_true",
-                   help="wrap prompts in the tokenizer's chat template")
+    p.add_argument(
+        "--threads",
+        default=0,
+        help="denoiser engine threads, torch or ONNX Runtime (0: their default)",
+    )
+    p.add_argument(
+        "--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template"
+    )
     return p
 
 

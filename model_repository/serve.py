@@ -41,18 +41,17 @@ def make_backend_dir(dst: str | Path) -> Path:
     """`dst/python/` with the Python backend and the stub for this interpreter's version."""
     src = pytriton_server_dir()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    files = {
-        src / "backends/python/libtriton_python.so": "libtriton_python.so",
-        src / "backends/python/triton_python_backend_utils.py": "triton_python_backend_utils.py",
-        src / f"python_backend_stubs/{version}/triton_python_backend_stub":
-            "triton_python_backend_stub",
-    }
+    files = [
+        src / "backends/python/libtriton_python.so",
+        src / "backends/python/triton_python_backend_utils.py",
+        src / f"python_backend_stubs/{version}/triton_python_backend_stub",
+    ]
     out = Path(dst) / "python"
     out.mkdir(parents=True, exist_ok=True)
-    for f, name in files.items():
+    for f in files:
         if not f.exists():
             raise FileNotFoundError(f"{f}: missing from the nvidia-pytriton wheel")
-        target = out / name
+        target = out / f.name
         if not target.exists() or target.stat().st_size != f.stat().st_size:
             shutil.copy2(f, target)
     return Path(dst)
@@ -61,30 +60,44 @@ def make_backend_dir(dst: str | Path) -> Path:
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver: libraries and this Python environment's bin first."""
     env = dict(os.environ if base is None else base)
-    libs = [str(Path(sys.base_prefix) / "lib"),
-            str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs")]
+    libs = [
+        str(Path(sys.base_prefix) / "lib"),
+        str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs"),
+    ]
     env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
     env["PATH"] = ":".join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
     env.pop("PYTHONPATH", None)  # ignored by the stubs anyway; models put REPO_ROOT on sys.path
     return env
 
 
-def command(repository: str | Path, backend_dir: str | Path, http_port: int = 8000,
-            grpc_port: int = 8001, metrics_port: int = 8002, address: str = "127.0.0.1",
-            admin_key: str | None = None, extra: list[str] = ()) -> list[str]:
+def command(
+    repository: str | Path,
+    backend_dir: str | Path,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    address: str = "127.0.0.1",
+    admin_key: str | None = None,
+    extra: list[str] = (),
+) -> list[str]:
     key = admin_key or secrets.token_hex(16)
     return [
         str(pytriton_server_dir() / "bin" / "tritonserver"),
         f"--model-repository={Path(repository).resolve()}",
         f"--backend-directory={Path(backend_dir).resolve()}",
         "--backend-config=python,shm-default-byte-size=33554432",
-        "--model-control-mode=explicit", "--load-model=*",
+        "--model-control-mode=explicit",
+        "--load-model=*",
         f"--http-restricted-api=model-repository:dlm-admin-key={key}",
         f"--grpc-restricted-protocol=model-repository:dlm-admin-key={key}",
-        f"--http-address={address}", f"--http-port={http_port}",
-        f"--grpc-address={address}", f"--grpc-port={grpc_port}",
-        f"--metrics-address={address}", f"--metrics-port={metrics_port}",
-        "--allow-gpu-metrics=false", "--exit-timeout-secs=15",
+        f"--http-address={address}",
+        f"--http-port={http_port}",
+        f"--grpc-address={address}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-address={address}",
+        f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--exit-timeout-secs=15",
         *extra,
     ]
 
@@ -131,21 +144,29 @@ class LocalServer:
     """A tritonserver on free local ports for tests and benchmarks: fills the repository for
     `model_dir` (extra `fill_args` as on the fill command line), starts, waits until ready."""
 
-    def __init__(self, model_dir: str | Path, workdir: str | Path, fill_args: list[str] = (),
-                 timeout: float = 240.0) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        workdir: str | Path,
+        fill_args: list[str] = (),
+        timeout: float = 240.0,
+    ) -> None:
         from model_repository import fill
 
         workdir = Path(workdir)
         self.http, self.grpc, self.metrics = free_ports(3)
-        values = fill.values_from_args(fill.parser().parse_args(["--model", str(model_dir),
-                                                                 *fill_args]))
+        values = fill.values_from_args(
+            fill.parser().parse_args(["--model", str(model_dir), *fill_args])
+        )
         repo = fill.fill(workdir / "model_repository", values)
-        cmd = command(repo, make_backend_dir(workdir / "backends"), self.http, self.grpc,
-                      self.metrics)
+        cmd = command(
+            repo, make_backend_dir(workdir / "backends"), self.http, self.grpc, self.metrics
+        )
         self.log_path = workdir / "server.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=server_env(), stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
         if not wait_ready(f"127.0.0.1:{self.http}", self.proc, timeout):
             self.stop()
             raise RuntimeError(f"tritonserver did not get ready:\n{self.tail()}")
@@ -162,8 +183,7 @@ class LocalServer:
         url = f"http://127.0.0.1:{self.metrics}/metrics"
         total = 0.0
         for line in urllib.request.urlopen(url).read().decode().splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line
-                                                   for k, v in labels.items()):
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
@@ -186,8 +206,11 @@ class LocalServer:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m model_repository.serve", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m model_repository.serve",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--repository", default="build/model_repository")
     p.add_argument("--backend-dir", default="build/backends")
     p.add_argument("--address", default="127.0.0.1")
@@ -201,12 +224,21 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not (Path(args.repository) / "ensemble" / "config.pbtxt").exists():
-        print(f"error: {args.repository}: no ensemble/config.pbtxt (run model_repository.fill)",
-              file=sys.stderr)
+        print(
+            f"error: {args.repository}: no ensemble/config.pbtxt (run model_repository.fill)",
+            file=sys.stderr,
+        )
         return 2
-    cmd = command(args.repository, make_backend_dir(args.backend_dir), args.http_port,
-                  args.grpc_port, args.metrics_port, args.address,
-                  os.environ.get("DLM_ADMIN_KEY"), [f"--log-verbose={args.log_verbose}"])
+    cmd = command(
+        args.repository,
+        make_backend_dir(args.backend_dir),
+        args.http_port,
+        args.grpc_port,
+        args.metrics_port,
+        args.address,
+        os.environ.get("DLM_ADMIN_KEY"),
+        [f"--log-verbose={args.log_verbose}"],
+    )
     # Its own session: a terminal's Ctrl-C reaches only us, and we send exactly one SIGTERM.
     proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
 
@@ -219,8 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def announce():
         if wait_ready(f"{args.address}:{args.http_port}", proc):
-            print(ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
-                  flush=True)
+            print(
+                ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
+                flush=True,
+            )
 
     threading.Thread(target=announce, daemon=True).start()
     while True:

@@ -28,9 +28,15 @@ def test_safe_drops_only_a_trailing_replacement_run():
     assert safe("a\ufffdb") == "a\ufffdb"
 
 
-@pytest.mark.parametrize("text", ["def f(x):\n    return x + 1\n",
-                                  "print('héllo wörld') # ünïcödé ✓ 日本",
-                                  "  leading spaces  and  gaps ", "emoji 🙂🙃 and more"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n    return x + 1\n",
+        "print('héllo wörld') # ünïcödé ✓ 日本",
+        "  leading spaces  and  gaps ",
+        "emoji 🙂🙃 and more",
+    ],
+)
 def test_concatenation_equals_decode_for_every_cut(tok, text):
     ids = tok.encode(text)
     assert tok.decode(ids) == text
@@ -66,7 +72,8 @@ def test_block_text_shows_masks(tok, tiny_checkpoint):
     ids = tok.encode("def f")
     block = ids[:1] + [mask, mask] + ids[1:]
     assert block_text(tok.decode, block, mask) == (
-        tok.decode(ids[:1]) + MASK_PLACEHOLDER * 2 + tok.decode(ids[1:]))
+        tok.decode(ids[:1]) + MASK_PLACEHOLDER * 2 + tok.decode(ids[1:])
+    )
 
 
 def test_postprocessor(tiny_checkpoint, tok):

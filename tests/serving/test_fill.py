@@ -35,11 +35,14 @@ def test_the_repository(tiny_checkpoint, tmp_path):
     assert str(tiny_checkpoint) in (out / "dlm" / "config.pbtxt").read_text()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--backend", "tensorrt"], "BACKEND='tensorrt': must be auto or torch"),
-    (["--max-batch-size", "0"], "MAX_BATCH_SIZE='0': must be a positive integer"),
-    (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--backend", "tensorrt"], "BACKEND='tensorrt': must be auto or torch"),
+        (["--max-batch-size", "0"], "MAX_BATCH_SIZE='0': must be a positive integer"),
+        (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
+    ],
+)
 def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):
     assert main(["--model", str(tiny_checkpoint), "--out", str(tmp_path / "r"), *args]) == 2
     assert message in capsys.readouterr().err

@@ -63,15 +63,20 @@ def requests(mode, n=5, **kw):
     return [GenerationRequest(list(p), mode=mode, **kw) for p in random_prompts(n, seed=11)]
 
 
-CASES = [("ar", {}), ("diffusion", {"threshold": 0.3}), ("diffusion", {"steps": 4}),
-         ("self_spec", {"block_length": 4})]
+CASES = [
+    ("ar", {}),
+    ("diffusion", {"threshold": 0.3}),
+    ("diffusion", {"steps": 4}),
+    ("self_spec", {"block_length": 4}),
+]
 
 
 @pytest.mark.parametrize("mode,knobs", CASES)
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_outputs_equal_in_process_generate(model, denoiser, mode, knobs, temperature):
-    reference = generate(TorchEngine(model), requests(mode, max_tokens=21,
-                                                      temperature=temperature, **knobs))
+    reference = generate(
+        TorchEngine(model), requests(mode, max_tokens=21, temperature=temperature, **knobs)
+    )
     orch = Orchestrator(remote(denoiser))
     clients = []
     for r in requests(mode, max_tokens=21, temperature=temperature, **knobs):
@@ -102,8 +107,12 @@ def test_streaming_events_grow_to_the_final_answer(denoiser):
 def test_block_views_start_at_the_first_mask(denoiser):
     orch = Orchestrator(remote(denoiser))
     c = Client()
-    orch.submit(requests("diffusion", n=1, max_tokens=16, threshold=0.99)[0], c, stream=True,
-                block_views=True)
+    orch.submit(
+        requests("diffusion", n=1, max_tokens=16, threshold=0.99)[0],
+        c,
+        stream=True,
+        block_views=True,
+    )
     drain(orch)
     mask = denoiser.engine.config.mask_token_id
     views = [e.block_view for e in c.events if e.block_view is not None]

@@ -23,10 +23,19 @@ def pipe(tiny_checkpoint):
 
 def inputs(text="def f(x):", max_tokens=16, **knobs):
     """Ensemble-style input arrays, [1, 1] each (batch of one)."""
-    types = {"text_input": object, "max_tokens": np.int32, "stream": bool,
-             "temperature": np.float32, "random_seed": np.uint64, "end_id": np.int32,
-             "mode": object, "block_length": np.int32, "threshold": np.float32,
-             "steps": np.int32, "return_block_text": bool}
+    types = {
+        "text_input": object,
+        "max_tokens": np.int32,
+        "stream": bool,
+        "temperature": np.float32,
+        "random_seed": np.uint64,
+        "end_id": np.int32,
+        "mode": object,
+        "block_length": np.int32,
+        "threshold": np.float32,
+        "steps": np.int32,
+        "return_block_text": bool,
+    }
     values = {"text_input": text, "max_tokens": max_tokens, **knobs}
     out = {}
     for k, v in values.items():
@@ -37,20 +46,42 @@ def inputs(text="def f(x):", max_tokens=16, **knobs):
     return out
 
 
-@pytest.mark.parametrize("knobs", [{}, {"mode": "ar"}, {"mode": "self_spec", "block_length": 4},
-                                   {"threshold": 0.9, "temperature": 0.7, "seed": 2**63 + 5},
-                                   {"steps": 2, "block_length": 8}])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"mode": "ar"},
+        {"mode": "self_spec", "block_length": 4},
+        {"threshold": 0.9, "temperature": 0.7, "seed": 2**63 + 5},
+        {"steps": 2, "block_length": 8},
+    ],
+)
 def test_same_request_as_the_pipeline(pre, pipe, knobs):
     assert pre("def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs) == pipe.request(
-        "def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs)
+        "def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs
+    )
 
 
 def test_inputs_to_wire_and_back(pre, pipe):
-    ids, payload = from_inputs(pre, inputs(mode="diffusion", threshold=0.9, random_seed=2**64 - 1,
-                                           stop_words=["return", "\n"], stream=True))
+    ids, payload = from_inputs(
+        pre,
+        inputs(
+            mode="diffusion",
+            threshold=0.9,
+            random_seed=2**64 - 1,
+            stop_words=["return", "\n"],
+            stream=True,
+        ),
+    )
     req, stream, views = from_wire(ids.reshape(1, -1), payload)
-    assert req == pipe.request("def f(x):", stop_words=["return", "\n"], max_tokens=16,
-                               mode="diffusion", threshold=0.9, seed=2**64 - 1)
+    assert req == pipe.request(
+        "def f(x):",
+        stop_words=["return", "\n"],
+        max_tokens=16,
+        mode="diffusion",
+        threshold=0.9,
+        seed=2**64 - 1,
+    )
     assert req.threshold == 0.9  # FP32 0.9 arrives as 0.9, as on the command line
     assert (stream, views) == (True, False)
     assert ids.dtype == np.int32 and json.loads(payload)["stream"] is True
@@ -82,8 +113,10 @@ def test_bad_inputs_name_the_field(pre, knobs, message):
 
 
 def test_text_must_be_utf8(pre):
-    bad = {"text_input": np.array([[b"\xff\xfe"]], dtype=object),
-           "max_tokens": np.array([[4]], np.int32)}
+    bad = {
+        "text_input": np.array([[b"\xff\xfe"]], dtype=object),
+        "max_tokens": np.array([[4]], np.int32),
+    }
     with pytest.raises(RequestError, match="text_input: must be UTF-8"):
         from_inputs(pre, bad)
 

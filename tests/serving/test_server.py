@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
-    s = LocalServer(tiny_checkpoint, tmp_path_factory.mktemp("triton"),
-                    ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"])
+    s = LocalServer(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("triton"),
+        ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"],
+    )
     yield s
     s.stop()
     stopped = s.tail(200)
@@ -42,8 +45,12 @@ def grpc(server):
     c.close()
 
 
-MODES = [("ar", {}), ("diffusion", {}), ("diffusion", {"steps": 4, "threshold": 0.5}),
-         ("self_spec", {"block_length": 4})]
+MODES = [
+    ("ar", {}),
+    ("diffusion", {}),
+    ("diffusion", {"steps": 4, "threshold": 0.5}),
+    ("self_spec", {"block_length": 4}),
+]
 PROMPT = "def f(x):\n    return"
 
 
@@ -87,10 +94,14 @@ def test_greedy_output_equals_in_process(server, pipe, grpc, mode, knobs):
     one = grpc.generate(PROMPT, 24, mode=mode, stream=False, **knobs)
     assert one.responses == 1
     assert one.text == ref_text
-    assert (one.num_output_tokens, one.num_forward_passes) == (ref.num_output_tokens,
-                                                                ref.num_forward_passes)
-    assert dlm_direct(server, pipe, pipe.request(PROMPT, mode=mode, max_tokens=24,
-                                                 **knobs)) == ref.token_ids
+    assert (one.num_output_tokens, one.num_forward_passes) == (
+        ref.num_output_tokens,
+        ref.num_forward_passes,
+    )
+    assert (
+        dlm_direct(server, pipe, pipe.request(PROMPT, mode=mode, max_tokens=24, **knobs))
+        == ref.token_ids
+    )
     streamed = grpc.generate(PROMPT, 24, mode=mode, stream=True, **knobs)
     assert streamed.text == one.text and streamed.responses > 1
     assert streamed.num_output_tokens == ref.num_output_tokens
@@ -98,15 +109,34 @@ def test_greedy_output_equals_in_process(server, pipe, grpc, mode, knobs):
 
 @pytest.mark.parametrize("mode", ["ar", "diffusion", "self_spec"])
 def test_command_line_agrees(server, grpc, tiny_checkpoint, mode):
-    out = subprocess.run([sys.executable, "-m", "dlm", "generate", "--model",
-                          str(tiny_checkpoint), "--prompt", PROMPT, "--mode", mode,
-                          "--max-tokens", "20", "--json"], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dlm",
+            "generate",
+            "--model",
+            str(tiny_checkpoint),
+            "--prompt",
+            PROMPT,
+            "--mode",
+            mode,
+            "--max-tokens",
+            "20",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     cli = json.loads(out.stdout)
     got = grpc.generate(PROMPT, 20, mode=mode, stream=False)
     assert got.text == cli["text"]
-    assert (got.num_output_tokens, got.num_forward_passes) == (cli["num_output_tokens"],
-                                                               cli["num_forward_passes"])
+    assert (got.num_output_tokens, got.num_forward_passes) == (
+        cli["num_output_tokens"],
+        cli["num_forward_passes"],
+    )
 
 
 def test_http_generate_endpoints(server, pipe):

@@ -18,8 +18,9 @@ ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def load_model(name: str, params: dict):
-    spec = importlib.util.spec_from_file_location(f"triton_{name}_model",
-                                                  TEMPLATES / name / "1" / "model.py")
+    spec = importlib.util.spec_from_file_location(
+        f"triton_{name}_model", TEMPLATES / name / "1" / "model.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     model = module.TritonPythonModel()
@@ -36,8 +37,9 @@ def models(tiny_checkpoint):
     common = {"MODEL_DIR": tiny_checkpoint, "REPO_ROOT": ROOT}
     loaded = {
         "preprocessing": load_model("preprocessing", {**common, "APPLY_CHAT_TEMPLATE": "false"}),
-        "denoiser": load_model("denoiser", {**common, "ENGINE_DIR": "/nonexistent",
-                                            "BACKEND": "torch", "THREADS": 0}),
+        "denoiser": load_model(
+            "denoiser", {**common, "ENGINE_DIR": "/nonexistent", "BACKEND": "torch", "THREADS": 0}
+        ),
         "dlm": load_model("dlm", {**common, "MAX_PASSES_PER_STEP": 64, "HEARTBEAT_MS": 0}),
         "postprocessing": load_model("postprocessing", common),
     }
@@ -98,8 +100,10 @@ def pipe(tiny_checkpoint):
     return Pipeline.load(tiny_checkpoint)
 
 
-@pytest.mark.parametrize("mode,knobs", [("ar", {}), ("diffusion", {"threshold": 0.5}),
-                                        ("diffusion", {"steps": 4}), ("self_spec", {})])
+@pytest.mark.parametrize(
+    "mode,knobs",
+    [("ar", {}), ("diffusion", {"threshold": 0.5}), ("diffusion", {"steps": 4}), ("self_spec", {})],
+)
 def test_chain_equals_in_process(models, pipe, mode, knobs):
     req = pipe.request("def f(x):", max_tokens=24, mode=mode, **knobs)
     ref = pipe.generate([req])[0]
@@ -113,8 +117,9 @@ def test_chain_equals_in_process(models, pipe, mode, knobs):
 
 
 def test_block_text(models):
-    answers = ensemble(models, mode="diffusion", max_tokens=16, stream=True,
-                       return_block_text=True, threshold=0.99)
+    answers = ensemble(
+        models, mode="diffusion", max_tokens=16, stream=True, return_block_text=True, threshold=0.99
+    )
     blocks = [a["block_text"].reshape(-1)[0].decode() for a in answers]
     assert any(b.startswith("\u2591") for b in blocks)
     assert blocks[-1] == ""

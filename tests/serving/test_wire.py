@@ -18,8 +18,9 @@ def passes():
     # temperature travels as FP32, as engines take it (pack_batch); 0.5 is exact in both.
     return [
         PassRequest(7, 0, [5, 6, 7, 8], tail=0, write=True, n_out=1),
-        PassRequest(2**40 + 3, 12, [9, 3, 3], tail=3, write=False, n_out=3, temperature=0.5,
-                    seed=2**32 - 1),
+        PassRequest(
+            2**40 + 3, 12, [9, 3, 3], tail=3, write=False, n_out=3, temperature=0.5, seed=2**32 - 1
+        ),
     ]
 
 
@@ -41,8 +42,10 @@ def test_empty_batch_carries_releases_only():
 
 def test_results_cut_to_each_pass():
     ps = passes()
-    results = [PassResult(np.array([11]), np.array([0.5], np.float32)),
-               PassResult(np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3], np.float32))]
+    results = [
+        PassResult(np.array([11]), np.array([0.5], np.float32)),
+        PassResult(np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3], np.float32)),
+    ]
     arrays = pack_results(results, cancelled=[ps[1].seq_id])
     assert set(arrays) == set(OUTPUTS)
     assert arrays["out_tokens"].shape == (2, 3)

@@ -15,33 +15,48 @@ import triton_python_backend_utils as pb_utils
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"]
-                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = {
+            k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()
+        }
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.serving.denoiser import Denoiser, load_engine
         from dlm.serving.metrics import DenoiserMetrics
         from dlm.serving.wire import INPUTS
 
-        engine = load_engine(params["MODEL_DIR"], params["ENGINE_DIR"], params["BACKEND"],
-                             int(params["THREADS"]), say=pb_utils.Logger.log_info)
+        engine = load_engine(
+            params["MODEL_DIR"],
+            params["ENGINE_DIR"],
+            params["BACKEND"],
+            int(params["THREADS"]),
+            say=pb_utils.Logger.log_info,
+        )
         self.denoiser, self.inputs = Denoiser(engine), INPUTS
         self.metrics = DenoiserMetrics(pb_utils)
 
     def execute(self, requests):
         responses = []
         for request in requests:
-            arrays = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                      for name in self.inputs}
+            arrays = {
+                name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                for name in self.inputs
+            }
             calls, passes = self.denoiser.calls, self.denoiser.passes
             try:
                 out = self.denoiser(arrays)
             except ValueError as e:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"denoiser: {e}")))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"denoiser: {e}"))
+                )
                 continue
             finally:
-                self.metrics.update(self.denoiser.live_sequences, self.denoiser.calls - calls,
-                                    self.denoiser.passes - passes)
-            responses.append(pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()]))
+                self.metrics.update(
+                    self.denoiser.live_sequences,
+                    self.denoiser.calls - calls,
+                    self.denoiser.passes - passes,
+                )
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(k, v) for k, v in out.items()]
+                )
+            )
         return responses

@@ -27,8 +27,9 @@ FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"]
-                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = {
+            k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()
+        }
         sys.path.insert(0, params["REPO_ROOT"])
         logging.basicConfig(level=logging.INFO, format="dlm %(name)s: %(message)s")
         from dlm.sampling import Limits, RequestError
@@ -41,20 +42,24 @@ class TritonPythonModel:
         self.outputs = list(OUTPUTS)
         engine = orch.RemoteEngine(model_config(params["MODEL_DIR"]), self._denoise)
         self.orchestrator = orch.Orchestrator(
-            engine, Limits(), max_batch=int(params["MAX_PASSES_PER_STEP"]),
+            engine,
+            Limits(),
+            max_batch=int(params["MAX_PASSES_PER_STEP"]),
             metrics=ServingMetrics(pb_utils),
-            heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000).start()
+            heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
+        ).start()
 
     def _denoise(self, arrays):
         """One BLS call to the denoiser: wire inputs -> wire outputs."""
         request = pb_utils.InferenceRequest(
-            model_name="denoiser", requested_output_names=self.outputs,
-            inputs=[pb_utils.Tensor(name, value) for name, value in arrays.items()])
+            model_name="denoiser",
+            requested_output_names=self.outputs,
+            inputs=[pb_utils.Tensor(name, value) for name, value in arrays.items()],
+        )
         response = request.exec()
         if response.has_error():
             raise RuntimeError(response.error().message())
-        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy()
-                for n in self.outputs}
+        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in self.outputs}
 
     def execute(self, requests):
         for request in requests:
@@ -64,24 +69,32 @@ class TritonPythonModel:
                 payload = pb_utils.get_input_tensor_by_name(request, "request").as_numpy()
                 gen, stream, views = self.from_wire(ids, payload.reshape(-1)[0])
             except self.errors as e:
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))),
-                            flags=FINAL)
+                sender.send(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=FINAL
+                )
                 continue
-            self.orchestrator.submit(gen, emit=lambda ev, s=sender: self._send(s, ev),
-                                     is_cancelled=request.is_cancelled, stream=stream,
-                                     block_views=views)
+            self.orchestrator.submit(
+                gen,
+                emit=lambda ev, s=sender: self._send(s, ev),
+                is_cancelled=request.is_cancelled,
+                stream=stream,
+                block_views=views,
+            )
         return None
 
     def _send(self, sender, event):
         if event.error is not None:
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)),
-                        flags=FINAL)
+            sender.send(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL
+            )
         elif event.finish_reason == "cancelled":
             sender.send(flags=FINAL)
         else:
             tensors = [pb_utils.Tensor(k, v) for k, v in self.orch.event_arrays(event).items()]
-            sender.send(pb_utils.InferenceResponse(output_tensors=tensors),
-                        flags=FINAL if event.final else 0)
+            sender.send(
+                pb_utils.InferenceResponse(output_tensors=tensors),
+                flags=FINAL if event.final else 0,
+            )
 
     def finalize(self):
         self.orchestrator.stop()

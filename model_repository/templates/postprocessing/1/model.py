@@ -28,8 +28,9 @@ def _input(request, name):
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"]
-                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = {
+            k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()
+        }
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.serving.detok import Postprocessor
         from dlm.serving.wire import pack_passes
@@ -50,16 +51,27 @@ class TritonPythonModel:
             if bool(get("heartbeat").reshape(-1)[0]):
                 sender.send(flags=FINAL)
                 continue
-            text, view = self.post(get("output_ids").reshape(-1),
-                                   int(get("shown").reshape(-1)[0]),
-                                   bool(get("final").reshape(-1)[0]),
-                                   get("block_ids").reshape(-1))
-            sender.send(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("text_output", np.array([[text.encode()]], dtype=np.object_)),
-                pb_utils.Tensor("num_forward_passes", get("num_forward_passes")),
-                pb_utils.Tensor("num_output_tokens", get("num_output_tokens")),
-                pb_utils.Tensor("block_text", np.array([[view.encode()]], dtype=np.object_)),
-            ]), flags=FINAL)
+            text, view = self.post(
+                get("output_ids").reshape(-1),
+                int(get("shown").reshape(-1)[0]),
+                bool(get("final").reshape(-1)[0]),
+                get("block_ids").reshape(-1),
+            )
+            sender.send(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor(
+                            "text_output", np.array([[text.encode()]], dtype=np.object_)
+                        ),
+                        pb_utils.Tensor("num_forward_passes", get("num_forward_passes")),
+                        pb_utils.Tensor("num_output_tokens", get("num_output_tokens")),
+                        pb_utils.Tensor(
+                            "block_text", np.array([[view.encode()]], dtype=np.object_)
+                        ),
+                    ]
+                ),
+                flags=FINAL,
+            )
         if cancel:
             self._cancel(cancel)
         return None
@@ -67,8 +79,11 @@ class TritonPythonModel:
     def _cancel(self, keys):
         arrays = self.pack_passes([], cancel=keys)
         response = pb_utils.InferenceRequest(
-            model_name="denoiser", requested_output_names=["cancelled"],
-            inputs=[pb_utils.Tensor(k, v) for k, v in arrays.items()]).exec()
+            model_name="denoiser",
+            requested_output_names=["cancelled"],
+            inputs=[pb_utils.Tensor(k, v) for k, v in arrays.items()],
+        ).exec()
         if response.has_error():
-            pb_utils.Logger.log_error(f"postprocessing: could not cancel {keys}: "
-                                      f"{response.error().message()}")
+            pb_utils.Logger.log_error(
+                f"postprocessing: could not cancel {keys}: " f"{response.error().message()}"
+            )

@@ -13,14 +13,27 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-INPUTS = ("text_input", "max_tokens", "stream", "temperature", "random_seed", "stop_words",
-          "end_id", "mode", "block_length", "threshold", "steps", "return_block_text")
+INPUTS = (
+    "text_input",
+    "max_tokens",
+    "stream",
+    "temperature",
+    "random_seed",
+    "stop_words",
+    "end_id",
+    "mode",
+    "block_length",
+    "threshold",
+    "steps",
+    "return_block_text",
+)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = {k: v["string_value"]
-                  for k, v in json.loads(args["model_config"])["parameters"].items()}
+        params = {
+            k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()
+        }
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.sampling import RequestError
         from dlm.serving.requests import Preprocessor, from_inputs
@@ -43,8 +56,14 @@ class TritonPythonModel:
             except self.errors as e:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("input_ids", ids.reshape(1, -1)),
-                pb_utils.Tensor("request", np.array([[payload.encode()]], dtype=np.object_)),
-            ]))
+            responses.append(
+                pb_utils.InferenceResponse(
+                    output_tensors=[
+                        pb_utils.Tensor("input_ids", ids.reshape(1, -1)),
+                        pb_utils.Tensor(
+                            "request", np.array([[payload.encode()]], dtype=np.object_)
+                        ),
+                    ]
+                )
+            )
         return responses
