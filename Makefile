@@ -1,4 +1,4 @@
-# dlm-triton: make setup | test | lint | corpus | train | eval | engine | serve
+# dlm-triton: make setup | test | lint | corpus | train | eval | engine | serve | bench
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -83,3 +83,51 @@ serve: setup
 
 bench-serving: setup
 	$(PY) -m benchmarks.serving_overhead --model $(MODEL)
+
+# ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
+CONCURRENCY ?= 1 2 4 8
+MODES ?= ar diffusion self_spec
+OUT ?= build/bench
+BENCH_ARGS ?=
+
+.PHONY: bench bench-deps bench-modes
+
+# perf_analyzer links libb64.so.0d (Debian libb64-0d); installed here when missing (needs root).
+bench-deps:
+	@/sbin/ldconfig -p 2>/dev/null | grep -q libb64.so.0d || apt-get install -y -q libb64-0d \
+		|| { apt-get update -q && apt-get install -y -q libb64-0d; }
+
+# A concurrency sweep per mode against `ensemble` (a LocalServer on free ports, or BENCH_ARGS=
+# "--url host:port"): CSV/JSON, plots and summary.md into $(OUT). About 5 minutes on 2 cores.
+bench: setup bench-deps
+	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
+		$(MAKE) engine MODEL=$(MODEL); fi
+	$(PY) -m benchmarks.bench --model $(MODEL) --engine $(ENGINE_DIR) \
+		--concurrency $(CONCURRENCY) --modes $(MODES) --out $(OUT) $(BENCH_ARGS)
+
+# Modes side by side (ar, diffusion thresholds/steps, self_spec): in process and through Triton,
+# speed and quality, plus the no-cache LLaDA-style reference; into build/bench_modes.
+MODES_PROMPTS ?= 8
+bench-modes: setup
+	$(PY) -m benchmarks.modes --model $(MODEL) --engine $(ENGINE_DIR) --prompts $(MODES_PROMPTS) \
+		--reference $(BENCH_ARGS)
+
+# genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server's generate_stream.
+GENAI_URL ?= 127.0.0.1:8000
+GENAI_MODE ?= self_spec
+GENAI_CONCURRENCY ?= 2
+GENAI_VENV ?= build/genai-perf-venv
+
+$(GENAI_VENV)/bin/genai-perf:
+	$(PYTHON) -m venv $(GENAI_VENV)
+	$(GENAI_VENV)/bin/pip install -q genai-perf==0.0.16
+
+.PHONY: bench-genai-perf
+bench-genai-perf: setup bench-deps $(GENAI_VENV)/bin/genai-perf
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 \
+	LD_LIBRARY_PATH=$(CURDIR)/$(VENV)/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
+	$(GENAI_VENV)/bin/genai-perf profile -m ensemble --endpoint-type generate \
+		--endpoint v2/models/ensemble/generate_stream --streaming -u $(GENAI_URL) \
+		--tokenizer $(MODEL) --synthetic-input-tokens-mean 32 --output-tokens-mean 64 \
+		--extra-inputs mode:$(GENAI_MODE) --concurrency $(GENAI_CONCURRENCY) --request-count 16 \
+		--artifact-dir build/genai-perf

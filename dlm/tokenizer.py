@@ -44,8 +44,11 @@ class TextTokenizer:
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat_template (tokenizer_config.json)")
         import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        # Sandboxed, as in Hugging Face transformers: the template comes with the checkpoint;
+        # the user's text is only ever a variable's value, never template source.
+        env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
         return env.from_string(self.chat_template).render(
             messages=[{"role": "user", "content": user_message}],
             add_generation_prompt=True,

@@ -91,6 +91,8 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
         "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
+        "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
+        "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
     }
 
@@ -117,6 +119,17 @@ def parser() -> argparse.ArgumentParser:
         default=100,
         help="a request silent this long passes through postprocessing, which is "
         "where a client's cancellation shows (0: every pass)",
+    )
+    p.add_argument(
+        "--kv-budget-tokens",
+        default=65536,
+        help="most cached positions over the requests in flight of one dlm instance "
+        "(each needs prompt + max_tokens + one block); the others wait",
+    )
+    p.add_argument(
+        "--max-queued",
+        default=256,
+        help="most requests waiting for KV memory; beyond it a request gets a busy error",
     )
     p.add_argument("--dlm-instances", default=1)
     p.add_argument("--pre-instances", default=1)

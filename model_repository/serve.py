@@ -7,7 +7,9 @@ LD_LIBRARY_PATH (this Python's libpython, the wheel's libraries) and PATH (this 
 bin first, so the stubs import its packages), listens on 127.0.0.1, loads every model with
 explicit model control (the model-repository API needs the DLM_ADMIN_KEY header), forwards
 SIGINT/SIGTERM as SIGTERM (a killed server leaves shared memory behind in /dev/shm) and prints
-a ready line with example commands once the ensemble is ready.
+a ready line with example commands once the ensemble is ready. Then a supervisor
+(`model_repository.supervisor`) reloads any model whose Python backend stub died, which Triton
+2.51 does not do (DLM_SUPERVISE=0 turns it off).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+from model_repository.supervisor import Supervisor, enabled, remove_orphans, shm_regions
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,6 +154,8 @@ class LocalServer:
         workdir: str | Path,
         fill_args: list[str] = (),
         timeout: float = 240.0,
+        supervise: bool = True,
+        supervise_interval: float = 1.0,
     ) -> None:
         from model_repository import fill
 
@@ -159,24 +165,60 @@ class LocalServer:
             fill.parser().parse_args(["--model", str(model_dir), *fill_args])
         )
         repo = fill.fill(workdir / "model_repository", values)
+        self.admin_key = secrets.token_hex(16)
         cmd = command(
-            repo, make_backend_dir(workdir / "backends"), self.http, self.grpc, self.metrics
+            repo,
+            make_backend_dir(workdir / "backends"),
+            self.http,
+            self.grpc,
+            self.metrics,
+            admin_key=self.admin_key,
         )
+        self.supervisor: Supervisor | None = None
         self.log_path = workdir / "server.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self._cmd = cmd
+        shm_baseline = shm_regions()
+        self._proc = self._start()
         if not wait_ready(f"127.0.0.1:{self.http}", self.proc, timeout):
             self.stop()
             raise RuntimeError(f"tritonserver did not get ready:\n{self.tail()}")
+        if supervise:
+            self.supervisor = Supervisor(
+                self._proc,
+                f"127.0.0.1:{self.http}",
+                self.admin_key,
+                start_server=self._start,
+                interval=supervise_interval,
+                say=self._say,
+                shm_baseline=shm_baseline,
+            ).start()
+
+    def _start(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            self._cmd, env=server_env(), stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def proc(self) -> subprocess.Popen:
+        """The tritonserver process now (the supervisor may have started a new one)."""
+        return self.supervisor.server if self.supervisor is not None else self._proc
+
+    def _say(self, line: str) -> None:
+        self._log.write(f"{line}\n".encode())
+        self._log.flush()
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
-    def ready(self) -> bool:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v2/health/ready") as r:
-            return r.status == 200
+    def ready(self, model: str | None = None) -> bool:
+        """`/v2/health/ready`, or `/v2/models/<model>/ready` if a model is named."""
+        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
+                return r.status == 200
+        except OSError:  # HTTPError (400: not ready) is an OSError
+            return False
 
     def metric(self, name: str, **labels) -> float:
         """The sum of a metric's samples whose labels include `labels`."""
@@ -189,6 +231,8 @@ class LocalServer:
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM (SIGKILL would leave shared memory in /dev/shm), SIGKILL only past timeout."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -196,6 +240,8 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.supervisor is not None:  # what a server it restarted may have left
+            remove_orphans(self.supervisor.baseline)
         self._log.close()
 
     def __enter__(self) -> LocalServer:
@@ -229,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    key = os.environ.get("DLM_ADMIN_KEY") or secrets.token_hex(16)
     cmd = command(
         args.repository,
         make_backend_dir(args.backend_dir),
@@ -236,30 +283,51 @@ def main(argv: list[str] | None = None) -> int:
         args.grpc_port,
         args.metrics_port,
         args.address,
-        os.environ.get("DLM_ADMIN_KEY"),
+        key,
         [f"--log-verbose={args.log_verbose}"],
     )
-    # Its own session: a terminal's Ctrl-C reaches only us, and we send exactly one SIGTERM.
-    proc = subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+
+    def start() -> subprocess.Popen:
+        # Its own session: a terminal's Ctrl-C reaches only us, and we send exactly one SIGTERM.
+        return subprocess.Popen(cmd, env=server_env(), start_new_session=True)
+
+    http = f"{args.address}:{args.http_port}"
+    shm_baseline = shm_regions()
+    proc = start()
+    supervisor = Supervisor(
+        proc, http, key, start, say=lambda x: print(x, flush=True), shm_baseline=shm_baseline
+    )
+    stopping = threading.Event()
 
     def forward(signum, frame):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+        stopping.set()
+        supervisor.halt()  # no reload or restart while stopping
+        if supervisor.server.poll() is None:
+            supervisor.server.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
 
     def announce():
-        if wait_ready(f"{args.address}:{args.http_port}", proc):
+        if wait_ready(http, proc):
             print(
                 ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
                 flush=True,
             )
+            if enabled() and not stopping.is_set():
+                supervisor.start()
 
     threading.Thread(target=announce, daemon=True).start()
     while True:
         try:
-            return proc.wait()
+            server = supervisor.server
+            rc = server.wait()
+            # The supervisor restarts a server that died (not one we stopped): wait for it.
+            while not stopping.is_set() and supervisor.alive and supervisor.server is server:
+                time.sleep(0.5)
+            if stopping.is_set() or supervisor.server is server:
+                remove_orphans(supervisor.baseline)  # left by a server it restarted, if any
+                return rc
         except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the exit
             continue
 

@@ -18,6 +18,16 @@ class RequestError(ValueError):
     """A request field outside its allowed range."""
 
 
+def _int(value) -> bool:
+    """An integer, not a bool (True is an int to Python, not a token count to us)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    """A finite int or float, not a bool."""
+    return (_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
 @dataclass
 class Limits:
     """Server-side bounds on a request (prompt and output lengths)."""
@@ -57,12 +67,9 @@ class GenerationRequest:
                 f"<{len(self.prompt_ids)} tokens>",
                 f"at most {lim.max_prompt_tokens} tokens",
             )
-        if any(not 0 <= t < cfg.vocab_size for t in self.prompt_ids):
+        if any(not (_int(t) and 0 <= t < cfg.vocab_size) for t in self.prompt_ids):
             raise bad("prompt_ids", "<out of vocabulary>", f"ids in [0, {cfg.vocab_size})")
-        if (
-            not isinstance(self.max_tokens, int)
-            or not 1 <= self.max_tokens <= lim.max_output_tokens
-        ):
+        if not _int(self.max_tokens) or not 1 <= self.max_tokens <= lim.max_output_tokens:
             raise bad("max_tokens", self.max_tokens, f"an integer in [1, {lim.max_output_tokens}]")
         room = cfg.max_position - len(self.prompt_ids)
         if self.max_tokens > room:
@@ -73,21 +80,14 @@ class GenerationRequest:
             )
         if self.block_length is None:
             self.block_length = cfg.block_length
-        if (
-            not isinstance(self.block_length, int)
-            or not 1 <= self.block_length <= lim.max_block_length
-        ):
+        if not _int(self.block_length) or not 1 <= self.block_length <= lim.max_block_length:
             raise bad(
                 "block_length", self.block_length, f"an integer in [1, {lim.max_block_length}]"
             )
-        if not (
-            isinstance(self.threshold, (int, float))
-            and math.isfinite(self.threshold)
-            and 0.0 < self.threshold <= 1.0
-        ):
+        if not (_number(self.threshold) and 0.0 < self.threshold <= 1.0):
             raise bad("threshold", self.threshold, "a number in (0, 1]")
         if self.steps is not None:
-            if not isinstance(self.steps, int) or not 1 <= self.steps <= self.block_length:
+            if not _int(self.steps) or not 1 <= self.steps <= self.block_length:
                 raise bad(
                     "steps", self.steps, f"an integer in [1, block_length={self.block_length}]"
                 )
@@ -97,17 +97,13 @@ class GenerationRequest:
                     self.steps,
                     f"a divisor of block_length={self.block_length} (equal tokens per pass)",
                 )
-        if not (
-            isinstance(self.temperature, (int, float))
-            and math.isfinite(self.temperature)
-            and 0.0 <= self.temperature <= 100.0
-        ):
+        if not (_number(self.temperature) and 0.0 <= self.temperature <= 100.0):
             raise bad("temperature", self.temperature, "a number in [0, 100]")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+        if not _int(self.seed) or not 0 <= self.seed < 2**64:
             raise bad("random_seed", self.seed, "an integer in [0, 2**64)")
         if self.end_id is None:
             self.end_id = cfg.eos_token_id
-        if not 0 <= self.end_id < cfg.vocab_size:
+        if not (_int(self.end_id) and 0 <= self.end_id < cfg.vocab_size):
             raise bad("end_id", self.end_id, f"a token id in [0, {cfg.vocab_size})")
         if self.mode != "diffusion" and not cfg.uses_kv_cache:
             raise bad(
@@ -116,6 +112,9 @@ class GenerationRequest:
                 f"diffusion for this {cfg.family} model "
                 "(it is fully bidirectional: no causal passes)",
             )
-        if any(not s for s in self.stop_sequences):
+        if not isinstance(self.stop_sequences, list) or any(
+            not isinstance(s, list) or not s or not all(_int(t) for t in s)
+            for s in self.stop_sequences
+        ):
             raise bad("stop_words", "", "non-empty strings")
         return self

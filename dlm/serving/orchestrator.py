@@ -11,6 +11,13 @@ Events, per request: with `stream`, one whenever new tokens were committed (and,
 `block_views`, whenever the block being denoised changed); always exactly one final event (the
 only data event without `stream`): finished, cancelled, or failed with `error`.
 
+Admission under a KV-memory budget: a request needs at most `kv_tokens(request)` cached
+positions (prompt + max_tokens + one block of look-ahead). Requests are admitted in arrival
+order while the sum over the requests in flight stays within `kv_budget_tokens`; the others wait
+in the queue (first come, first served: a large request is not overtaken forever). A request
+that could never fit (alone above the budget), or that arrives when `max_queued` requests
+already wait, gets an immediate error that names the limit (`busy: ...`).
+
 Cancellation is seen two ways before every pass: the request's own `is_cancelled()` (a `dlm`
 request sent directly), and the engine's `cancelled` set (for ensemble requests, Triton 2.51
 marks only the steps scheduled after the cancellation, i.e. `postprocessing`, which tells the
@@ -110,8 +117,15 @@ class Job:
     view: list[int] | None = None
     counted_passes: int = 0
     counted_tokens: int = 0
+    kv: int = 0  # its share of the KV budget while in flight
     done: bool = False
     last_sent: float = field(default_factory=time.monotonic)
+
+
+def kv_tokens(request: GenerationRequest) -> int:
+    """Cached positions a request may hold at most (its share of the KV-memory budget)."""
+    block = request.block_length or 0
+    return len(request.prompt_ids) + request.max_tokens + block
 
 
 class NullMetrics:
@@ -131,8 +145,14 @@ class Orchestrator:
         max_batch: int = 64,
         metrics: NullMetrics | None = None,
         heartbeat_s: float | None = None,
+        kv_budget_tokens: int | None = None,
+        max_queued: int | None = None,
     ) -> None:
+        """kv_budget_tokens: most cached positions over the requests in flight (None: no
+        budget); max_queued: most requests waiting for admission (None: no limit)."""
         self.engine, self.heartbeat_s = engine, heartbeat_s
+        self.kv_budget_tokens, self.max_queued = kv_budget_tokens, max_queued
+        self.kv_in_use = 0  # kv_tokens over the jobs in flight
         self.remote_cancelled: set[int] = getattr(engine, "cancelled", set())
         self.wire_id = getattr(engine, "wire_id", lambda seq_id: seq_id)
         self.scheduler = Scheduler(engine, limits, max_batch=max_batch)
@@ -155,8 +175,25 @@ class Orchestrator:
         """Queue a request; `emit` is called from the scheduler thread (see module doc)."""
         job = Job(request, emit, is_cancelled or (lambda: False), stream, block_views)
         with self._cond:
-            self._queue.append(job)
-            self._cond.notify()
+            busy = self.max_queued is not None and len(self._queue) >= self.max_queued
+            if not busy:
+                self._queue.append(job)
+                self._cond.notify()
+        if busy:
+            self._send(
+                job,
+                Event(
+                    [],
+                    0,
+                    0,
+                    0,
+                    None,
+                    True,
+                    "error",
+                    f"busy: {len(self._queue)} requests already wait for KV memory "
+                    f"(max_queued={self.max_queued}); retry later",
+                ),
+            )
 
     def start(self) -> Orchestrator:
         self._thread = threading.Thread(target=self._run, name="dlm-scheduler", daemon=True)
@@ -203,16 +240,47 @@ class Orchestrator:
         return bool(getattr(self.engine, "to_release", None))
 
     def _admit(self) -> None:
-        with self._cond:
-            queued, self._queue = list(self._queue), deque()
-        for job in queued:
+        """Admit queued jobs in order while the KV budget holds; the rest keep waiting."""
+        while True:
+            with self._cond:
+                if not self._queue:
+                    return
+                job = self._queue[0]
+                if job.is_cancelled():  # cancelled while waiting: it never ran
+                    self._queue.popleft()
+                    self._send(job, Event([], 0, 0, 0, None, True, "cancelled"))
+                    continue
+                need = self._kv_need(job)
+                if need is not None and self.kv_in_use + need > self.kv_budget_tokens:
+                    if need <= self.kv_budget_tokens:
+                        return  # waits for a request in flight to finish
+                    self._queue.popleft()
+                    self._send(job, Event([], 0, 0, 0, None, True, "error", self._too_big(need)))
+                    continue
+                self._queue.popleft()
             try:
                 job.seq = self.scheduler.add(job.request)
             except RequestError as e:
                 self._send(job, Event([], 0, 0, 0, None, True, "error", str(e)))
                 continue
+            job.kv = kv_tokens(job.request)  # block_length is known once validated
+            self.kv_in_use += job.kv
             self.jobs[job.seq.seq_id] = job
             self.metrics.admitted(job.request)
+
+    def _kv_need(self, job: Job) -> int | None:
+        if self.kv_budget_tokens is None:
+            return None
+        req = job.request
+        block = req.block_length or self.scheduler.engine.config.block_length
+        return len(req.prompt_ids) + req.max_tokens + block
+
+    def _too_big(self, need: int) -> str:
+        return (
+            f"busy: this request needs {need} KV positions (prompt + max_tokens + one block), "
+            f"more than the server's whole budget kv_budget_tokens={self.kv_budget_tokens}; "
+            "shorten the prompt or max_tokens"
+        )
 
     def _drop_cancelled(self) -> None:
         for job in list(self.jobs.values()):
@@ -288,14 +356,20 @@ class Orchestrator:
             key=self.wire_id(seq.seq_id),
         )
 
+    def _release_kv(self, job: Job) -> None:
+        self.kv_in_use -= job.kv
+        job.kv = 0
+
     def _finish(self, job: Job, reason: str) -> None:
         self.jobs.pop(job.seq.seq_id, None)
+        self._release_kv(job)
         self._send(job, self._event(job, final=True, reason=reason))
 
     def _fail(self, job: Job, message: str) -> None:
         if job.seq is not None:
             self.scheduler.cancel(job.seq)  # no-op unless pending; frees the cache
             self.jobs.pop(job.seq.seq_id, None)
+            self._release_kv(job)
         self._send(
             job, Event([], 0, job.seq.nfe if job.seq else 0, 0, None, True, "error", message)
         )
@@ -314,6 +388,7 @@ class Orchestrator:
             if job.seq is not None and job.seq.seq_id in self.jobs:
                 self.scheduler.cancel(job.seq)
                 self.jobs.pop(job.seq.seq_id, None)
+                self._release_kv(job)
             job.done = True
 
 

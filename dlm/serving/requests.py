@@ -39,17 +39,25 @@ class _ConfigOnly:
     config: ModelConfig
 
 
+# A BPE token rarely spans more than a few bytes: a prompt above this many bytes per allowed token
+# is refused before tokenising it (a 1 MB prompt costs no tokeniser time).
+MAX_BYTES_PER_TOKEN = 32
+
+
 class Preprocessor:
     def __init__(
         self, folder: str | Path, limits: Limits | None = None, chat_template: bool = False
     ) -> None:
         self.config = model_config(folder)
         self.tokenizer = TextTokenizer(folder)
+        limits = limits or Limits()
+        self.max_prompt_tokens = limits.max_prompt_tokens
+        self.max_prompt_bytes = limits.max_prompt_tokens * MAX_BYTES_PER_TOKEN
         self.pipeline = Pipeline(
             _ConfigOnly(self.config),
             self.tokenizer,
             generation_defaults(folder),
-            limits or Limits(),
+            limits,
         )
         if chat_template and not self.tokenizer.chat_template:
             raise ValueError(f"apply_chat_template=true but {folder} has no chat_template")
@@ -62,6 +70,12 @@ class Preprocessor:
 
         Raises RequestError naming the field (text_input, max_tokens, mode, ...).
         """
+        size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "replace"))
+        if size > self.max_prompt_bytes:
+            raise RequestError(
+                f"text_input=<{size} bytes>: must be at most {self.max_prompt_bytes} bytes "
+                f"(and {self.max_prompt_tokens} tokens)"
+            )
         if isinstance(text, bytes):
             try:
                 text = text.decode("utf-8")
@@ -89,8 +103,10 @@ def to_wire(
 
 def from_wire(input_ids: np.ndarray, payload: str | bytes) -> tuple[GenerationRequest, bool, bool]:
     """(request, stream, block_views) from `to_wire`'s form."""
-    knobs = json.loads(payload)
-    stream, block_views = bool(knobs.pop("stream")), bool(knobs.pop("block_views"))
+    knobs = json.loads(payload)  # a JSONDecodeError is a ValueError: the caller's error reply
+    if not isinstance(knobs, dict):
+        raise RequestError(f"request: must be a JSON object, got {type(knobs).__name__}")
+    stream, block_views = bool(knobs.pop("stream", False)), bool(knobs.pop("block_views", False))
     unknown = sorted(set(knobs) - set(KNOBS))
     if unknown:
         raise RequestError(f"request: unknown fields {unknown}; known: {list(KNOBS)}")

@@ -225,3 +225,61 @@ def test_event_arrays_shapes(denoiser):
     assert arrays["output_ids"].shape == (1, 3) and arrays["output_ids"].dtype == np.int32
     assert arrays["block_ids"].shape == (1, 0)
     assert arrays["final"].tolist() == [[True]] and arrays["seq_key"].dtype == np.int64
+
+
+# ---------------------------------------------------------------- KV budget and the queue
+def test_kv_budget_queues_beyond_it_and_admits_in_order(model, denoiser):
+    reqs = requests("ar", n=4, max_tokens=10)
+    block = denoiser.engine.config.block_length
+    needs = [len(r.prompt_ids) + 10 + block for r in reqs]
+    budget = needs[0] + needs[1]  # room for two at a time
+    orch = Orchestrator(remote(denoiser), kv_budget_tokens=budget)
+    clients = [Client() for _ in reqs]
+    for r, c in zip(reqs, clients, strict=True):
+        orch.submit(r, c)
+    most = 0
+    for _ in range(10_000):
+        orch.run_once()
+        most = max(most, len(orch.jobs))
+        assert orch.kv_in_use <= budget
+        if not orch.jobs and not orch._queue:
+            break
+    assert most == 2  # the other two waited, then ran
+    assert orch.kv_in_use == 0
+    assert [c.final.finish_reason for c in clients] == ["length"] * 4
+    assert all(c.final.num_output_tokens == 10 for c in clients)
+
+
+def test_request_above_the_whole_budget_is_refused_naming_the_limit(denoiser):
+    orch = Orchestrator(remote(denoiser), kv_budget_tokens=20)
+    c = Client()
+    orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=30, end_id=END), c)
+    orch.run_once()
+    assert c.final.finish_reason == "error"
+    assert "busy:" in c.final.error and "kv_budget_tokens=20" in c.final.error
+    assert not orch.jobs and orch.kv_in_use == 0
+
+
+def test_full_queue_answers_busy_at_once(denoiser):
+    orch = Orchestrator(remote(denoiser), max_queued=2)
+    clients = [Client() for _ in range(3)]
+    for c in clients:
+        orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=4, end_id=END), c)
+    assert clients[2].final.finish_reason == "error"
+    assert "max_queued=2" in clients[2].final.error and "busy" in clients[2].final.error
+    drain(orch)
+    assert [c.final.finish_reason for c in clients[:2]] == ["length", "length"]
+
+
+def test_cancelled_while_queued_never_runs(denoiser):
+    orch = Orchestrator(remote(denoiser), kv_budget_tokens=60)
+    first, waiting = Client(), Client(cancel_after=0)
+    orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=20, end_id=END), first)
+    orch.submit(
+        GenerationRequest([5, 6, 7], mode="ar", max_tokens=20, end_id=END),
+        waiting,
+        is_cancelled=waiting.is_cancelled,
+    )
+    drain(orch)
+    assert first.final.finish_reason == "length"
+    assert waiting.final.finish_reason == "cancelled" and waiting.final.num_forward_passes == 0

@@ -2,6 +2,7 @@
 and an error naming the field for each bad input of DESIGN.md."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,54 @@ def test_one_value_per_scalar(pre):
     x["max_tokens"] = np.array([[4, 5]], np.int32)
     with pytest.raises(RequestError, match="max_tokens: must hold exactly one value"):
         from_inputs(pre, x)
+
+
+@pytest.mark.parametrize(
+    "knobs,message",
+    [
+        ({"temperature": np.nan}, "temperature=nan: must be a number in [0, 100]"),
+        ({"temperature": np.inf}, "temperature=inf: must be a number in [0, 100]"),
+        ({"threshold": np.nan}, "threshold=nan: must be a number in (0, 1]"),
+        ({"threshold": -np.inf}, "threshold=-inf: must be a number in (0, 1]"),
+    ],
+)
+def test_non_finite_floats_are_refused(pre, knobs, message):
+    with pytest.raises(RequestError) as e:
+        from_inputs(pre, inputs(**knobs))
+    assert message in str(e.value)
+
+
+def test_a_megabyte_prompt_is_refused_before_tokenising(pre):
+    t0 = time.perf_counter()
+    with pytest.raises(RequestError, match=r"text_input=<1048576 bytes>: must be at most 24576"):
+        from_inputs(pre, inputs(text="x" * 2**20))
+    assert time.perf_counter() - t0 < 0.5  # no tokeniser pass over the megabyte
+
+
+def test_invalid_utf8_in_stop_words_and_mode(pre):
+    x = inputs()
+    x["stop_words"] = np.array([[b"ok", b"\xc3"]], dtype=object)
+    with pytest.raises(RequestError, match="stop_words: must be UTF-8"):
+        from_inputs(pre, x)
+    x = inputs()
+    x["mode"] = np.array([[b"\xff"]], dtype=object)
+    with pytest.raises(RequestError, match="mode: must be UTF-8"):
+        from_inputs(pre, x)
+
+
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        ("[]", "request: must be a JSON object"),
+        ('{"mode": "ar", "path": "/etc/passwd"}', "request: unknown fields ['path']"),
+        ('{"max_tokens": true}', "max_tokens=True: must be an integer"),
+        ('{"stop_sequences": [["a"]]}', "stop_words"),
+    ],
+)
+def test_dlm_payload_sent_directly_is_checked(pre, payload, message):
+    """The `dlm` model is reachable by clients too: its JSON payload is no trusted input."""
+    ids = np.array([5, 6, 7], np.int32)
+    with pytest.raises(ValueError) as e:
+        request, _, _ = from_wire(ids, payload)
+        request.validate(pre.config)
+    assert message in str(e.value)

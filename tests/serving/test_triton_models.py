@@ -40,7 +40,16 @@ def models(tiny_checkpoint):
         "denoiser": load_model(
             "denoiser", {**common, "ENGINE_DIR": "/nonexistent", "BACKEND": "torch", "THREADS": 0}
         ),
-        "dlm": load_model("dlm", {**common, "MAX_PASSES_PER_STEP": 64, "HEARTBEAT_MS": 0}),
+        "dlm": load_model(
+            "dlm",
+            {
+                **common,
+                "MAX_PASSES_PER_STEP": 64,
+                "HEARTBEAT_MS": 0,
+                "KV_BUDGET_TOKENS": 65536,
+                "MAX_QUEUED": 256,
+            },
+        ),
         "postprocessing": load_model("postprocessing", common),
     }
     yield loaded

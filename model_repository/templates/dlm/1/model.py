@@ -13,7 +13,10 @@ postprocessing) go out for a request silent for HEARTBEAT_MS, so that postproces
 ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and tells the
 denoiser. The last response always carries the FINAL flag; a cancelled request (checked before
 every pass) gets the FINAL flag alone.
-Errors: an error response with the FINAL flag, naming the field or the failing stage.
+Limits: requests in flight share a KV budget of KV_BUDGET_TOKENS cached positions (each needs
+prompt + max_tokens + one block); the others wait, at most MAX_QUEUED of them.
+Errors: an error response with the FINAL flag, naming the field or the failing stage; `busy:
+...` naming the limit (kv_budget_tokens, max_queued) when a request cannot be queued.
 """
 
 import json
@@ -47,6 +50,8 @@ class TritonPythonModel:
             max_batch=int(params["MAX_PASSES_PER_STEP"]),
             metrics=ServingMetrics(pb_utils),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
+            kv_budget_tokens=int(params["KV_BUDGET_TOKENS"]),
+            max_queued=int(params["MAX_QUEUED"]),
         ).start()
 
     def _denoise(self, arrays):

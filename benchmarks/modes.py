@@ -1,0 +1,259 @@
+"""The generation modes side by side, in one run: in process and through Triton, speed and quality.
+
+    python -m benchmarks.modes [--model models/default] [--prompts 8] [--max-tokens 64]
+                               [--out build/bench_modes] [--no-triton] [--reference]
+
+For each setting of `dlm.train.evaluate.SETTINGS` (ar; diffusion at thresholds 0.5-0.95 and fixed
+steps; self_spec), the same held-out prompts one at a time (batch 1), greedy:
+- in process: `dlm.sampling.generate` on the serving engine (`--backend auto`: the build's,
+  ONNX Runtime on CPU), tokens/s of the generation calls alone;
+- through Triton: the `ensemble` of a LocalServer on the same engine, gRPC, non-streaming,
+  client-side wall time per request;
+- tokens per forward and forward passes (every pass counted), and the quality figures of
+  `dlm.train.evaluate` (its `valid_python` and `ar_perplexity`, scored by the PyTorch model);
+  Triton's completions are re-tokenized for perplexity, and `same text` is the share of prompts
+  whose Triton text equals the in-process text (parity).
+`--reference` adds the LLaDA-style reference (fixed steps per block, no KV cache: the whole
+sequence recomputed at every pass; `Scheduler(use_cache=False)`) next to our cached sampler at
+the same steps (identical output expected), and prints the speed-up.
+Writes modes.json, modes.md and quality_vs_speed.png into `--out`. Absolute CPU times count only
+on the machine named; ratios in one run are the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench import machine
+from dlm.pipeline import Pipeline, generation_defaults
+from dlm.sampling import Limits, generate
+from dlm.train.corpus import held_out_prompts
+from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
+
+REFERENCE = [("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8})]
+
+
+def score(scorer: Pipeline, prompt: str, token_ids: list[int], text: str) -> tuple[float, bool]:
+    return ar_perplexity(scorer, scorer.tokenizer.encode(prompt), token_ids), valid_python(
+        prompt, text
+    )
+
+
+def row(side: str, name: str, runs: list[dict]) -> dict:
+    tokens = sum(r["tokens"] for r in runs)
+    passes = sum(r["passes"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    finite = [r["ppl"] for r in runs if math.isfinite(r["ppl"])]
+    return {
+        "side": side,
+        "setting": name,
+        "tokens": tokens,
+        "forward_passes": passes,
+        "tokens_per_forward": tokens / max(passes, 1),
+        "tokens_per_s": tokens / max(seconds, 1e-9),
+        "gen_ppl": math.exp(sum(map(math.log, finite)) / max(len(finite), 1)),
+        "valid_python": sum(r["valid"] for r in runs) / len(runs),
+    }
+
+
+def in_process(pipe, scorer, prompts, name, knobs, max_tokens, use_cache=True) -> list[dict]:
+    runs = []
+    for p in prompts:
+        req = pipe.request(p, max_tokens=max_tokens, **knobs)
+        t0 = time.perf_counter()
+        res = generate(pipe.engine, [req], pipe.limits, use_cache=use_cache)[0]
+        sec = time.perf_counter() - t0
+        text = pipe.tokenizer.decode(res.token_ids)
+        ppl, valid = score(scorer, p, res.token_ids, text)
+        runs.append(
+            {
+                "tokens": res.num_output_tokens,
+                "passes": res.num_forward_passes,
+                "seconds": sec,
+                "ppl": ppl,
+                "valid": valid,
+                "text": text,
+                "ids": res.token_ids,
+            }
+        )
+    return runs
+
+
+def through_triton(client, scorer, prompts, knobs, max_tokens) -> list[dict]:
+    runs = []
+    for p in prompts:
+        r = client.generate(p, max_tokens=max_tokens, stream=False, **knobs)
+        ids = scorer.tokenizer.encode(r.text)
+        ppl, valid = score(scorer, p, ids, r.text)
+        runs.append(
+            {
+                "tokens": r.num_output_tokens,
+                "passes": r.num_forward_passes,
+                "seconds": r.seconds,
+                "ppl": ppl,
+                "valid": valid,
+                "text": r.text,
+            }
+        )
+    return runs
+
+
+def markdown(rows: list[dict]) -> str:
+    ar = {r["side"]: r["tokens_per_s"] for r in rows if r["setting"] == "ar"}
+    out = [
+        "| side | setting | tokens/forward | forward passes | tokens/s | speed-up vs AR | "
+        "gen. perplexity | valid Python | same text as in process |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        same = f"{100 * r['same_text']:.0f}%" if "same_text" in r else ""
+        base = ar.get(r["side"])
+        speed = f"{r['tokens_per_s'] / base:.2f}x" if base else ""
+        out.append(
+            f"| {r['side']} | {r['setting']} | {r['tokens_per_forward']:.2f} | "
+            f"{r['forward_passes']} | {r['tokens_per_s']:.1f} | {speed} | {r['gen_ppl']:.2f} | "
+            f"{100 * r['valid_python']:.0f}% | {same} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in [
+        (axes[0], "gen_ppl", "generative perplexity (lower is better)"),
+        (axes[1], "valid_python", "valid Python share"),
+    ]:
+        for side, marker in [("in process", "o"), ("triton", "s"), ("reference", "^")]:
+            pts = [r for r in rows if r["side"] == side]
+            if not pts:
+                continue
+            ax.scatter(
+                [r["tokens_per_s"] for r in pts], [r[key] for r in pts], marker=marker, label=side
+            )
+            for r in pts:
+                ax.annotate(
+                    r["setting"].replace("diffusion ", "d "),
+                    (r["tokens_per_s"], r[key]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+        ax.set_xlabel("tokens/s (batch 1)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.modes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="models/default")
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--out", type=Path, default=Path("build/bench_modes"))
+    p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
+    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-triton", action="store_true", help="in process only")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        metavar="NAME",
+        help="only these settings (e.g. 'diffusion steps=8')",
+    )
+    p.add_argument("--reference", action="store_true", help="add the no-cache LLaDA reference")
+    args = p.parse_args(argv)
+    command_line = shlex.join(
+        ["python", "-m", "benchmarks.modes", *(sys.argv[1:] if argv is None else argv)]
+    )
+
+    import torch
+
+    from dlm.serving.denoiser import load_engine
+    from dlm.tokenizer import TextTokenizer
+
+    torch.set_num_threads(args.threads)
+    model = Path(args.model)
+    scorer = Pipeline.load(model)  # PyTorch: the perplexity scorer
+    engine = load_engine(model, args.engine, args.backend, args.threads, say=print)
+    pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
+    prompts = [x.prompt for x in held_out_prompts(args.prompts)]
+    print(f"# {command_line}\n# {machine()}; engine {type(engine).__name__}", flush=True)
+    settings = [(n, k) for n, k in SETTINGS if not args.settings or n in args.settings]
+    if not settings:
+        p.error(f"--settings {args.settings}: none known; known: {[n for n, _ in SETTINGS]}")
+    rows, texts = [], {}
+    for name, knobs in settings:
+        runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens)
+        texts[name] = [r["text"] for r in runs]
+        rows.append(row("in process", name, runs))
+        print(f"in process  {name:20s} {markdown([rows[-1]]).splitlines()[-1]}", flush=True)
+    if args.reference:
+        for name, knobs in [x for x in REFERENCE if x[0] in texts]:
+            runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens, use_cache=False)
+            r = row("reference", f"{name} no cache", runs)
+            r["same_text"] = sum(
+                a["text"] == b for a, b in zip(runs, texts[name], strict=True)
+            ) / len(runs)
+            cached = next(x for x in rows if x["side"] == "in process" and x["setting"] == name)
+            r["speed_up_of_ours"] = cached["tokens_per_s"] / r["tokens_per_s"]
+            rows.append(r)
+            print(
+                f"reference   {name} no cache: ours {r['speed_up_of_ours']:.2f}x faster, "
+                f"same text {100 * r['same_text']:.0f}%",
+                flush=True,
+            )
+    if not args.no_triton:
+        from client.api import GrpcClient
+        from model_repository.serve import LocalServer
+
+        fill = ["--backend", args.backend, "--engine", args.engine, "--threads", str(args.threads)]
+        with LocalServer(model, Path(tempfile.mkdtemp(prefix="dlm-modes-")), fill) as server:
+            client = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=300)
+            client.generate("def f(x):\n", max_tokens=8, mode="ar")  # warm up
+            for name, knobs in settings:
+                runs = through_triton(client, scorer, prompts, knobs, args.max_tokens)
+                r = row("triton", name, runs)
+                r["same_text"] = sum(
+                    a["text"] == b for a, b in zip(runs, texts[name], strict=True)
+                ) / len(runs)
+                rows.append(r)
+                print(f"triton      {name:20s} {markdown([r]).splitlines()[-1]}", flush=True)
+            client.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows)
+    head = (
+        f"- command: `{command_line}`\n- machine: {machine()}\n"
+        f"- engine: {type(engine).__name__}, {args.prompts} held-out prompts, "
+        f"max_tokens {args.max_tokens}, batch 1, greedy\n\n"
+    )
+    (args.out / "modes.json").write_text(
+        json.dumps({"command": command_line, "machine": machine(), "rows": rows}, indent=1) + "\n"
+    )
+    (args.out / "modes.md").write_text("# Modes side by side\n\n" + head + table)
+    plot(rows, args.out / "quality_vs_speed.png")
+    print("\n" + head + table)
+    print(f"wrote {args.out}/: modes.md modes.json quality_vs_speed.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Bring a dead Python backend stub, or a dead tritonserver, back: Triton 2.51 does not.
+
+A stub process that dies (killed, crashed, out of memory) is not restarted by Triton 2.51: every
+later request to its model fails with `Stub process '<model>_0_0' is not healthy.` while
+readiness still answers 200 (docs: /work/shared/ENVIRONMENT.md). The `Supervisor` thread polls
+the stubs (children of the tritonserver process, read from /proc: no request, no lock) every
+`interval` seconds. When a stub it saw is gone (or a zombie), it unloads at once, through the
+restricted model-repository API, the dead model and the models that depend on it (DEPENDENTS:
+the denoiser holds every sequence's KV cache, so `dlm`'s sequences are lost with it and the
+`ensemble` cannot serve meanwhile), so that `/v2/models/<m>/ready` says not ready; then loads
+them back in dependency order and waits until each is ready again.
+
+In-flight requests of the dead model's dependents fail with an error (`dlm`: "denoiser step
+failed: ... not healthy").
+
+Seen here: a stub killed while it exchanges a message with the server (e.g. the denoiser in the
+middle of a generation) can take tritonserver itself down (`boost::interprocess::lock_exception`,
+abort). Given `start_server`, the supervisor then removes the dead server's shared-memory
+regions (made since the first start and mapped by no live process: a killed server leaves them
+in /dev/shm) and starts a new one on the same ports; in-flight requests see their connection
+closed. The same happens when the dead model's unload does not finish in `settle_s` (a request
+stuck in the dead stub holds it: seen when the denoiser dies mid-generation). At most
+`max_restarts` restarts per 10 minutes, then it gives up (the server's exit code stands).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STUB = "triton_python_backend_stub"
+# model -> the models to cycle with it, unloaded in this order after it is (so loaded back in
+# reverse: the dead model first). `postprocessing` only calls the denoiser to report
+# cancellations and keeps no state: it does not need a reload.
+DEPENDENTS: dict[str, tuple[str, ...]] = {
+    "denoiser": ("dlm", "ensemble"),
+    "dlm": ("ensemble",),
+    "preprocessing": ("ensemble",),
+    "postprocessing": ("ensemble",),
+}
+
+
+def stub_pids(server_pid: int, proc: str | Path = "/proc") -> dict[str, set[int]]:
+    """Model name -> pids of its live (not zombie) Python backend stubs under `server_pid`."""
+    found: dict[str, set[int]] = {}
+    for model, pid, _ in stubs(server_pid, proc):
+        found.setdefault(model, set()).add(pid)
+    return found
+
+
+def stubs(server_pid: int, proc: str | Path = "/proc") -> list[tuple[str, int, str]]:
+    """(model, pid, shared-memory region) of each live Python backend stub under `server_pid`.
+
+    A stub's command line is `<stub> <repo>/<model>/<version>/model.py <shm region> ...`."""
+    found = []
+    for entry in Path(proc).iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        # stat: "pid (comm) state ppid ..." (comm may hold spaces: split after the last ')')
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if int(ppid) != server_pid or state == "Z" or len(argv) < 3:
+            continue
+        if not argv[0].decode(errors="replace").endswith(STUB):
+            continue
+        model = Path(argv[1].decode(errors="replace")).parent.parent.name
+        found.append((model, int(entry.name), argv[2].decode(errors="replace")))
+    return found
+
+
+REGION = "triton_python_backend_shm_region_"
+
+
+def shm_regions(shm: str | Path = "/dev/shm") -> set[str]:
+    """Names of the Python backend's shared-memory regions in `shm`."""
+    return {p.name for p in Path(shm).glob(REGION + "*")}
+
+
+def mapped_regions(proc: str | Path = "/proc") -> set[str]:
+    """Regions some live process has mapped (any server's, not only ours)."""
+    mapped = set()
+    for maps in Path(proc).glob("[0-9]*/maps"):
+        try:
+            text = maps.read_text()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        for line in text.splitlines():
+            if REGION in line:
+                mapped.add(line.rsplit("/", 1)[-1].split(" ")[0])
+    return mapped
+
+
+def remove_orphans(
+    baseline: set[str], shm: str | Path = "/dev/shm", proc: str | Path = "/proc"
+) -> list[str]:
+    """Remove the regions made since `baseline` that no live process maps any more (what a
+    killed or timed-out server leaves behind); a region made within the last 2 s is left
+    alone (a starting server may not have mapped it yet)."""
+    candidates = shm_regions(shm) - baseline
+    if not candidates:
+        return []
+    removed, mapped = [], mapped_regions(proc)
+    for name in sorted(candidates - mapped):
+        path = Path(shm) / name
+        try:
+            if time.time() - path.stat().st_mtime < 2.0:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    return removed
+
+
+class RepositoryApi:
+    """The restricted model-repository endpoints over HTTP (header `dlm-admin-key`)."""
+
+    def __init__(self, http: str, admin_key: str, timeout: float = 30.0) -> None:
+        self.base, self.key, self.timeout = f"http://{http}", admin_key, timeout
+
+    def _post(self, path: str, body: dict | None = None):
+        req = urllib.request.Request(
+            self.base + path,
+            data=json.dumps(body or {}).encode(),
+            headers={"dlm-admin-key": self.key, "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
+            data = r.read()
+        return json.loads(data) if data else None
+
+    def load(self, model: str) -> None:
+        self._post(f"/v2/repository/models/{model}/load")
+
+    def unload(self, model: str) -> None:
+        self._post(f"/v2/repository/models/{model}/unload")
+
+    def states(self) -> dict[str, str]:
+        """Model -> state (READY, UNAVAILABLE, LOADING, UNLOADING) from the repository index."""
+        return {m["name"]: m.get("state", "") for m in self._post("/v2/repository/index")}
+
+    def ready(self, model: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base}/v2/models/{model}/ready", timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class Supervisor:
+    """Watches the tritonserver `server` and recovers a model whose stub died (module doc)."""
+
+    def __init__(
+        self,
+        server: subprocess.Popen,
+        http: str,
+        admin_key: str,
+        start_server: Callable[[], subprocess.Popen] | None = None,
+        interval: float = 2.0,
+        settle_s: float = 5.0,
+        load_timeout: float = 120.0,
+        max_restarts: int = 3,
+        dependents: dict[str, tuple[str, ...]] = DEPENDENTS,
+        say: Callable[[str], None] = log.warning,
+        shm_baseline: set[str] | None = None,
+    ) -> None:
+        """shm_baseline: the regions in /dev/shm before the first server started (default:
+        those now); only regions made since are ever removed."""
+        self.server, self.start_server = server, start_server
+        self.baseline = shm_regions() if shm_baseline is None else set(shm_baseline)
+        self.api = RepositoryApi(http, admin_key)
+        self.interval, self.settle_s, self.load_timeout = interval, settle_s, load_timeout
+        self.max_restarts, self.restarts = max_restarts, []  # monotonic times of restarts
+        self.dependents, self.say = dependents, say
+        self.expected: dict[str, int] = {}  # model -> instance count (its config.pbtxt)
+        self.last_stubs: list[int] = []  # pids of the stubs seen in the last poll
+        self.recoveries: list[tuple[str, float]] = []  # (dead model, seconds to recover)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    @property
+    def alive(self) -> bool:
+        """The thread still watches (False once stopped, or given up on a dead server)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Supervisor:
+        self.dead()  # learn the models, their instance counts and regions
+        self._thread = threading.Thread(target=self._run, name="dlm-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def halt(self) -> None:
+        """No further check or reload (safe from a signal handler: does not wait)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.load_timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if self.server.poll() is not None:
+                    if not self.restart():
+                        return
+                    continue
+                self.check_once()
+            except Exception:  # the supervisor must outlive a failed check: log it, go on
+                log.exception("supervisor check failed")
+
+    def dead(self) -> list[str]:
+        """Models that Triton calls READY with fewer live stubs than their instance count.
+
+        (A model being loaded or unloaded, by us or through the API, is not READY or still has
+        its stubs, so it is not mistaken for a dead one.)"""
+        found = stubs(self.pid)
+        self.last_stubs = [pid for _, pid, _ in found]
+        live: dict[str, int] = {}
+        for model, _, _ in found:
+            live[model] = live.get(model, 0) + 1
+        short = [m for m, n in self.expected.items() if live.get(m, 0) < n]
+        for model, pid, _ in found:
+            if model not in self.expected:
+                self.expected[model] = instance_count(pid)
+        if not short:
+            return []
+        states = self.api.states()
+        return [m for m in short if states.get(m) == "READY"]
+
+    def check_once(self) -> list[str]:
+        """One poll; recovers and returns the models whose stub died."""
+        dead = self.dead()
+        for model in dead:
+            if self._stop.is_set():
+                break
+            self.recover(model)
+        return dead
+
+    def recover(self, model: str) -> None:
+        """Unload `model` and its dependents, load them back. An unload that does not settle
+        in `settle_s` (a request stuck in the dead stub holds it) restarts the server."""
+        t0 = time.monotonic()
+        cycle = [*self.dependents.get(model, ()), model]  # unload order: dependents first
+        self.say(f"supervisor: the stub of {model!r} died; unloading {cycle} to reload them")
+        for m in cycle:
+            self.api.unload(m)
+        try:
+            self._wait(
+                lambda: all(self.api.states().get(m) == "UNAVAILABLE" for m in cycle),
+                cycle,
+                self.settle_s,
+            )
+        except TimeoutError:
+            self.say(
+                f"supervisor: {cycle} not unloaded in {self.settle_s} s: restarting the server"
+            )
+            self.terminate()
+            self.restart()
+            return
+        for m in reversed(cycle):
+            self.api.load(m)  # blocks until loaded (or raises with Triton's error)
+            self._wait(lambda m=m: self.api.ready(m), [m])
+        remove_orphans(self.baseline)  # the dead stub's region, if the server left it
+        took = time.monotonic() - t0
+        self.recoveries.append((model, took))
+        self.say(f"supervisor: {cycle} reloaded and ready after {took:.1f} s")
+
+    def terminate(self, timeout: float = 5.0) -> None:
+        """SIGTERM the server, SIGKILL past `timeout` (a stuck model would hold it for its
+        whole exit timeout; the regions it leaves are removed on restart)."""
+        self.server.send_signal(signal.SIGTERM)
+        try:
+            self.server.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.server.kill()
+            self.server.wait()
+
+    def restart(self) -> bool:
+        """The server exited: start a new one if allowed (see module doc); False if not."""
+        rc = self.server.poll()
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 600]
+        if self._stop.is_set() or self.start_server is None:
+            return False
+        if len(self.restarts) >= self.max_restarts:
+            self.say(
+                f"supervisor: tritonserver exited ({rc}); {self.max_restarts} restarts in "
+                "10 minutes already: giving up"
+            )
+            return False
+        self._end_stubs()
+        removed = remove_orphans(self.baseline)
+        self.say(
+            f"supervisor: tritonserver exited ({rc}); removed {len(removed)} shared-memory "
+            "regions it left; starting a new one"
+        )
+        self.restarts.append(now)
+        self.server = self.start_server()
+        try:
+            self._wait(
+                lambda: self.server.poll() is not None or self.api.ready("ensemble"), ["ensemble"]
+            )
+        except TimeoutError:
+            if self._stop.is_set():  # stopped meanwhile: the new server goes too
+                self.terminate(timeout=30.0)
+                return False
+            raise
+        if self.server.poll() is not None:
+            return self.restart()
+        # Again: a region the old server wrote to in its last 2 s was left alone above.
+        removed += remove_orphans(self.baseline)
+        self.recoveries.append(("tritonserver", time.monotonic() - now))
+        self.say(
+            f"supervisor: new tritonserver ready after {time.monotonic() - now:.1f} s "
+            f"({len(removed)} regions of the old one removed)"
+        )
+        return True
+
+    def _end_stubs(self, timeout: float = 5.0) -> None:
+        """End the dead server's stubs: they notice its death only after minutes, mapping
+        their regions meanwhile (pids checked to still be stubs: no stranger is signalled)."""
+        for pid in self.last_stubs:
+            try:
+                if STUB.encode() in (Path("/proc") / str(pid) / "cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                continue
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            (Path("/proc") / str(p) / "maps").exists() and _alive(p) for p in self.last_stubs
+        ):
+            time.sleep(0.1)
+
+    def _wait(
+        self, condition: Callable[[], bool], models: list[str], timeout: float | None = None
+    ) -> None:
+        timeout = self.load_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise TimeoutError(f"supervisor: {models} not settled in {timeout} s")
+            time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Not gone and not a zombie."""
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def instance_count(stub_pid: int, proc: str | Path = "/proc") -> int:
+    """The instance count in the config.pbtxt of a stub's model (1 if none is written)."""
+    try:
+        argv = (Path(proc) / str(stub_pid) / "cmdline").read_bytes().split(b"\0")
+        config = Path(argv[1].decode()).parent.parent / "config.pbtxt"
+        m = re.search(r"instance_group\s*\[\s*\{[^}]*?count:\s*(\d+)", config.read_text())
+    except (OSError, IndexError):
+        return 1
+    return int(m.group(1)) if m else 1
+
+
+def enabled(environ: dict[str, str] = os.environ) -> bool:
+    """DLM_SUPERVISE=0 turns the supervisor off (on by default)."""
+    return environ.get("DLM_SUPERVISE", "1") not in ("0", "false", "no")

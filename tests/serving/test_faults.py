@@ -1,0 +1,135 @@
+"""Faults: a Python backend stub killed (SIGKILL) under a real tritonserver, and the supervisor
+(`model_repository.supervisor`) bringing the service back. Its own server: these tests kill it.
+
+Two paths, both seen here: a denoiser stub killed while idle is unloaded and loaded back with
+its dependents (the server stays up); killed in the middle of a generation, its in-flight
+request holds the unload, so the supervisor restarts the server."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from client.api import ClientError, GrpcClient
+from model_repository.serve import LocalServer
+from model_repository.supervisor import remove_orphans, shm_regions, stub_pids
+
+pytestmark = pytest.mark.slow
+PROMPT = "def f(x):\n    return"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    before = shm_regions()
+    s = LocalServer(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("triton_faults"),
+        ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"],
+    )
+    s.shm_before = before
+    yield s
+    s.stop()
+    assert shm_regions() - before == set(), "shared memory left behind after stop"
+
+
+def kill_denoiser(server) -> int:
+    pid = next(iter(stub_pids(server.proc.pid)["denoiser"]))
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def watch_readiness(server, until, timeout=60.0):
+    """[(seconds, health ready, ensemble ready)] on every change, until `until()` holds with
+    both ready again (after having been not ready) or `timeout`."""
+    t0, seen = time.monotonic(), []
+    while time.monotonic() - t0 < timeout:
+        state = (server.ready(), server.ready("ensemble"))
+        if not seen or seen[-1][1:] != state:
+            seen.append((round(time.monotonic() - t0, 2), *state))
+        if len(seen) > 1 and all(state) and until():
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def assert_recovered(server, t0, seen):
+    assert any(not h and not e for _, h, e in seen), f"never reported not ready: {seen}"
+    c = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=60)
+    try:
+        assert c.generate(PROMPT, 6, mode="ar").num_output_tokens == 6
+    finally:
+        c.close()
+    took = time.monotonic() - t0
+    print(f"readiness (s, health, ensemble): {seen}; a new request succeeded {took:.1f} s after")
+    assert took < 60, f"service back only after {took:.1f} s\n{server.tail()}"
+
+
+def shm_settles(server, timeout=20.0) -> set[str]:
+    """Regions made since before the server, beyond its live ones, once Triton has finished
+    the unloads it runs in the background."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = shm_regions() - server.shm_before
+        if len(extra) <= 4 or time.monotonic() > deadline:  # one per model instance
+            return extra
+        time.sleep(0.5)
+
+
+def test_idle_denoiser_stub_killed_is_reloaded(server):
+    grpc = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=60)
+    assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
+    grpc.close()
+    regions = len(shm_regions() - server.shm_before)
+    t0 = time.monotonic()
+    kill_denoiser(server)
+    seen = watch_readiness(server, lambda: bool(server.supervisor.recoveries))
+    assert server.supervisor.recoveries[-1][0] == "denoiser", server.tail()
+    assert_recovered(server, t0, seen)
+    assert len(shm_settles(server)) <= regions
+
+
+def test_denoiser_killed_mid_request(server):
+    pid_before = server.proc.pid
+    recoveries = len(server.supervisor.recoveries)
+    regions = len(shm_regions() - server.shm_before)
+    result: dict = {}
+    grpc = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+
+    def run():
+        try:
+            result["ok"] = grpc.generate(PROMPT, 400, mode="ar", stream=False)
+        except ClientError as e:
+            result["error"] = str(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)  # well into the generation (400 tokens take several seconds)
+    assert thread.is_alive(), result
+    t0 = time.monotonic()
+    kill_denoiser(server)
+    thread.join(30)
+    grpc.close()
+    assert "error" in result, result
+    assert "denoiser step failed" in result["error"] or "Socket closed" in result["error"]
+    seen = watch_readiness(server, lambda: len(server.supervisor.recoveries) > recoveries)
+    assert_recovered(server, t0, seen)
+    print(f"in-flight error: {result['error']}; recovered by {server.supervisor.recoveries[-1]}")
+    print("server restarted" if server.proc.pid != pid_before else "server kept")
+    assert len(shm_settles(server)) <= regions
+
+
+def test_remove_orphans_only_touches_new_unmapped_regions(tmp_path):
+    shm, proc = tmp_path / "shm", tmp_path / "proc"
+    shm.mkdir()
+    (proc / "42").mkdir(parents=True)
+    names = [f"triton_python_backend_shm_region_{i}" for i in "abc"]
+    for n in names:
+        (shm / n).write_bytes(b"")
+        os.utime(shm / n, (time.time() - 60, time.time() - 60))
+    (shm / "other_file").write_bytes(b"")
+    (proc / "42" / "maps").write_text(f"7f00-7f01 rw-s 0 00:1a 9 /dev/shm/{names[1]}\n")
+    removed = remove_orphans({names[0]}, shm, proc)
+    assert removed == [names[2]]  # a: in the baseline; b: mapped by a live process
+    assert sorted(p.name for p in shm.iterdir()) == sorted([names[0], names[1], "other_file"])
