@@ -232,8 +232,4 @@ def preset(name: str, **overrides) -> ModelConfig:
     return dataclasses.replace(PRESETS[name], **overrides).validate()
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(ModelConfig)]
-
-
-__all__ = ["ModelConfig", "YarnScaling", "PRESETS", "preset", "field_names"]
+__all__ = ["ModelConfig", "YarnScaling", "PRESETS", "preset"]

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dlm import checkpoint
 from dlm.engine import Engine, TorchEngine
 from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
@@ -33,7 +31,6 @@ class Pipeline:
     def load(
         cls, folder: str | Path = DEFAULT_MODEL, device: str = "cpu", limits: Limits | None = None
     ) -> Pipeline:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         model = checkpoint.load(folder)
         return cls(
             TorchEngine(model, device),
