@@ -162,4 +162,12 @@ def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
         k: bool(scalar(k, inputs[k])) if k in inputs else False
         for k in ("stream", "return_block_text")
     }
+    # TensorRT-LLM's input (sent by genai-perf): outputs never repeat the prompt here.
+    if "exclude_input_in_output" in inputs and not scalar(
+        "exclude_input_in_output", inputs["exclude_input_in_output"]
+    ):
+        raise RequestError(
+            "exclude_input_in_output: only true is supported (text_output never repeats the "
+            "prompt); leave it out or send true"
+        )
     return to_wire(request, stream=flags["stream"], block_views=flags["return_block_text"])

@@ -36,6 +36,7 @@ def inputs(text="def f(x):", max_tokens=16, **knobs):
         "threshold": np.float32,
         "steps": np.int32,
         "return_block_text": bool,
+        "exclude_input_in_output": bool,
     }
     values = {"text_input": text, "max_tokens": max_tokens, **knobs}
     out = {}
@@ -111,6 +112,14 @@ def test_bad_inputs_name_the_field(pre, knobs, message):
         from_inputs(pre, inputs(**knobs))
     assert str(e.value).startswith(message.split(":")[0])
     assert message in str(e.value)
+
+
+def test_exclude_input_in_output_true_is_accepted_false_refused(pre):
+    ids, payload = from_inputs(pre, inputs())
+    ids_true, payload_true = from_inputs(pre, inputs(exclude_input_in_output=True))
+    assert ids_true.tolist() == ids.tolist() and payload_true == payload
+    with pytest.raises(RequestError, match="exclude_input_in_output: only true is supported"):
+        from_inputs(pre, inputs(exclude_input_in_output=False))
 
 
 def test_text_must_be_utf8(pre):

@@ -148,6 +148,19 @@ def test_http_generate_endpoints(server, pipe):
     assert streamed.text == ref_text and streamed.responses > 1
     with pytest.raises(ClientError, match=r"threshold=2\.0: must be a number in \(0, 1\]"):
         http.generate(PROMPT, 16, threshold=2.0)
+    # TensorRT-LLM's flag as genai-perf sends it
+    status, answer = http_generate_raw(
+        server,
+        json.dumps(
+            {
+                "text_input": PROMPT,
+                "max_tokens": 16,
+                "mode": "self_spec",
+                "exclude_input_in_output": True,
+            }
+        ).encode(),
+    )
+    assert status == 200 and json.loads(answer)["text_output"] == ref_text
 
 
 def test_concurrent_requests_in_different_modes(server, pipe):
@@ -361,6 +374,11 @@ HTTP_BAD = [
     ("lone surrogate", {"text_input": "def \udcff", "max_tokens": 4}, ""),
     ("NaN literal", b'{"text_input": "def", "max_tokens": 4, "temperature": NaN}', ""),
     ("not JSON", b'{"text_input": "def", "max_tok', ""),
+    (
+        "exclude_input_in_output false",
+        {"text_input": "def", "max_tokens": 4, "exclude_input_in_output": False},
+        "exclude_input_in_output: only true is supported",
+    ),
     # Triton's own JSON parser answers this one, without naming the field (not ours to change)
     ("wrong type", {"text_input": "def", "max_tokens": "four"}, "Unable to parse"),
 ]

@@ -26,6 +26,7 @@ INPUTS = (
     "threshold",
     "steps",
     "return_block_text",
+    "exclude_input_in_output",
 )
 
 
