@@ -131,3 +131,32 @@ bench-genai-perf: setup bench-deps $(GENAI_VENV)/bin/genai-perf
 		--tokenizer $(MODEL) --synthetic-input-tokens-mean 32 --output-tokens-mean 64 \
 		--extra-inputs mode:$(GENAI_MODE) --concurrency $(GENAI_CONCURRENCY) --request-count 16 \
 		--artifact-dir build/genai-perf
+
+# ---- deployment (docker/, deploy/): images, Helm chart, nginx over replicas -------------------
+# Debian's nginx 1.22 unpacked into build/nginx (apt-get download + dpkg -x: no service started,
+# nothing installed system-wide); used by tests/deploy/test_nginx_replicas.py and `make serve-lb`.
+NGINX_DIR ?= build/nginx
+REPLICAS ?= 2
+LB_HTTP_PORT ?= 8080
+LB_GRPC_PORT ?= 8081
+
+.PHONY: deploy-deps lint-deploy serve-lb
+deploy-deps: $(NGINX_DIR)/usr/sbin/nginx
+
+$(NGINX_DIR)/usr/sbin/nginx:
+	rm -rf $(NGINX_DIR)/deb && mkdir -p $(NGINX_DIR)/deb
+	cd $(NGINX_DIR)/deb && { apt-get download -q nginx || \
+		{ apt-get update -q && apt-get download -q nginx; }; }
+	dpkg -x $(NGINX_DIR)/deb/nginx_*.deb $(NGINX_DIR)
+	$@ -v
+
+# hadolint (docker/*.Dockerfile), Helm lint + render (helm-python-sdk), yamllint.
+lint-deploy: setup
+	$(PY) -m deploy.lint
+
+# REPLICAS tritonservers behind nginx on 127.0.0.1:$(LB_HTTP_PORT) (HTTP), $(LB_GRPC_PORT) (gRPC).
+serve-lb: setup deploy-deps
+	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
+		$(MAKE) engine MODEL=$(MODEL); fi
+	$(PY) -m deploy.nginx --replicas $(REPLICAS) --model $(MODEL) --engine $(ENGINE_DIR) \
+		--http-port $(LB_HTTP_PORT) --grpc-port $(LB_GRPC_PORT) --fill-args="$(FILL_ARGS)"
