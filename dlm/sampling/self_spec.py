@@ -1,16 +1,23 @@
-"""Self-speculation: a bidirectional draft of a block, checked by one causal verify pass.
+"""Self-speculation: bidirectional drafts checked by causal verify passes, one pass per round.
 
-The draft pass fills the block after the pending token; the verify pass runs the drafted block
-causally (writing it to the cache) and predicts, at each position, the next token. The longest
-prefix where draft and verifier agree is accepted, plus the verifier's next token as a bonus;
-the cache is rolled back to the accepted length by the next pass's `start`. Under greedy decoding
-every committed token is the verifier's, so the output equals `ar` token for token. Rows of a
-batch accept different lengths; each keeps its own cache length, so batches need no padding.
+Every pass after the prefill carries [pending token, draft, block of masks]:
+- the pending token and the draft run causally (written to the cache) and predict, at each
+  position, the next token: the longest prefix where draft and verifier agree is accepted, plus
+  the verifier's next token as a bonus; the cache is rolled back to the accepted length by the
+  next pass's `start`. Under greedy decoding every committed token is the verifier's, so the
+  output equals `ar` token for token;
+- the masks after the draft attend bidirectionally to each other and to everything before them
+  (one forward, mixed attention mask; the causal part cannot see them, so verification is
+  unchanged). The first mask sits where the bonus goes; the ones after it are the next draft,
+  kept only if the whole draft was accepted (else they were conditioned on a wrong token) and
+  cut at the first position whose confidence is below `draft_threshold`.
 
-Lookahead (default): the verify pass also carries a block of masks after the draft, attending
-bidirectionally to each other and to everything before them (one forward, mixed attention mask).
-The causal part cannot see them, so verification is unchanged; when the whole draft is accepted
-those masks are already the draft of the next round, which then needs no draft pass.
+A round therefore costs one pass and yields the accepted drafts plus one token; a pass with an
+empty draft is a plain AR step that also drafts. Cutting drafts at low confidence keeps the next
+lookahead usable more often: on the default model (16 held-out prompts, 64 tokens) tokens per
+forward were 2.63 uncut, 2.69 at 0.2, 2.65 at 0.4, 2.50 at 0.6, 1.98 at 0.9, against 2.50 for a
+separate draft pass after every rejection. Rows of a batch accept different lengths; each keeps
+its own cache length, so batches need no padding.
 """
 
 from __future__ import annotations
@@ -20,42 +27,45 @@ from collections.abc import Generator
 from dlm.engine import PassRequest, PassResult
 from dlm.sampling.sequence import BlockStats, Sequence
 
+DRAFT_THRESHOLD = 0.2  # measured best of 0.0-0.9 on the default model (see above)
 
-def self_spec(seq: Sequence, lookahead: bool = True) -> Generator[PassRequest, PassResult, None]:
+
+def confident_prefix(tokens, confidence, threshold: float) -> list[int]:
+    """The tokens before the first one whose confidence is below `threshold`."""
+    out = []
+    for t, c in zip(tokens, confidence, strict=True):
+        if c < threshold:
+            break
+        out.append(int(t))
+    return out
+
+
+def self_spec(
+    seq: Sequence, draft_threshold: float = DRAFT_THRESHOLD
+) -> Generator[PassRequest, PassResult, None]:
     r, mask = seq.request, seq.cfg.mask_token_id
     out = yield seq.make_pass(0, r.prompt_ids, tail=0, write=True, n_out=1)
     cached = len(r.prompt_ids)
     pending = int(out.tokens[-1])  # committed, not yet in the cache
     seq.commit([pending])
     seq.blocks.append(BlockStats(tokens=1, passes=1))
-    ready: list[int] | None = None  # a draft made by the previous round's lookahead
+    ready: list[int] = []  # the next draft, from the previous pass's masks
     while not seq.done:
         size = min(r.block_length, seq.remaining + 1)
-        passes = 0
-        if size == 1:
-            draft: list[int] = []
-        elif ready is not None:
-            draft = ready[: size - 1]
-        else:
-            seq.block_view = [pending] + [mask] * (size - 1)
-            out = yield seq.make_pass(
-                cached, seq.block_view, tail=size, write=False, n_out=size - 1
-            )
-            draft = [int(t) for t in out.tokens]
-            passes += 1
-        seq.block_view = None
-        extra = size if lookahead and draft else 0
-        tokens = [pending] + draft + [mask] * extra
-        out = yield seq.make_pass(cached, tokens, tail=extra, write=True, n_out=len(tokens))
-        passes += 1
-        verified = [int(t) for t in out.tokens[:size]]  # verified[j]: next token after j
+        draft = ready[: size - 1]
+        lookahead = size if size > 1 else 0
+        tokens = [pending] + draft + [mask] * lookahead
+        out = yield seq.make_pass(cached, tokens, tail=lookahead, write=True, n_out=len(tokens))
+        n = 1 + len(draft)
+        verified = [int(t) for t in out.tokens[:n]]  # verified[j]: next token after j
         k = 0
         while k < len(draft) and draft[k] == verified[k]:
             k += 1
         accepted = draft[:k] + [verified[k]]
-        # All accepted: the lookahead masks after the bonus position are the next draft.
-        ready = [int(t) for t in out.tokens[size + 1 :]] if extra and k == len(draft) else None
+        ready = []
+        if lookahead and k == len(draft):  # skip the bonus position's mask
+            ready = confident_prefix(out.tokens[n + 1 :], out.confidence[n + 1 :], draft_threshold)
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
-        seq.blocks.append(BlockStats(tokens=len(accepted), passes=passes))
+        seq.blocks.append(BlockStats(tokens=len(accepted), passes=1))
         pending = accepted[-1]

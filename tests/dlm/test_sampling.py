@@ -6,6 +6,7 @@ import pytest
 from dlm.engine import TorchEngine
 from dlm.sampling import GenerationRequest, RequestError, generate
 from dlm.sampling.select import by_count, by_threshold, schedule
+from dlm.sampling.self_spec import confident_prefix
 from tests.conftest import random_prompts, tiny_model
 
 END = 63  # a token id the tests use as end_id, so random models rarely stop early
@@ -39,6 +40,16 @@ def test_self_spec_equals_ar_on_a_confident_model():
     ar = generate(e, reqs(prompts, mode="ar", max_tokens=40))
     ss = generate(e, reqs(prompts, mode="self_spec", max_tokens=40))
     assert [r.token_ids for r in ss] == [r.token_ids for r in ar]
+    rounds = [b for r in ss for b in r.blocks[1:]]
+    assert all(b.passes == 1 for b in rounds)  # every round is one verify + lookahead pass
+    assert any(b.tokens > 1 for b in rounds)  # drafts were accepted
+    assert sum(r.num_output_tokens for r in ss) > sum(r.num_forward_passes for r in ss)
+
+
+def test_drafts_are_cut_at_the_first_unconfident_position():
+    assert confident_prefix([5, 6, 7, 8], [0.9, 0.5, 0.1, 0.9], 0.2) == [5, 6]
+    assert confident_prefix([5, 6], [0.1, 0.9], 0.2) == []
+    assert confident_prefix([5, 6], [0.3, 0.9], 0.0) == [5, 6]
 
 
 @pytest.mark.parametrize(
