@@ -112,6 +112,17 @@ bench-modes: setup
 	$(PY) -m benchmarks.modes --model $(MODEL) --engine $(ENGINE_DIR) --prompts $(MODES_PROMPTS) \
 		--reference $(BENCH_ARGS)
 
+# Soak: perf_analyzer streaming at concurrency 16 for 5 minutes (all three modes), with zero failed
+# requests, flat server and stub memory and no /dev/shm growth as the verdict; into build/soak.
+SOAK_MINUTES ?= 5
+SOAK_CONCURRENCY ?= 16
+.PHONY: soak
+soak: setup bench-deps
+	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
+		$(MAKE) engine MODEL=$(MODEL); fi
+	$(PY) -m benchmarks.soak --model $(MODEL) --engine $(ENGINE_DIR) --minutes $(SOAK_MINUTES) \
+		--concurrency $(SOAK_CONCURRENCY) --out build/soak
+
 # genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server's generate_stream.
 GENAI_URL ?= 127.0.0.1:8000
 GENAI_MODE ?= self_spec

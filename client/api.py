@@ -83,6 +83,13 @@ def request_values(prompt: str, max_tokens: int, **knobs) -> dict:
     values.update({k: v for k, v in knobs.items() if v is not None})
     if "stop_words" in values and not values["stop_words"]:
         del values["stop_words"]
+    for name, value in values.items():
+        for text in value if name == "stop_words" else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode()
+                except UnicodeEncodeError as e:
+                    raise ClientError(f"{name}: must be valid UTF-8 text ({e.reason})") from None
     return values
 
 
@@ -131,7 +138,7 @@ class GrpcClient:
     ) -> None:
         import tritonclient.grpc as grpcclient
 
-        self.grpc, self.model, self.timeout = grpcclient, model, timeout
+        self.grpc, self.model, self.timeout, self.url = grpcclient, model, timeout, url
         self.client = grpcclient.InferenceServerClient(url)
 
     def generate(
@@ -154,14 +161,21 @@ class GrpcClient:
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
         cancelled = False
         try:
-            self.client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)
+            try:
+                self.client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)
+            except self.grpc.InferenceServerException as e:  # the stream broke: the callback
+                try:  # has the reason (server unreachable, ...)
+                    e = responses.get(timeout=5)[1] or e
+                except queue.Empty:
+                    pass
+                raise ClientError(f"{self.url}: {_message(e)}") from None
             while True:
                 try:
                     result, error = responses.get(timeout=self.timeout)
                 except queue.Empty:
                     raise ClientError(f"no response within {self.timeout} s") from None
                 if error is not None:
-                    raise ClientError(error.message() if hasattr(error, "message") else str(error))
+                    raise ClientError(_message(error))
                 response = result.get_response()
                 if response.outputs:
                     got.add(_update(functools.partial(_grpc_output, result)))
@@ -176,6 +190,10 @@ class GrpcClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _message(error) -> str:
+    return error.message() if hasattr(error, "message") else str(error)
 
 
 def _grpc_output(result, name: str):
@@ -239,6 +257,8 @@ class HttpClient:
                             got.add(_http_update(json.loads(line[5:])))
         except urllib.error.HTTPError as e:
             raise ClientError(_http_error(e.read())) from None
+        except (urllib.error.URLError, OSError) as e:  # unreachable, reset, timed out
+            raise ClientError(f"{self.base}: {getattr(e, 'reason', e)}") from None
         return got.result()
 
 

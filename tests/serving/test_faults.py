@@ -133,3 +133,40 @@ def test_remove_orphans_only_touches_new_unmapped_regions(tmp_path):
     removed = remove_orphans({names[0]}, shm, proc)
     assert removed == [names[2]]  # a: in the baseline; b: mapped by a live process
     assert sorted(p.name for p in shm.iterdir()) == sorted([names[0], names[1], "other_file"])
+
+
+def test_shutdown_with_streams_in_flight_ends_them(tiny_checkpoint, tmp_path):
+    """SIGTERM (Ctrl-C of `make serve`) while streams are in flight: every client gets its final
+    answer or an error, none hangs, the server exits within its exit timeout, no shm is left."""
+    before = shm_regions()
+    s = LocalServer(tiny_checkpoint, tmp_path, ["--backend", "torch", "--threads", "1"])
+    outcomes, streaming = {}, [threading.Event() for _ in range(4)]
+
+    def run(i):
+        c = GrpcClient(f"127.0.0.1:{s.grpc}", timeout=120)
+        try:
+            r = c.generate(
+                PROMPT, 480, lambda u: streaming[i].set(), mode="diffusion", steps=8, stream=True
+            )
+            outcomes[i] = ("done", r.num_output_tokens)
+        except ClientError as e:
+            outcomes[i] = ("error", str(e)[:200])
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for i, e in enumerate(streaming):  # every stream has answered at least once
+        assert e.wait(120), f"stream {i}: {outcomes.get(i)}\n{s.tail()}"
+    assert not outcomes, f"finished before the shutdown: {outcomes}"
+    t0 = time.monotonic()
+    s.stop()
+    stopped = time.monotonic() - t0
+    for t in threads:
+        t.join(60)
+    print(f"server exited {stopped:.1f} s after SIGTERM; clients: {outcomes}")
+    assert not any(t.is_alive() for t in threads), "a client still waits after the server exited"
+    assert len(outcomes) == 4 and all(kind in ("done", "error") for kind, _ in outcomes.values())
+    assert s.proc.returncode is not None and stopped < 30, s.tail()
+    assert shm_regions() - before == set(), "shared memory left behind after shutdown"

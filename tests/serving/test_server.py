@@ -452,3 +452,63 @@ def test_valid_neighbours_of_bad_requests_succeed(server, pipe):
             assert error is None and got == ref_text, (i, error, got)
         else:
             assert error is not None and "must be" in error, (i, error)
+
+
+def run_client(server, *args, http=False):
+    url = f"127.0.0.1:{server.http if http else server.grpc}"
+    return subprocess.run(
+        [sys.executable, "-m", "client", "--url", url, *(["--http"] if http else []), *args],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=180,
+    )
+
+
+CLIENT_BAD = [
+    (
+        "nan threshold",
+        ["--threshold", "nan"],
+        1,
+        "threshold=nan: must be a number in (0, 1]",
+    ),
+    ("huge max_tokens", ["--max-tokens", "100000"], 1, "max_tokens=100000: must be"),
+    ("infinite temperature", ["--temperature", "inf"], 1, "temperature=inf: must be"),
+    ("unknown mode", ["--mode", "fast"], 2, "--mode: invalid choice: 'fast'"),
+    ("not a number", ["--threshold", "high"], 2, "--threshold: invalid float value: 'high'"),
+    ("empty stop word", ["--stop", ""], 1, "stop_words"),
+    ("steps not a divisor", ["--steps", "3", "--block-length", "8"], 1, "steps=3"),
+]
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
+@pytest.mark.parametrize("case,args,rc,message", CLIENT_BAD, ids=[c[0] for c in CLIENT_BAD])
+def test_client_cli_bad_input(server, case, args, rc, message, http):
+    r = run_client(server, "--prompt", PROMPT, "--no-stream", *args, http=http)
+    err = r.stderr.decode()
+    assert r.returncode == rc, f"{case}: rc {r.returncode}\n{err}"
+    assert message in err and "Traceback" not in err, f"{case}: {err}"
+    assert rc == 2 or (err.startswith("error: ") and len(err.strip().splitlines()) == 1), err
+    assert server.ready() and server.ready("ensemble")
+
+
+def test_client_cli_invalid_utf8_prompt_and_no_server(server):
+    # argv bytes that are not UTF-8 arrive as lone surrogates: one clear line, no traceback
+    r = run_client(server, "--prompt", b"def \xff(x):", "--max-tokens", "4")
+    err = r.stderr.decode()
+    assert (
+        r.returncode == 1
+        and err.startswith("error: ")
+        and "text_input" in err
+        and "Traceback" not in err
+    ), err
+    for http in ([], ["--http"]):
+        r = subprocess.run(
+            [sys.executable, "-m", "client", "--url", "127.0.0.1:1", "--prompt", "x", *http],
+            capture_output=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        err = r.stderr.decode()
+        assert r.returncode == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    ok = run_client(server, "--prompt", PROMPT, "--max-tokens", "4", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["num_output_tokens"] >= 1
