@@ -86,7 +86,7 @@ bench-serving: setup
 
 # ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
 CONCURRENCY ?= 1 2 4 8
-MODES ?= ar diffusion self_spec
+MODES ?= ar diffusion self_spec self_spec_b8
 OUT ?= build/bench
 BENCH_ARGS ?=
 
@@ -123,11 +123,16 @@ soak: setup bench-deps
 	$(PY) -m benchmarks.soak --model $(MODEL) --engine $(ENGINE_DIR) --minutes $(SOAK_MINUTES) \
 		--concurrency $(SOAK_CONCURRENCY) --out build/soak
 
-# genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server's generate_stream.
+# genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server: GENAI_ENDPOINT=
+# generate (HTTP generate_stream, GENAI_URL the HTTP port) or kserve (gRPC streaming with
+# TensorRT-LLM's tensor names, GENAI_URL the gRPC port, e.g. 127.0.0.1:8001).
+GENAI_ENDPOINT ?= generate
 GENAI_URL ?= 127.0.0.1:8000
 GENAI_MODE ?= self_spec
 GENAI_CONCURRENCY ?= 2
 GENAI_VENV ?= build/genai-perf-venv
+GENAI_ENDPOINT_ARGS_generate = --endpoint-type generate --endpoint v2/models/ensemble/generate_stream
+GENAI_ENDPOINT_ARGS_kserve = --endpoint-type kserve --backend tensorrtllm
 
 $(GENAI_VENV)/bin/genai-perf:
 	$(PYTHON) -m venv $(GENAI_VENV)
@@ -137,8 +142,8 @@ $(GENAI_VENV)/bin/genai-perf:
 bench-genai-perf: setup bench-deps $(GENAI_VENV)/bin/genai-perf
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 \
 	LD_LIBRARY_PATH=$(CURDIR)/$(VENV)/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
-	$(GENAI_VENV)/bin/genai-perf profile -m ensemble --endpoint-type generate \
-		--endpoint v2/models/ensemble/generate_stream --streaming -u $(GENAI_URL) \
+	$(GENAI_VENV)/bin/genai-perf profile -m ensemble $(GENAI_ENDPOINT_ARGS_$(GENAI_ENDPOINT)) \
+		--streaming -u $(GENAI_URL) \
 		--tokenizer $(MODEL) --synthetic-input-tokens-mean 32 --output-tokens-mean 64 \
 		--extra-inputs mode:$(GENAI_MODE) --concurrency $(GENAI_CONCURRENCY) --request-count 16 \
 		--artifact-dir build/genai-perf

@@ -37,6 +37,7 @@ MODES = {
     "ar": {"mode": "ar"},
     "diffusion": {"mode": "diffusion"},
     "self_spec": {"mode": "self_spec"},
+    "self_spec_b8": {"mode": "self_spec", "block_length": 8},
 }
 COLUMNS = [
     "mode",
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             url = f"127.0.0.1:{server.grpc}"
             c = GrpcClient(url, timeout=120)
             for mode in args.modes:  # warm up every mode's path
-                c.generate("def f(x):\n", max_tokens=8, mode=mode)
+                c.generate("def f(x):\n", max_tokens=8, **MODES[mode])
             c.close()
             rows = sweep(url, args, args.out)
         setup = (

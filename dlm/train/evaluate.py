@@ -35,6 +35,7 @@ SETTINGS: list[tuple[str, dict]] = [
     ("diffusion steps=16", {"mode": "diffusion", "block_length": 32, "steps": 16}),
     ("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8}),
     ("self_spec", {"mode": "self_spec"}),
+    ("self_spec block=8", {"mode": "self_spec", "block_length": 8}),
 ]
 
 
@@ -139,9 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("build/eval"))
+    ap.add_argument(
+        "--settings", nargs="+", default=None, help="only these settings (ar always runs first)"
+    )
     args = ap.parse_args(argv)
+    known = [n for n, _ in SETTINGS]
+    unknown = sorted(set(args.settings or []) - set(known))
+    if unknown:
+        ap.error(f"--settings {unknown}: unknown; known: {known}")
+    settings = [(n, k) for n, k in SETTINGS if n == "ar" or not args.settings or n in args.settings]
     pipe = Pipeline.load(args.model)
-    rows = evaluate(pipe, args.prompts, args.max_tokens)
+    rows = evaluate(pipe, args.prompts, args.max_tokens, settings)
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, rows[0]["tokens_per_s"])
     (args.out / "eval.json").write_text(json.dumps(rows, indent=1) + "\n")

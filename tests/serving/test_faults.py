@@ -157,9 +157,13 @@ def test_shutdown_with_streams_in_flight_ends_them(tiny_checkpoint, tmp_path):
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    for i, e in enumerate(streaming):  # every stream has answered at least once
-        assert e.wait(120), f"stream {i}: {outcomes.get(i)}\n{s.tail()}"
-    assert not outcomes, f"finished before the shutdown: {outcomes}"
+    try:
+        for i, e in enumerate(streaming):  # every stream has answered at least once
+            assert e.wait(120), f"stream {i}: {outcomes.get(i)}\n{s.tail()}"
+        assert not outcomes, f"finished before the shutdown: {outcomes}"
+    except AssertionError:
+        s.stop()
+        raise
     t0 = time.monotonic()
     s.stop()
     stopped = time.monotonic() - t0
