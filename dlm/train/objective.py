@@ -46,11 +46,17 @@ def noise(
     mask_id: int,
     t_min: float = 0.05,
     generator: torch.Generator | None = None,
+    full_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask each block of x [B, L] at its own ratio t ~ U(t_min, 1). Returns (noisy, masked)."""
+    """Mask each block of x [B, L] at its own ratio t ~ U(t_min, 1), or entirely for a
+    `full_share` of the blocks (what a one-shot draft of a whole block sees). Returns (noisy,
+    masked)."""
     b, length = x.shape
     nblocks = (length + block - 1) // block
     t = torch.rand(b, nblocks, device=x.device, generator=generator) * (1 - t_min) + t_min
+    if full_share > 0:
+        full = torch.rand(b, nblocks, device=x.device, generator=generator) < full_share
+        t = torch.where(full, torch.full_like(t, 1.0 + 1e-6), t)
     t = t.repeat_interleave(block, dim=1)[:, :length]
     masked = torch.rand(b, length, device=x.device, generator=generator) < t
     return torch.where(masked, torch.full_like(x, mask_id), x), masked
@@ -64,11 +70,12 @@ def joint_loss(
     complementary: bool = False,
     ar_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    full_share: float = 0.0,
 ) -> dict[str, torch.Tensor]:
     """Losses for a batch of windows x [B, L] (int64). Returns loss, ar, diffusion, accuracy."""
     b, length = x.shape
     cfg = model.cfg
-    noisy, masked = noise(x, block, cfg.mask_token_id, generator=generator)
+    noisy, masked = noise(x, block, cfg.mask_token_id, generator=generator, full_share=full_share)
     copies = [noisy]
     masks = [masked]
     if complementary:

@@ -45,6 +45,7 @@ class Recipe:
     dropout: float = 0.1
     diffusion_weight: float = 1.0
     complementary: bool = True
+    full_mask_share: float = 0.0  # share of blocks masked entirely in the diffusion copy
     block: int = 32
     pretrain_minutes: float = 80.0
     pretrain_steps: int = 0  # > 0: a step budget instead of minutes
@@ -142,7 +143,13 @@ class Trainer:
         r = self.r
         with self.autocast():
             return joint_loss(
-                self.model, x, r.block, r.diffusion_weight, r.complementary, generator=gen
+                self.model,
+                x,
+                r.block,
+                r.diffusion_weight,
+                r.complementary,
+                generator=gen,
+                full_share=r.full_mask_share if self.model.training else 0.0,  # eval: as always
             )
 
     @torch.no_grad()
