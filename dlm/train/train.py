@@ -277,6 +277,14 @@ class Trainer:
 
     def resume(self) -> None:
         s = torch.load(self.work / "state.pt", map_location=self.dev, weights_only=False)
+        shape = ("preset", "seq_len", "block", "complementary")
+        saved = {k: s["recipe"].get(k) for k in shape}
+        wanted = {k: getattr(self.r, k) for k in shape}
+        if saved != wanted:
+            raise SystemExit(
+                f"--resume: {self.work / 'state.pt'} was saved by a different recipe ({saved}, "
+                f"this run: {wanted}); delete {self.work} or pass the same recipe"
+            )
         self.model.load_state_dict(s["model"])
         self.opt.load_state_dict(s["opt"])
         self.phase, self.step, self.elapsed = s["phase"], s["step"], s["elapsed"]
