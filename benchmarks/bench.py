@@ -203,6 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300, help="seconds per perf_analyzer run")
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
     p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--device", default="cpu", help="the denoiser's PyTorch engine: cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="engine threads in the server")
     return p
 
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         from model_repository.serve import LocalServer
 
         fill = ["--backend", args.backend, "--engine", args.engine, "--threads", str(args.threads)]
+        fill += ["--device", args.device]
         fill += ["--max-passes-per-step", str(max(args.concurrency))]
         work = Path(tempfile.mkdtemp(prefix="dlm-bench-"))
         print(f"starting tritonserver for {args.model} ({' '.join(fill)}) ...", flush=True)

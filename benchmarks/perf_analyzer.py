@@ -22,7 +22,11 @@ PIP_HINT = "pip install nvidia-cuda-runtime-cu12"
 
 
 def binary() -> Path | None:
-    """The perf_analyzer next to this interpreter (the wheel installs it into the venv's bin)."""
+    """$PERF_ANALYZER if set (e.g. an unpacked `scripts/pack_triton.py` archive's), else the
+    perf_analyzer next to this interpreter (the wheel installs it into the venv's bin), else
+    the one on PATH."""
+    if os.environ.get("PERF_ANALYZER"):
+        return Path(os.environ["PERF_ANALYZER"])
     for candidate in (Path(sys.executable).parent / "perf_analyzer", shutil.which("perf_analyzer")):
         if candidate and Path(candidate).is_file():
             return Path(candidate)

@@ -18,6 +18,7 @@ from pathlib import Path
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"\$\{([^}]*)\}")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 class FillError(ValueError):
@@ -80,10 +81,13 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
             raise FillError(f"MODEL={args.model}: no {name} (a checkpoint folder is needed)")
     if args.backend not in ("auto", "torch"):
         raise FillError(f"BACKEND={args.backend!r}: must be auto or torch")
+    if not DEVICE.fullmatch(args.device):
+        raise FillError(f"DEVICE={args.device!r}: must be cpu, cuda or cuda:N")
     return {
         "MODEL_DIR": str(model),
         "ENGINE_DIR": str(Path(args.engine).resolve()),
         "BACKEND": args.backend,
+        "DEVICE": args.device,
         "REPO_ROOT": str(Path(args.repo_root).resolve()),
         "MAX_BATCH_SIZE": positive("MAX_BATCH_SIZE", args.max_batch_size),
         "MAX_PASSES_PER_STEP": positive("MAX_PASSES_PER_STEP", args.max_passes_per_step),
@@ -106,6 +110,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint folder (config.json, tokenizer)")
     p.add_argument("--engine", default="build/engine", help="export's build folder")
     p.add_argument("--backend", default="auto", help="auto (export's engine if built) | torch")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the denoiser's PyTorch engine runs: cpu | cuda | cuda:N "
+        "(the build's ONNX Runtime / TensorRT engines pick their own)",
+    )
     p.add_argument("--out", default="build/model_repository")
     p.add_argument("--repo-root", default=str(REPO_ROOT), help="put on sys.path by the models")
     p.add_argument("--max-batch-size", default=64, help="Triton max_batch_size of the ensemble")

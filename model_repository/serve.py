@@ -33,12 +33,28 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytriton_server_dir() -> Path:
+    """The tritonserver folder: $DLM_TRITON_HOME if set (an unpacked `scripts/pack_triton.py`
+    archive: the same layout plus its libraries in `lib/`), else the nvidia-pytriton wheel's."""
+    home = os.environ.get("DLM_TRITON_HOME")
+    if home:
+        path = Path(home).resolve()
+        if not (path / "bin" / "tritonserver").exists():
+            raise FileNotFoundError(f"DLM_TRITON_HOME={home}: no bin/tritonserver")
+        return path
     import pytriton
 
     path = Path(pytriton.__file__).resolve().parent / "tritonserver"
     if not (path / "bin" / "tritonserver").exists():
         raise FileNotFoundError(f"{path}/bin/tritonserver: missing (pip install nvidia-pytriton)")
     return path
+
+
+def server_lib_dir() -> Path:
+    """The folder of tritonserver's shared libraries (the wheel's `nvidia_pytriton.libs`)."""
+    home = pytriton_server_dir()
+    if (home / "lib").is_dir():
+        return home / "lib"
+    return home.parent.parent / "nvidia_pytriton.libs"
 
 
 def make_backend_dir(dst: str | Path) -> Path:
@@ -66,7 +82,7 @@ def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     libs = [
         str(Path(sys.base_prefix) / "lib"),
-        str(pytriton_server_dir().parent.parent / "nvidia_pytriton.libs"),
+        str(server_lib_dir()),
     ]
     env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
     env["PATH"] = ":".join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])

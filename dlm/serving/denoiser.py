@@ -61,14 +61,16 @@ def load_engine(
     backend: str = "auto",
     threads: int = 0,
     say: Callable[[str], None] = log.info,
+    device: str = "cpu",
 ) -> Engine:
-    """The serving engine of a model folder on the CPU.
+    """The serving engine of a model folder.
 
     backend `auto`: `export.engines.load_engine(engine_dir, model_dir)` (ONNX Runtime, TensorRT
     or PyTorch by the build's manifest; an error that says to run `make engine` if there is no
     build); where the `export` package is absent, a TorchEngine with a log line saying so.
     backend `torch`: always the TorchEngine. threads: the engine's intra-op threads (torch and
-    ONNX Runtime; 0 = their default).
+    ONNX Runtime; 0 = their default). device: where a PyTorch engine runs ("cpu", "cuda", "cuda:1";
+    the build's ONNX Runtime and TensorRT engines pick their own).
     """
     import torch
 
@@ -89,8 +91,9 @@ def load_engine(
                 f"falling back to the PyTorch engine for {model_dir}"
             )
         else:
-            engine = load_built(engine_dir, model_dir, threads=threads)
+            engine = load_built(engine_dir, model_dir, device=device, threads=threads)
             say(f"denoiser: {type(engine).__name__} from {engine_dir} (model {model_dir})")
             return engine
-    say(f"denoiser: TorchEngine on CPU for {model_dir} ({torch.get_num_threads()} threads)")
-    return TorchEngine(checkpoint.load(model_dir))
+    where = f"{torch.get_num_threads()} threads" if device == "cpu" else "fp32"
+    say(f"denoiser: TorchEngine on {device} for {model_dir} ({where})")
+    return TorchEngine(checkpoint.load(model_dir), device)

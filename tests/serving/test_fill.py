@@ -33,6 +33,14 @@ def test_the_repository(tiny_checkpoint, tmp_path):
         assert "${" not in config and f'name: "{model}"' in config
         assert (out / model / "1").is_dir()
     assert str(tiny_checkpoint) in (out / "dlm" / "config.pbtxt").read_text()
+    assert '"DEVICE" value: { string_value: "cpu" }' in (out / "denoiser/config.pbtxt").read_text()
+
+
+def test_device_reaches_the_denoiser(tiny_checkpoint, tmp_path):
+    out = tmp_path / "repo"
+    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--device", "cuda:1"]) == 0
+    config = (out / "denoiser" / "config.pbtxt").read_text()
+    assert 'key: "DEVICE" value: { string_value: "cuda:1" }' in config
 
 
 @pytest.mark.parametrize(
@@ -41,6 +49,7 @@ def test_the_repository(tiny_checkpoint, tmp_path):
         (["--backend", "tensorrt"], "BACKEND='tensorrt': must be auto or torch"),
         (["--max-batch-size", "0"], "MAX_BATCH_SIZE='0': must be a positive integer"),
         (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
+        (["--device", "gpu"], "DEVICE='gpu': must be cpu, cuda or cuda:N"),
     ],
 )
 def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):

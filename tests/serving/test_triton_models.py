@@ -38,7 +38,14 @@ def models(tiny_checkpoint):
     loaded = {
         "preprocessing": load_model("preprocessing", {**common, "APPLY_CHAT_TEMPLATE": "false"}),
         "denoiser": load_model(
-            "denoiser", {**common, "ENGINE_DIR": "/nonexistent", "BACKEND": "torch", "THREADS": 0}
+            "denoiser",
+            {
+                **common,
+                "ENGINE_DIR": "/nonexistent",
+                "BACKEND": "torch",
+                "THREADS": 0,
+                "DEVICE": "cpu",
+            },
         ),
         "dlm": load_model(
             "dlm",

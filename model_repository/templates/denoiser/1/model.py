@@ -3,7 +3,8 @@
 One execute = one batched engine step: inputs and outputs are dlm.serving.wire's (token ids and
 confidences only, never logits). Sequences released in `control` are dropped first. The engine is
 export.engines.load_engine's (ONNX Runtime on CPU, TensorRT on GPU) when the export package
-exists, else a TorchEngine (logged); BACKEND=torch forces the TorchEngine.
+exists, else a TorchEngine (logged); BACKEND=torch forces the TorchEngine. DEVICE: where a
+TorchEngine runs (cpu, cuda); the instance stays KIND_CPU, torch itself moves the work.
 Errors: a pass no engine could run (ValueError naming the field) fails that call only.
 """
 
@@ -29,6 +30,7 @@ class TritonPythonModel:
             params["BACKEND"],
             int(params["THREADS"]),
             say=pb_utils.Logger.log_info,
+            device=params["DEVICE"],
         )
         self.denoiser, self.inputs = Denoiser(engine), INPUTS
         self.metrics = DenoiserMetrics(pb_utils)
