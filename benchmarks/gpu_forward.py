@@ -223,7 +223,7 @@ def pass_args(b: Bench, t: int, past: tuple[torch.Tensor, torch.Tensor]) -> tupl
 
     ids = torch.randint(4, b.cfg.vocab_size, (1, t), device=d)
     tail = 0 if t == 1 else t
-    return (ids, *past, one(b.prefix), one(t), one(tail), torch.arange(t, device=d)[None])
+    return (ids, *past, one(b.prefix), one(t), one(tail), one(0), torch.arange(t, device=d)[None])
 
 
 def copy_bandwidth(b: Bench) -> float:

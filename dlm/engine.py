@@ -26,6 +26,10 @@ class PassRequest:
     `tokens` at positions start.., with the last `tail` of them attending to each other
     (block-bidirectional; 0 = causal), appends their keys/values to the cache if `write`, and
     returns the chosen token and confidence for the last `n_out` positions.
+
+    With `fork` > 0 the last `fork` tokens are a second path off the first token instead (see
+    `dlm.model`): positions right after it, seeing only the cache, that token and each other;
+    `tail` then counts the tokens before them, and a write keeps only the first path.
     """
 
     seq_id: int
@@ -36,6 +40,7 @@ class PassRequest:
     n_out: int
     temperature: float = 0.0
     seed: int = 0
+    fork: int = 0
 
 
 @dataclass
@@ -61,8 +66,10 @@ def check_pass(p: PassRequest, cached: int, max_position: int) -> None:
             f"pass.start={p.start} for sequence {p.seq_id}: must be in [0, {cached}]"
             " (the cached length)"
         )
-    if not 0 <= p.tail <= len(p.tokens):
-        raise ValueError(f"pass.tail={p.tail}: must be in [0, {len(p.tokens)}]")
+    if not 0 <= p.fork < len(p.tokens):
+        raise ValueError(f"pass.fork={p.fork}: must be in [0, {len(p.tokens) - 1}]")
+    if not 0 <= p.tail <= len(p.tokens) - p.fork:
+        raise ValueError(f"pass.tail={p.tail}: must be in [0, {len(p.tokens) - p.fork}]")
     if not 1 <= p.n_out <= len(p.tokens):
         raise ValueError(f"pass.n_out={p.n_out}: must be in [1, {len(p.tokens)}]")
     if p.start + len(p.tokens) > max_position:
@@ -88,6 +95,7 @@ def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.nda
         "past_len": np.array([p.start for p in passes], np.int64),
         "n_new": np.array([len(p.tokens) for p in passes], np.int64),
         "tail": np.array([p.tail for p in passes], np.int64),
+        "fork": np.array([p.fork for p in passes], np.int64),
         "out_index": out_index,
         "temperature": np.array([p.temperature for p in passes], np.float32),
         "seed": np.array([p.seed for p in passes], np.int64),
@@ -167,6 +175,8 @@ class CachedEngine:
     def step(self, passes: list[PassRequest]) -> list[PassResult]:
         for p in passes:
             check_pass(p, self.kv.cached(p.seq_id), self.config.max_position)
+            if p.fork and self.config.logits_shift:
+                raise ValueError(f"pass.fork={p.fork}: must be 0 for logits_shift families")
             self.kv.truncate(p.seq_id, p.start)
         feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
         past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
@@ -174,7 +184,7 @@ class CachedEngine:
         results = []
         for i, p in enumerate(passes):
             if p.write:
-                n = len(p.tokens)
+                n = len(p.tokens) - p.fork
                 self.kv.write(p.seq_id, p.start, new_k[:, i, :, :n], new_v[:, i, :, :n])
             results.append(PassResult(tokens[i, : p.n_out].copy(), conf[i, : p.n_out].copy()))
         return results
@@ -208,7 +218,14 @@ class TorchEngine(CachedEngine):
 
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         logits, new_k, new_v = self.model(
-            x["input_ids"], past_k, past_v, x["past_len"], x["n_new"], x["tail"], x["out_index"]
+            x["input_ids"],
+            past_k,
+            past_v,
+            x["past_len"],
+            x["n_new"],
+            x["tail"],
+            x["fork"],
+            x["out_index"],
         )
         tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
         return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v

@@ -9,8 +9,12 @@ the caller (an engine) decides what to keep. The attention pattern of a pass is 
 
     past_len [B]  cached positions each row sees (rows may differ: ragged batches, rollback)
     n_new    [B]  valid new tokens per row (new tokens are right-padded to T)
-    tail     [B]  the last `tail` valid new tokens see each other (block-bidirectional);
-                  the others are causal. tail 0 = causal pass; tail = n_new = all bidirectional.
+    tail     [B]  the last `tail` valid new tokens before the fork see each other (block-
+                  bidirectional); the others are causal. tail 0 = causal pass; tail = n_new = all
+                  bidirectional.
+    fork     [B]  the last `fork` valid new tokens are a branch off the first new token (a
+                  tree of two paths in one pass): they sit at the positions right after it, see
+                  the cache, that token and each other, and no other token sees them. 0 = none.
 """
 
 from __future__ import annotations
@@ -67,18 +71,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def pass_mask(
-    past_len: torch.Tensor, n_new: torch.Tensor, tail: torch.Tensor, past: int, new: int
+    past_len: torch.Tensor,
+    n_new: torch.Tensor,
+    tail: torch.Tensor,
+    fork: torch.Tensor,
+    past: int,
+    new: int,
 ) -> torch.Tensor:
     """Boolean attention mask [B, new, past + new]: True where a query may attend to a key."""
     j_past = torch.arange(past, device=past_len.device)
     t = torch.arange(new, device=past_len.device)
     past_ok = (j_past[None, :] < past_len[:, None])[:, None, :].expand(-1, new, -1)
     q, k = t[None, :, None], t[None, None, :]
-    valid_k = k < n_new[:, None, None]
-    block_start = (n_new - tail)[:, None, None]
+    trunk_end = (n_new - fork)[:, None, None]  # the first path; the fork follows it
+    block_start = trunk_end - tail[:, None, None]
     in_block = (q >= block_start) & (k >= block_start)
-    new_ok = (valid_k & ((k <= q) | in_block)) | (k == q)
-    return torch.cat([past_ok, new_ok], dim=-1)
+    trunk = (q < trunk_end) & (k < trunk_end) & ((k <= q) | in_block)
+    in_fork = (k >= trunk_end) & (k < n_new[:, None, None])
+    branch = (q >= trunk_end) & ((k == 0) | in_fork)
+    return torch.cat([past_ok, trunk | branch | (k == q)], dim=-1)
+
+
+def pass_positions(past_len: torch.Tensor, n_new: torch.Tensor, fork: torch.Tensor, new: int):
+    """Position ids [B, new]: consecutive from past_len; the fork restarts after the first token."""
+    t = torch.arange(new, device=past_len.device)[None, :]
+    trunk_end = (n_new - fork)[:, None]
+    return past_len[:, None] + torch.where(t < trunk_end, t, t - trunk_end + 1)
 
 
 class Attention(nn.Module):
@@ -198,15 +216,15 @@ class DiffusionLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.diffusion_head(hidden)
 
-    def forward(self, input_ids, past_k, past_v, past_len, n_new, tail, out_index):
+    def forward(self, input_ids, past_k, past_v, past_len, n_new, tail, fork, out_index):
         """One pass. Returns logits [B, K, V] at `out_index` [B, K] and new K/V [L, B, Hkv, T, D].
 
         For `logits_shift` models (Dream) the logits at new position i are those the network
         produced at position i - 1: every family then predicts a position's own token.
         """
         b, t = input_ids.shape
-        positions = past_len[:, None] + torch.arange(t, device=input_ids.device)[None, :]
-        mask = pass_mask(past_len, n_new, tail, past_k.shape[3], t)
+        positions = pass_positions(past_len, n_new, fork, t)
+        mask = pass_mask(past_len, n_new, tail, fork, past_k.shape[3], t)
         h, new_k, new_v = self.hidden(input_ids, positions, mask, past_k, past_v)
         if self.cfg.logits_shift:
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)

@@ -10,6 +10,7 @@ inputs
     past_len     [B]                int64    cached positions each row sees
     n_new        [B]                int64    valid new tokens per row
     tail         [B]                int64    last `tail` new tokens attend to each other
+    fork         [B]                int64    last `fork` new tokens branch off the first one
     out_index    [B, K]             int64    new positions whose token is chosen
     temperature  [B]                float32  0 = argmax
     seed         [B]                int64    noise seed, in [0, 2**32)
@@ -70,6 +71,7 @@ INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "past_len": ("int64", ("batch",)),
     "n_new": ("int64", ("batch",)),
     "tail": ("int64", ("batch",)),
+    "fork": ("int64", ("batch",)),
     "out_index": ("int64", ("batch", "k")),
     "temperature": ("float32", ("batch",)),
     "seed": ("int64", ("batch",)),
@@ -99,10 +101,10 @@ class DenoiserGraph(nn.Module):
         self.model, self.plugin, self.with_logits = model, plugin, with_logits
 
     def forward(
-        self, input_ids, past_k, past_v, past_len, n_new, tail, out_index, temperature, seed
+        self, input_ids, past_k, past_v, past_len, n_new, tail, fork, out_index, temperature, seed
     ):
         logits, new_k, new_v = self.model(
-            input_ids, past_k, past_v, past_len, n_new, tail, out_index
+            input_ids, past_k, past_v, past_len, n_new, tail, fork, out_index
         )
         step = denoise_step_op if self.plugin else denoise_step_torch
         token, confidence = step(logits, temperature, seed)
@@ -112,7 +114,7 @@ class DenoiserGraph(nn.Module):
 
 def example_inputs(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: every dynamic size > 1 and distinct (no 0/1 specialisation, no
-    accidental equality of two axes), rows ragged (past_len, n_new, tail differ)."""
+    accidental equality of two axes), rows ragged (past_len, n_new, tail, fork differ)."""
     b, t, p, _k = 3, 7, 5, 6
     g = torch.Generator().manual_seed(0)
     kv = (cfg.num_layers, b, cfg.num_kv_heads, p, cfg.head_dim)
@@ -123,6 +125,7 @@ def example_inputs(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
         torch.tensor([5, 0, 3]),
         torch.tensor([7, 6, 1]),
         torch.tensor([7, 0, 1]),
+        torch.tensor([0, 2, 0]),
         torch.stack([torch.arange(1, 7), torch.arange(0, 6), torch.zeros(6, dtype=torch.long)]),
         torch.tensor([0.0, 0.7, 1.3]),
         torch.tensor([11, 12, 13]),

@@ -42,6 +42,7 @@ class PassCase:
     tail: tuple[int, ...]  # -1 = all new tokens (n_new)
     n_out: tuple[int, ...]
     temperature: tuple[float, ...] | None = None  # None: all 0
+    fork: tuple[int, ...] | None = None  # None: all 0
 
 
 def pass_cases(block: int) -> list[PassCase]:
@@ -58,6 +59,14 @@ def pass_cases(block: int) -> list[PassCase]:
         PassCase("ar-cached", (5, 21), (1, 1), (0, 0), (1, 1)),
         PassCase("verify-and-draft", (12, 3, 30), (b, b, 3), (0, -1, 0), (b, max(1, b - 1), 3)),
         PassCase("sampling-rows", (8, 8), (b, b), (-1, -1), (b, b), (0.0, 0.9)),
+        PassCase(
+            "verify-draft-and-fork",
+            (12, 3),
+            (2 * b + 3, b + 2),
+            (b, 1),
+            (2 * b + 3, b + 2),
+            fork=(b, 1),
+        ),
     ]
 
 
@@ -82,6 +91,7 @@ def case_inputs(cfg: ModelConfig, case: PassCase, seed: int = 0) -> dict[str, np
         "tail": np.array(
             [n if tl < 0 else tl for n, tl in zip(case.n_new, case.tail, strict=True)], np.int64
         ),
+        "fork": np.array(case.fork or (0,) * b, np.int64),
         "out_index": out_index,
         "temperature": np.array(temps, np.float32),
         "seed": rng.integers(0, 2**32, b, dtype=np.int64),
@@ -99,6 +109,7 @@ def torch_pass(model: DiffusionLM, feed: dict[str, np.ndarray]) -> dict[str, np.
         x["past_len"],
         x["n_new"],
         x["tail"],
+        x["fork"],
         x["out_index"],
     )
     token, conf = denoise_step_torch(logits, x["temperature"], x["seed"])

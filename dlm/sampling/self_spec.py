@@ -10,13 +10,17 @@ Every pass after the prefill carries [pending token, draft, block of masks]:
   (one forward, mixed attention mask; the causal part cannot see them, so verification is
   unchanged). The first mask sits where the bonus goes; the ones after it are the next draft,
   kept only if the whole draft was accepted (else they were conditioned on a wrong token) and
-  cut at the first position whose confidence is below `draft_threshold`.
+  cut at the first position whose confidence is below `draft_threshold`;
+- a second block of masks forks off the pending token (`PassRequest.fork`: same forward, its
+  own path, seeing only the cache, the pending token and itself). It drafts for the case where
+  the draft is rejected: its predictions must agree with the accepted tokens and the bonus, and
+  the ones after the bonus become the next draft (cut the same way).
 
-A round therefore costs one pass and yields the accepted drafts plus one token; a pass with an
-empty draft is a plain AR step that also drafts. Cutting drafts at low confidence keeps the next
-lookahead usable more often: on the default model (16 held-out prompts, 64 tokens) tokens per
-forward were 2.63 uncut, 2.69 at 0.2, 2.65 at 0.4, 2.50 at 0.6, 1.98 at 0.9, against 2.50 for a
-separate draft pass after every rejection. Rows of a batch accept different lengths; each keeps
+A round therefore costs one pass and yields the accepted drafts plus one token. Cutting drafts at
+low confidence keeps the next lookahead usable more often: on the default model (16 held-out
+prompts, 64 tokens) tokens per forward were 2.63 uncut, 2.69 at 0.2, 2.65 at 0.4, 2.50 at 0.6,
+1.98 at 0.9, against 2.50 for a separate draft pass after every rejection; the fork raised 2.69
+to 2.84 there (`fork=False` turns it off). Rows of a batch accept different lengths; each keeps
 its own cache length, so batches need no padding.
 """
 
@@ -41,7 +45,7 @@ def confident_prefix(tokens, confidence, threshold: float) -> list[int]:
 
 
 def self_spec(
-    seq: Sequence, draft_threshold: float = DRAFT_THRESHOLD
+    seq: Sequence, draft_threshold: float = DRAFT_THRESHOLD, fork: bool = True
 ) -> Generator[PassRequest, PassResult, None]:
     r, mask = seq.request, seq.cfg.mask_token_id
     out = yield seq.make_pass(0, r.prompt_ids, tail=0, write=True, n_out=1)
@@ -54,8 +58,11 @@ def self_spec(
         size = min(r.block_length, seq.remaining + 1)
         draft = ready[: size - 1]
         lookahead = size if size > 1 else 0
-        tokens = [pending] + draft + [mask] * lookahead
-        out = yield seq.make_pass(cached, tokens, tail=lookahead, write=True, n_out=len(tokens))
+        branch = lookahead if fork and draft else 0  # an empty draft cannot be rejected
+        tokens = [pending] + draft + [mask] * (lookahead + branch)
+        out = yield seq.make_pass(
+            cached, tokens, tail=lookahead, write=True, n_out=len(tokens), fork=branch
+        )
         n = 1 + len(draft)
         verified = [int(t) for t in out.tokens[:n]]  # verified[j]: next token after j
         k = 0
@@ -64,7 +71,17 @@ def self_spec(
         accepted = draft[:k] + [verified[k]]
         ready = []
         if lookahead and k == len(draft):  # skip the bonus position's mask
-            ready = confident_prefix(out.tokens[n + 1 :], out.confidence[n + 1 :], draft_threshold)
+            ready = confident_prefix(
+                out.tokens[n + 1 : n + lookahead],
+                out.confidence[n + 1 : n + lookahead],
+                draft_threshold,
+            )
+        elif branch:  # rejected: the fork drafted from the pending token alone
+            b = n + lookahead  # the fork's first position is the first draft's
+            if [int(t) for t in out.tokens[b : b + k + 1]] == accepted:
+                ready = confident_prefix(
+                    out.tokens[b + k + 1 :], out.confidence[b + k + 1 :], draft_threshold
+                )
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
         seq.blocks.append(BlockStats(tokens=len(accepted), passes=1))

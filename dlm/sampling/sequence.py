@@ -53,7 +53,7 @@ class Sequence:
         return self.request.max_tokens - len(self.output)
 
     def make_pass(
-        self, start: int, tokens: list[int], tail: int, write: bool, n_out: int
+        self, start: int, tokens: list[int], tail: int, write: bool, n_out: int, fork: int = 0
     ) -> PassRequest:
         """A pass of this sequence; counts it (every pass counts, prefill and commit included)."""
         self.nfe += 1
@@ -66,6 +66,7 @@ class Sequence:
             n_out,
             float(self.request.temperature),
             pass_seed(self.request.seed, self.nfe),
+            fork,
         )
 
     def commit(self, tokens: list[int]) -> None:

@@ -6,7 +6,7 @@ stay in the engine. Few tensors, because each one costs: a BLS round trip measur
 one small tensor each way and 1.6 ms with fourteen (2 cores, Triton 2.51).
 
 Inputs (B passes, T = longest pass, N control entries; any may be 0):
-  header INT64 [B, 7]: per pass (seq_id, start, n_tokens, tail, write, n_out, seed);
+  header INT64 [B, 8]: per pass (seq_id, start, n_tokens, tail, write, n_out, seed, fork);
   tokens INT64 [B, T]: the pass's tokens, right-padded with 0;
   temperature FP32 [B];
   control INT64 [N, 2]: (RELEASE, seq_id): the sequence finished, free its cache;
@@ -23,7 +23,7 @@ import numpy as np
 
 from dlm.engine import PassRequest, PassResult
 
-HEADER = ("seq_id", "start", "n_tokens", "tail", "write", "n_out", "seed")
+HEADER = ("seq_id", "start", "n_tokens", "tail", "write", "n_out", "seed", "fork")
 RELEASE, CANCEL = 0, 1
 INPUTS = ("header", "tokens", "temperature", "control")
 OUTPUTS = ("out_tokens", "confidence", "cancelled")
@@ -39,7 +39,7 @@ def pack_passes(
     header = np.zeros((b, len(HEADER)), np.int64)
     for i, p in enumerate(passes):
         tokens[i, : len(p.tokens)] = p.tokens
-        header[i] = (p.seq_id, p.start, len(p.tokens), p.tail, p.write, p.n_out, p.seed)
+        header[i] = (p.seq_id, p.start, len(p.tokens), p.tail, p.write, p.n_out, p.seed, p.fork)
     control = [(RELEASE, s) for s in release] + [(CANCEL, s) for s in cancel]
     return {
         "header": header,
@@ -61,7 +61,7 @@ def unpack_passes(arrays: dict[str, np.ndarray]) -> tuple[list[PassRequest], lis
         )
     passes = []
     for i in range(b):
-        seq_id, start, n, tail, write, n_out, seed = (int(x) for x in header[i])
+        seq_id, start, n, tail, write, n_out, seed, fork = (int(x) for x in header[i])
         if not 0 < n <= tokens.shape[1]:
             raise ValueError(
                 f"denoiser input header[{i}].n_tokens={n}: must be in "
@@ -77,6 +77,7 @@ def unpack_passes(arrays: dict[str, np.ndarray]) -> tuple[list[PassRequest], lis
                 n_out,
                 float(temperature[i]),
                 seed,
+                fork,
             )
         )
     control = arrays.get("control", np.zeros((0, 2), np.int64)).reshape(-1, 2)

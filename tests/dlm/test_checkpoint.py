@@ -59,7 +59,7 @@ def outputs(model):
     ids = torch.tensor([[5, 9, 17, 33]])
     pk, pv = model.empty_past(1)
     n = torch.tensor([4])
-    return model(ids, pk, pv, torch.tensor([0]), n, n, torch.arange(4)[None])[0]
+    return model(ids, pk, pv, torch.tensor([0]), n, n, torch.tensor([0]), torch.arange(4)[None])[0]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -7,14 +7,13 @@ from dlm.model import pass_mask
 from tests.conftest import tiny_model
 
 
-def run(model, ids, past=None, past_len=0, tail=0):
+def run(model, ids, past=None, past_len=0, tail=0, fork=0):
     ids = torch.tensor([ids])
     pk, pv = past if past is not None else model.empty_past(1)
     n = ids.shape[1]
     out_index = torch.arange(n)[None]
-    return model(
-        ids, pk, pv, torch.tensor([past_len]), torch.tensor([n]), torch.tensor([tail]), out_index
-    )
+    lengths = (torch.tensor([x]) for x in (past_len, n, tail, fork))
+    return model(ids, pk, pv, *lengths, out_index)
 
 
 def test_causal_cache_equals_full_recompute():
@@ -36,11 +35,41 @@ def test_block_pass_sees_later_block_positions():
 
 
 def test_pass_mask_shapes_and_padding():
-    mask = pass_mask(torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([0, 1]), 2, 3)
+    zero = torch.tensor([0, 0])
+    mask = pass_mask(torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([0, 1]), zero, 2, 3)
     assert mask.shape == (2, 3, 5)
     assert mask[0, 0].tolist() == [True, True, True, False, False]
     assert mask[1, 0].tolist() == [False, False, True, False, False]
     assert mask[1, 2].tolist() == [False, False, True, False, True]  # pad sees only itself
+
+
+def test_pass_mask_fork():
+    # one cached position; new: root, 2 draft tokens, 2 tail masks, then a fork of 2
+    mask = pass_mask(*(torch.tensor([x]) for x in (1, 7, 2, 2)), 1, 7)[0].int().tolist()
+    assert mask == [
+        [1, 1, 0, 0, 0, 0, 0, 0],  # root: causal
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1, 0, 0],  # tail: sees the path before it and itself
+        [1, 1, 1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0, 1, 1],  # fork: the cache, the root and itself
+        [1, 1, 0, 0, 0, 0, 1, 1],
+    ]
+
+
+def test_fork_equals_its_own_pass():
+    """A fork computes what a separate pass [root, fork tokens] would, and leaves the first
+    path as it was without it: two drafts for the price of one forward."""
+    m = tiny_model()
+    prefix, root, draft, masks = [5, 9, 17], 33, [40, 41], [3, 3, 3]
+    _, pk, pv = run(m, prefix)
+    past = (pk, pv)
+    both, k, _ = run(m, [root, *draft, *masks, *masks], past, 3, tail=3, fork=3)
+    trunk, k_trunk, _ = run(m, [root, *draft, *masks], past, 3, tail=3)
+    alone, _, _ = run(m, [root, *masks], past, 3, tail=3)
+    torch.testing.assert_close(both[:, :6], trunk, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[:, 6:], alone[:, 1:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k[:, :, :, :6], k_trunk, atol=1e-5, rtol=1e-5)
 
 
 def test_ragged_batch_equals_rows():
@@ -49,9 +78,8 @@ def test_ragged_batch_equals_rows():
     ids = torch.tensor([a, b + [0, 0, 0]])
     pk, pv = m.empty_past(2)
     out_index = torch.tensor([[4], [1]])
-    logits, _, _ = m(
-        ids, pk, pv, torch.tensor([0, 0]), torch.tensor([5, 2]), torch.tensor([0, 0]), out_index
-    )
+    zero = torch.tensor([0, 0])
+    logits, _, _ = m(ids, pk, pv, zero, torch.tensor([5, 2]), zero, zero, out_index)
     la, _, _ = run(m, a)
     lb, _, _ = run(m, b)
     torch.testing.assert_close(logits[0, 0], la[0, 4], atol=1e-5, rtol=1e-5)

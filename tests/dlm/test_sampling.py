@@ -1,12 +1,14 @@
 """The three modes on tiny random models: exactness, batching, schedules, stopping."""
 
+import functools
+
 import numpy as np
 import pytest
 
-from dlm.engine import TorchEngine
-from dlm.sampling import GenerationRequest, RequestError, generate
+from dlm.engine import PassResult, TorchEngine
+from dlm.sampling import POLICIES, GenerationRequest, RequestError, generate
 from dlm.sampling.select import by_count, by_threshold, schedule
-from dlm.sampling.self_spec import confident_prefix
+from dlm.sampling.self_spec import confident_prefix, self_spec
 from tests.conftest import random_prompts, tiny_model
 
 END = 63  # a token id the tests use as end_id, so random models rarely stop early
@@ -44,6 +46,49 @@ def test_self_spec_equals_ar_on_a_confident_model():
     assert all(b.passes == 1 for b in rounds)  # every round is one verify + lookahead pass
     assert any(b.tokens > 1 for b in rounds)  # drafts were accepted
     assert sum(r.num_output_tokens for r in ss) > sum(r.num_forward_passes for r in ss)
+
+
+class CountingEngine:
+    """A scripted engine for the self_spec policy: the text counts up by one. Causal positions
+    and the fork predict it right; the lookahead masks after a draft get their third token wrong,
+    so drafts are rejected and the fork has something to do. Records every pass."""
+
+    def __init__(self, cfg):
+        self.config, self.passes = cfg, []
+
+    def step(self, passes):
+        self.passes += passes
+        results = []
+        for p in passes:
+            trunk = len(p.tokens) - p.fork
+            causal = trunk - p.tail
+            out = [t + 1 for t in p.tokens[:causal]]
+            base = p.tokens[causal - 1] + 1  # the lookahead's first position
+            out += [base + o + (100 if o == 2 else 0) for o in range(p.tail)]
+            out += [p.tokens[0] + 1 + j for j in range(p.fork)]
+            results.append(PassResult(np.array(out[-p.n_out :]), np.full(p.n_out, 0.9, np.float32)))
+        return results
+
+    def release(self, seq_id):
+        pass
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_self_spec_fork_drafts_after_a_rejection(monkeypatch, fork):
+    e = CountingEngine(tiny_model().cfg)
+    monkeypatch.setitem(POLICIES, "self_spec", functools.partial(self_spec, fork=fork))
+    (r,) = generate(e, reqs([[10]], mode="self_spec", max_tokens=30, block_length=8))
+    assert r.token_ids == list(range(11, 41))  # what AR would say
+    rounds = e.passes[1:]
+    drafts = [len(p.tokens) - 1 - p.tail - p.fork for p in rounds]
+    accepted = [b.start - a.start - 1 for a, b in zip(rounds, rounds[1:], strict=False)]
+    after_rejection = [d for d, a, k in zip(drafts[1:], drafts, accepted, strict=False) if k < a]
+    assert after_rejection  # the lookahead's drafts were rejected
+    if fork:
+        assert all(p.fork == p.tail for p, d in zip(rounds, drafts, strict=True) if d)
+        assert all(after_rejection)  # the fork drafted the next round every time
+    else:
+        assert not any(p.fork for p in rounds) and not any(after_rejection)
 
 
 def test_drafts_are_cut_at_the_first_unconfident_position():

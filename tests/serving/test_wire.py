@@ -21,14 +21,15 @@ def passes():
         PassRequest(
             2**40 + 3, 12, [9, 3, 3], tail=3, write=False, n_out=3, temperature=0.5, seed=2**32 - 1
         ),
+        PassRequest(9, 4, [5, 3, 3, 3, 3], tail=2, write=True, n_out=5, fork=2),
     ]
 
 
 def test_passes_round_trip():
     arrays = pack_passes(passes(), release=[4, 5], cancel=[2**40 + 3])
     assert set(arrays) == set(INPUTS)
-    assert arrays["tokens"].shape == (2, 4) and arrays["tokens"].dtype == np.int64
-    assert arrays["header"].shape == (2, 7) and arrays["control"].shape == (3, 2)
+    assert arrays["tokens"].shape == (3, 5) and arrays["tokens"].dtype == np.int64
+    assert arrays["header"].shape == (3, 8) and arrays["control"].shape == (3, 2)
     got, release, cancel = unpack_passes(arrays)
     assert got == passes()
     assert release == [4, 5] and cancel == [2**40 + 3]
@@ -36,12 +37,12 @@ def test_passes_round_trip():
 
 def test_empty_batch_carries_releases_only():
     arrays = pack_passes([], release=[1])
-    assert arrays["tokens"].shape == (0, 0) and arrays["header"].shape == (0, 7)
+    assert arrays["tokens"].shape == (0, 0) and arrays["header"].shape == (0, 8)
     assert unpack_passes(arrays) == ([], [1], [])
 
 
 def test_results_cut_to_each_pass():
-    ps = passes()
+    ps = passes()[:2]
     results = [
         PassResult(np.array([11]), np.array([0.5], np.float32)),
         PassResult(np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3], np.float32)),
