@@ -11,4 +11,4 @@
 
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
-EXPORTER_VERSION = "1"
+EXPORTER_VERSION = "2"  # 2: the fork input
