@@ -149,6 +149,24 @@ def _nld(hidden: int, layers: int, heads: int, kv: int, mlp: int) -> ModelConfig
     )
 
 
+# The shipped default model (models/default): Nemotron-Labs Diffusion architecture, small.
+_DEFAULT = ModelConfig(
+    vocab_size=4096,
+    hidden_size=384,
+    num_layers=6,
+    num_heads=6,
+    num_kv_heads=2,
+    head_dim=64,
+    intermediate_size=1024,
+    rope_theta=10000.0,
+    max_position=1024,
+    block_length=32,
+    mask_token_id=3,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
 PRESETS: dict[str, ModelConfig] = {
     # Tests: a random model small enough that the whole suite runs in minutes on 2 cores.
     "tiny": ModelConfig(
@@ -163,41 +181,12 @@ PRESETS: dict[str, ModelConfig] = {
         mask_token_id=3,
         block_length=8,
     ),
-    # The shipped default model (models/default): Nemotron-Labs Diffusion architecture, small.
-    "default": ModelConfig(
-        vocab_size=4096,
-        hidden_size=384,
-        num_layers=6,
-        num_heads=6,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=1024,
-        rope_theta=10000.0,
-        max_position=1024,
-        block_length=32,
-        mask_token_id=3,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    ),
+    "default": _DEFAULT,
     # The CPU training recipe's model (`make train` without a GPU): the same architecture at
     # about a third of the default's compute per token, so 80 minutes on 2 cores see several
     # million tokens instead of one.
-    "small": ModelConfig(
-        vocab_size=4096,
-        hidden_size=256,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=64,
-        intermediate_size=768,
-        rope_theta=10000.0,
-        max_position=1024,
-        block_length=32,
-        mask_token_id=3,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+    "small": dataclasses.replace(
+        _DEFAULT, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=768
     ),
     "nemotron-labs-diffusion-3b": _nld(3072, 26, 32, 8, 9216),
     "nemotron-labs-diffusion-8b": _nld(4096, 34, 32, 8, 14336),
