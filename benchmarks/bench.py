@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,16 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{platform.node()}, {cpu}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        names = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+        gpu = "".join(f", {n.strip()}" for n in names if n.strip())
+    load = os.getloadavg()[0]
+    return f"{platform.node()}, {cpu}, {os.cpu_count()} CPUs{gpu}, load {load:.2f}"
 
 
 def sweep(url: str, args, out: Path, say=print) -> list[dict]:

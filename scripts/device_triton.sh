@@ -12,9 +12,11 @@
 #            bash scripts/device_triton.sh
 # Settings (environment): DEVICE (cuda), PYTHON (python3), MODEL (models/default), MODES,
 # CONCURRENCY, REQUESTS, MAX_TOKENS, THREADS, PACK, WORK (/tmp/dlm-triton), OUT (build/device_triton),
-# HTTP_PORT (18000; gRPC and metrics on the next two), BENCH_TIMEOUT (seconds, 360).
+# HTTP_PORT (18000; gRPC and metrics on the next two), BENCH_TIMEOUT (seconds, 360), PROMPTS (8) and MODES_TIMEOUT (seconds per benchmarks.modes
+# run, 240; 0 skips them).
 # Into OUT (8 files at most come back from the device tool): device_triton.log, server.log,
-# summary.md, bench.csv, bench.json, bench_files.tar.gz (perf_analyzer's own outputs).
+# summary.md, bench.csv, bench.json, bench_files.tar.gz (perf_analyzer's own outputs), modes.md
+# and modes_files.tar.gz (benchmarks.modes at MAX_TOKENS and the reference at 256 tokens).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
@@ -28,6 +30,8 @@ PACK=${PACK:-build/triton_pack/triton.tar.xz}
 WORK=${WORK:-/tmp/dlm-triton}
 OUT=${OUT:-build/device_triton}
 HTTP_PORT=${HTTP_PORT:-18000}
+PROMPTS=${PROMPTS:-8}
+MODES_TIMEOUT=${MODES_TIMEOUT:-240}
 GRPC_PORT=$((HTTP_PORT + 1))
 METRICS_PORT=$((HTTP_PORT + 2))
 mkdir -p "$OUT"
@@ -133,4 +137,19 @@ rc=$?
 cp "$WORK"/bench/{summary.md,bench.csv,bench.json} "$OUT"/ 2>/dev/null
 tar -C "$WORK/bench" -czf "$OUT/bench_files.tar.gz" . 2>/dev/null
 ((rc == 0)) || fail "benchmarks.bench (rc $rc)"
-log "done: $OUT"
+trap - EXIT && stop_server
+
+# The modes side by side on the same engine, in process and through Triton (a server of its own),
+# with the no-cache LLaDA reference; then the reference alone at 256 tokens, in process.
+if ((MODES_TIMEOUT > 0)); then
+  log "benchmarks.modes on $DEVICE: in process, through Triton, LLaDA reference"
+  timeout "$MODES_TIMEOUT" "$PY" -m benchmarks.modes --backend torch --device "$DEVICE" \
+    --threads "$THREADS" --prompts "$PROMPTS" --max-tokens "$MAX_TOKENS" --reference \
+    --out "$WORK/modes" || log "benchmarks.modes failed (rc $?)"
+  timeout "$MODES_TIMEOUT" "$PY" -m benchmarks.modes --backend torch --device "$DEVICE" \
+    --threads "$THREADS" --prompts 4 --max-tokens 256 --reference --no-triton \
+    --settings "diffusion steps=8" --out "$WORK/modes_256" || log "modes at 256 failed (rc $?)"
+  cp "$WORK/modes/modes.md" "$OUT"/ 2>/dev/null
+  tar -C "$WORK" -czf "$OUT/modes_files.tar.gz" modes modes_256 2>/dev/null
+fi
+log "done: $OUT; $(($(date +%s) - start)) s in all"
