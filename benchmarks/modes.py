@@ -13,9 +13,11 @@ steps; self_spec), the same held-out prompts one at a time (batch 1), greedy:
   `dlm.train.evaluate` (its `valid_python` and `ar_perplexity`, scored by the PyTorch model);
   Triton's completions are re-tokenized for perplexity, and `same text` is the share of prompts
   whose Triton text equals the in-process text (parity).
-`--reference` adds the LLaDA-style reference (fixed steps per block, no KV cache: the whole
-sequence recomputed at every pass; `Scheduler(use_cache=False)`) next to our cached sampler at
-the same steps (identical output expected), and prints the speed-up.
+`--reference` adds the reference samplers at `diffusion steps=8` and `diffusion t=0.9`: the
+LLaDA reference (no KV cache: the whole sequence recomputed at every pass) and Fast-dLLM style
+(a prefix cache rebuilt once per block by recomputing the context), each next to ours
+(Nemotron-Labs style: a KV cache written by one commit pass per block) at the same setting, with
+identical output expected (`same text`), and prints the speed-up of ours.
 Writes modes.json, modes.md and quality_vs_speed.png into `--out`. Absolute CPU times count only
 on the machine named; ratios in one run are the point.
 """
@@ -37,7 +39,9 @@ from dlm.sampling import Limits, generate
 from dlm.train.corpus import held_out_prompts
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
 
-REFERENCE = [("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8})]
+# The reference samplers (`dlm.sampling.diffusion`'s `cache`), run at these settings of ours.
+REFERENCES = (("LLaDA, no cache", "none"), ("Fast-dLLM, prefix cache", "prefix"))
+REFERENCE_SETTINGS = ("diffusion steps=8", "diffusion t=0.9")
 
 
 def score(scorer: Pipeline, prompt: str, token_ids: list[int], text: str) -> tuple[float, bool]:
@@ -63,12 +67,12 @@ def row(side: str, name: str, runs: list[dict]) -> dict:
     }
 
 
-def in_process(pipe, scorer, prompts, name, knobs, max_tokens, use_cache=True) -> list[dict]:
+def in_process(pipe, scorer, prompts, name, knobs, max_tokens, cache="full") -> list[dict]:
     runs = []
     for p in prompts:
         req = pipe.request(p, max_tokens=max_tokens, **knobs)
         t0 = time.perf_counter()
-        res = generate(pipe.engine, [req], pipe.limits, use_cache=use_cache)[0]
+        res = generate(pipe.engine, [req], pipe.limits, cache=cache)[0]
         sec = time.perf_counter() - t0
         text = pipe.tokenizer.decode(res.token_ids)
         ppl, valid = score(scorer, p, res.token_ids, text)
@@ -109,17 +113,18 @@ def markdown(rows: list[dict]) -> str:
     ar = {r["side"]: r["tokens_per_s"] for r in rows if r["setting"] == "ar"}
     out = [
         "| side | setting | tokens/forward | forward passes | tokens/s | speed-up vs AR | "
-        "gen. perplexity | valid Python | same text as in process |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "gen. perplexity | valid Python | same text as in process | ours faster by |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         same = f"{100 * r['same_text']:.0f}%" if "same_text" in r else ""
+        ours = f"{r['speed_up_of_ours']:.2f}x" if "speed_up_of_ours" in r else ""
         base = ar.get(r["side"])
         speed = f"{r['tokens_per_s'] / base:.2f}x" if base else ""
         out.append(
             f"| {r['side']} | {r['setting']} | {r['tokens_per_forward']:.2f} | "
             f"{r['forward_passes']} | {r['tokens_per_s']:.1f} | {speed} | {r['gen_ppl']:.2f} | "
-            f"{100 * r['valid_python']:.0f}% | {same} |"
+            f"{100 * r['valid_python']:.0f}% | {same} | {ours} |"
         )
     return "\n".join(out) + "\n"
 
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="only these settings (e.g. 'diffusion steps=8')",
     )
-    p.add_argument("--reference", action="store_true", help="add the no-cache LLaDA reference")
+    p.add_argument(
+        "--reference", action="store_true", help="add the LLaDA and Fast-dLLM reference samplers"
+    )
     args = p.parse_args(argv)
     command_line = shlex.join(
         ["python", "-m", "benchmarks.modes", *(sys.argv[1:] if argv is None else argv)]
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--settings {args.settings}: none known; known: {[n for n, _ in SETTINGS]}")
     warm = pipe.request("def f(x):\n", max_tokens=8)
     generate(pipe.engine, [warm], pipe.limits)  # first-call costs (CUDA context, kernels)
-    generate(pipe.engine, [warm], pipe.limits, use_cache=False)
+    generate(pipe.engine, [warm], pipe.limits, cache="none")
     rows, texts = [], {}
     for name, knobs in settings:
         runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens)
@@ -214,20 +221,21 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("in process", name, runs))
         print(f"in process  {name:20s} {markdown([rows[-1]]).splitlines()[-1]}", flush=True)
     if args.reference:
-        for name, knobs in [x for x in REFERENCE if x[0] in texts]:
-            runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens, use_cache=False)
-            r = row("reference", f"{name} no cache", runs)
-            r["same_text"] = sum(
-                a["text"] == b for a, b in zip(runs, texts[name], strict=True)
-            ) / len(runs)
-            cached = next(x for x in rows if x["side"] == "in process" and x["setting"] == name)
-            r["speed_up_of_ours"] = cached["tokens_per_s"] / r["tokens_per_s"]
-            rows.append(r)
-            print(
-                f"reference   {name} no cache: ours {r['speed_up_of_ours']:.2f}x faster, "
-                f"same text {100 * r['same_text']:.0f}%",
-                flush=True,
-            )
+        for name, knobs in [x for x in settings if x[0] in REFERENCE_SETTINGS]:
+            ours = next(x for x in rows if x["side"] == "in process" and x["setting"] == name)
+            for label, cache in REFERENCES:
+                runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens, cache)
+                r = row("reference", f"{name} {label}", runs)
+                r["same_text"] = sum(
+                    a["text"] == b for a, b in zip(runs, texts[name], strict=True)
+                ) / len(runs)
+                r["speed_up_of_ours"] = ours["tokens_per_s"] / r["tokens_per_s"]
+                rows.append(r)
+                print(
+                    f"reference   {name} {label}: ours {r['speed_up_of_ours']:.2f}x faster, "
+                    f"same text {100 * r['same_text']:.0f}%",
+                    flush=True,
+                )
     if not args.no_triton:
         from client.api import GrpcClient
         from model_repository.serve import LocalServer

@@ -6,10 +6,15 @@ read the KV cache without writing it (by confidence threshold, or a fixed number
 block with LLaDA's low-confidence remasking); one causal pass then writes the finished block to
 the cache and seeds the next block.
 
-`use_cache=False` runs the same schedule recomputing the whole prefix at every pass (the check
-that the cache changes nothing). Fully bidirectional families (LLaDA, Dream) have no causal
-passes: every block starts fully masked and every pass recomputes the sequence (semi-
-autoregressive block decoding, LLaDA, Nie et al. 2025, with the current block last).
+`cache` picks how the context is kept; the same schedule gives the same tokens and passes with
+each (tested), only the cost of a pass differs:
+- "full" (ours, Nemotron-Labs style): the KV cache above; a pass carries only its block.
+- "prefix" (Fast-dLLM style prefix cache): the cache is rebuilt once per block, by a commit pass
+  that recomputes the whole context; the block's denoise passes read it.
+- "none" (the LLaDA reference): no cache, every pass recomputes the whole sequence.
+Fully bidirectional families (LLaDA, Dream) have no causal passes: every block starts fully
+masked and every pass recomputes the sequence, whatever `cache` says (semi-autoregressive block
+decoding, LLaDA, Nie et al. 2025, with the current block last).
 """
 
 from __future__ import annotations
@@ -22,17 +27,21 @@ from dlm.engine import PassRequest, PassResult
 from dlm.sampling.select import by_count, by_threshold, schedule
 from dlm.sampling.sequence import BlockStats, Sequence
 
+CACHES = ("full", "prefix", "none")
 
-def diffusion(seq: Sequence, use_cache: bool = True) -> Generator[PassRequest, PassResult, None]:
+
+def diffusion(seq: Sequence, cache: str = "full") -> Generator[PassRequest, PassResult, None]:
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}: must be one of {', '.join(CACHES)}")
     r, cfg = seq.request, seq.cfg
     causal = cfg.uses_kv_cache
-    cache = causal and use_cache
+    read = causal and cache != "none"  # denoise passes read a cache of the context
     context = list(r.prompt_ids)  # committed tokens: prompt and finished blocks
     cached = 0
     seed_token: int | None = None
     if causal:
-        out = yield seq.make_pass(0, context, tail=0, write=cache, n_out=1)
-        cached = len(context) if cache else 0
+        out = yield seq.make_pass(0, context, tail=0, write=read, n_out=1)
+        cached = len(context) if read else 0
         seed_token = int(out.tokens[-1])
 
     while not seq.done:
@@ -46,7 +55,7 @@ def diffusion(seq: Sequence, use_cache: bool = True) -> Generator[PassRequest, P
         passes = 0
         while masked.any() and not seq.done:
             seq.block_view = block.tolist()
-            if cache:
+            if read:
                 p = seq.make_pass(cached, block.tolist(), tail=size, write=False, n_out=size)
             else:
                 tail = size if causal else len(context) + size
@@ -67,11 +76,12 @@ def diffusion(seq: Sequence, use_cache: bool = True) -> Generator[PassRequest, P
         context += block.tolist()
         if causal:
             # One causal pass commits the block to the cache; its last position seeds the next.
-            if cache:
+            if cache == "full":
                 out = yield seq.make_pass(cached, block.tolist(), tail=0, write=True, n_out=1)
                 cached += size
-            else:
-                out = yield seq.make_pass(0, context, tail=0, write=False, n_out=1)
+            else:  # the whole context again; "prefix" keeps it as the next block's cache
+                out = yield seq.make_pass(0, context, tail=0, write=read, n_out=1)
+                cached = len(context) if read else 0
             passes += 1
             seed_token = int(out.tokens[-1])
         seq.blocks.append(BlockStats(tokens=size, passes=passes))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling.ar import ar
-from dlm.sampling.diffusion import diffusion
+from dlm.sampling.diffusion import CACHES, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
 from dlm.sampling.self_spec import self_spec
 from dlm.sampling.sequence import BlockStats, Sequence
@@ -44,13 +44,15 @@ class Scheduler:
         self,
         engine: Engine,
         limits: Limits | None = None,
-        use_cache: bool = True,
+        cache: str = "full",
         max_batch: int = 64,
     ) -> None:
         self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
         self.policies = dict(POLICIES)
-        if not use_cache:
-            self.policies["diffusion"] = functools.partial(diffusion, use_cache=False)
+        if cache != "full":  # the reference samplers: see dlm.sampling.diffusion
+            if cache not in CACHES:
+                raise ValueError(f"cache={cache!r}: must be one of {', '.join(CACHES)}")
+            self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
         self._next_id = 0
 
@@ -96,11 +98,12 @@ def generate(
     engine: Engine,
     requests: list[GenerationRequest],
     limits: Limits | None = None,
-    use_cache: bool = True,
+    cache: str = "full",
     on_commit=None,
 ) -> list[GenerationResult]:
-    """Run a batch of requests to completion (all in flight together)."""
-    sched = Scheduler(engine, limits, use_cache=use_cache, max_batch=max(1, len(requests)))
+    """Run a batch of requests to completion (all in flight together). `cache`: how diffusion
+    keeps its context ("full", ours; "prefix" and "none": the reference samplers)."""
+    sched = Scheduler(engine, limits, cache=cache, max_batch=max(1, len(requests)))
     seqs = [sched.add(r, on_commit) for r in requests]
     while len(sched):
         sched.step()

@@ -7,6 +7,7 @@ import pytest
 
 from dlm.engine import PassResult, TorchEngine
 from dlm.sampling import POLICIES, GenerationRequest, RequestError, generate
+from dlm.sampling.loop import Scheduler
 from dlm.sampling.select import by_count, by_threshold, schedule
 from dlm.sampling.self_spec import confident_prefix, self_spec
 from tests.conftest import random_prompts, tiny_model
@@ -101,15 +102,51 @@ def test_drafts_are_cut_at_the_first_unconfident_position():
     "knobs",
     [{"threshold": 0.05}, {"threshold": 0.9}, {"steps": 4}, {"steps": 8, "block_length": 8}],
 )
-def test_diffusion_cache_equals_recompute(engine, knobs):
+@pytest.mark.parametrize("cache", ["prefix", "none"])
+def test_diffusion_cache_equals_recompute(engine, knobs, cache):
+    """The reference samplers (a prefix cache rebuilt per block, or none) give our output."""
     prompts = random_prompts(6, seed=4)
     cached = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs))
-    full = generate(
-        engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs), use_cache=False
-    )
-    for a, b in zip(cached, full, strict=False):
+    other = generate(engine, reqs(prompts, mode="diffusion", max_tokens=27, **knobs), cache=cache)
+    for a, b in zip(cached, other, strict=True):
         assert a.token_ids == b.token_ids
         assert a.num_forward_passes == b.num_forward_passes
+
+
+class Counting:
+    """An engine that counts the tokens its passes carry."""
+
+    def __init__(self, inner):
+        self.inner, self.tokens = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def step(self, passes):
+        self.tokens += sum(len(p.tokens) for p in passes)
+        return self.inner.step(passes)
+
+
+def test_reference_samplers_carry_more_tokens_per_pass(engine):
+    """What the references cost: "prefix" recomputes the context once per block, "none" at
+    every pass; ours never does after the prefill."""
+    carried = {}
+    for cache in ("full", "prefix", "none"):
+        counting = Counting(engine)
+        generate(
+            counting,
+            reqs(
+                random_prompts(2, seed=6), mode="diffusion", max_tokens=24, steps=4, block_length=8
+            ),
+            cache=cache,
+        )
+        carried[cache] = counting.tokens
+    assert carried["full"] < carried["prefix"] < carried["none"]
+
+
+def test_unknown_cache_is_refused(engine):
+    with pytest.raises(ValueError, match="cache='kv': must be one of full, prefix, none"):
+        Scheduler(engine, cache="kv")
 
 
 @pytest.mark.parametrize(
