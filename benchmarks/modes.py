@@ -17,7 +17,8 @@ steps; self_spec), the same held-out prompts one at a time (batch 1), greedy:
 LLaDA reference (no KV cache: the whole sequence recomputed at every pass) and Fast-dLLM style
 (a prefix cache rebuilt once per block by recomputing the context), each next to ours
 (Nemotron-Labs style: a KV cache written by one commit pass per block) at the same setting, with
-identical output expected (`same text`), and prints the speed-up of ours.
+identical output expected (`same text`), and prints the speed-up of ours; through Triton too,
+each on a server of its own (`fill --diffusion-cache prefix|none`).
 Writes modes.json, modes.md and quality_vs_speed.png into `--out`. Absolute CPU times count only
 on the machine named; ratios in one run are the point.
 """
@@ -109,6 +110,33 @@ def through_triton(client, scorer, prompts, knobs, max_tokens) -> list[dict]:
     return runs
 
 
+def compared(side, setting, runs, texts, rows=(), ours=None) -> dict:
+    """A row whose text is compared with the in-process text of its setting; with `ours`, the
+    speed-up of our sampler at that setting on the same side (a reference sampler's row)."""
+    r = row(side, setting, runs)
+    r["same_text"] = sum(a["text"] == b for a, b in zip(runs, texts, strict=True)) / len(runs)
+    if ours is not None:
+        base = "in process" if side == "reference" else "triton"
+        mine = next(x for x in rows if x["side"] == base and x["setting"] == ours)
+        r["speed_up_of_ours"] = mine["tokens_per_s"] / r["tokens_per_s"]
+    print(f"{side:18s} {setting:28s} {markdown([r]).splitlines()[-1]}", flush=True)
+    return r
+
+
+def served(model, fill, cache, settings, scorer, prompts, max_tokens):
+    """(setting, runs) through the `ensemble` of a LocalServer whose diffusion keeps `cache`."""
+    from client.api import GrpcClient
+    from model_repository.serve import LocalServer
+
+    fill = [*fill, "--diffusion-cache", cache]
+    with LocalServer(model, Path(tempfile.mkdtemp(prefix="dlm-modes-")), fill) as server:
+        client = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=300)
+        client.generate("def f(x):\n", max_tokens=8, mode="ar")  # warm up
+        out = [(n, through_triton(client, scorer, prompts, k, max_tokens)) for n, k in settings]
+        client.close()
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     ar = {r["side"]: r["tokens_per_s"] for r in rows if r["setting"] == "ar"}
     out = [
@@ -140,7 +168,13 @@ def plot(rows: list[dict], path: Path) -> None:
         (axes[0], "gen_ppl", "generative perplexity (lower is better)"),
         (axes[1], "valid_python", "valid Python share"),
     ]:
-        for side, marker in [("in process", "o"), ("triton", "s"), ("reference", "^")]:
+        sides = [
+            ("in process", "o"),
+            ("triton", "s"),
+            ("reference", "^"),
+            ("triton reference", "v"),
+        ]
+        for side, marker in sides:
             pts = [r for r in rows if r["side"] == side]
             if not pts:
                 continue
@@ -220,40 +254,20 @@ def main(argv: list[str] | None = None) -> int:
         texts[name] = [r["text"] for r in runs]
         rows.append(row("in process", name, runs))
         print(f"in process  {name:20s} {markdown([rows[-1]]).splitlines()[-1]}", flush=True)
-    if args.reference:
-        for name, knobs in [x for x in settings if x[0] in REFERENCE_SETTINGS]:
-            ours = next(x for x in rows if x["side"] == "in process" and x["setting"] == name)
-            for label, cache in REFERENCES:
-                runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens, cache)
-                r = row("reference", f"{name} {label}", runs)
-                r["same_text"] = sum(
-                    a["text"] == b for a, b in zip(runs, texts[name], strict=True)
-                ) / len(runs)
-                r["speed_up_of_ours"] = ours["tokens_per_s"] / r["tokens_per_s"]
-                rows.append(r)
-                print(
-                    f"reference   {name} {label}: ours {r['speed_up_of_ours']:.2f}x faster, "
-                    f"same text {100 * r['same_text']:.0f}%",
-                    flush=True,
-                )
+    references = [x for x in settings if x[0] in REFERENCE_SETTINGS] if args.reference else []
+    for name, knobs in references:
+        for label, cache in REFERENCES:
+            runs = in_process(pipe, scorer, prompts, name, knobs, args.max_tokens, cache)
+            rows.append(compared("reference", f"{name} {label}", runs, texts[name], rows, name))
     if not args.no_triton:
-        from client.api import GrpcClient
-        from model_repository.serve import LocalServer
-
         fill = ["--backend", args.backend, "--engine", args.engine, "--threads", str(args.threads)]
         fill += ["--device", args.device]
-        with LocalServer(model, Path(tempfile.mkdtemp(prefix="dlm-modes-")), fill) as server:
-            client = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=300)
-            client.generate("def f(x):\n", max_tokens=8, mode="ar")  # warm up
-            for name, knobs in settings:
-                runs = through_triton(client, scorer, prompts, knobs, args.max_tokens)
-                r = row("triton", name, runs)
-                r["same_text"] = sum(
-                    a["text"] == b for a, b in zip(runs, texts[name], strict=True)
-                ) / len(runs)
-                rows.append(r)
-                print(f"triton      {name:20s} {markdown([r]).splitlines()[-1]}", flush=True)
-            client.close()
+        for name, r in served(model, fill, "full", settings, scorer, prompts, args.max_tokens):
+            rows.append(compared("triton", name, r, texts[name]))
+        for label, cache in REFERENCES if references else ():
+            for name, r in served(model, fill, cache, references, scorer, prompts, args.max_tokens):
+                setting = f"{name} {label}"
+                rows.append(compared("triton reference", setting, r, texts[name], rows, name))
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
     head = (

@@ -19,6 +19,7 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"\$\{([^}]*)\}")
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+CACHES = ("full", "prefix", "none")  # dlm.sampling.diffusion.CACHES; fill stays torch-free
 
 
 class FillError(ValueError):
@@ -83,6 +84,10 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         raise FillError(f"BACKEND={args.backend!r}: must be auto or torch")
     if not DEVICE.fullmatch(args.device):
         raise FillError(f"DEVICE={args.device!r}: must be cpu, cuda or cuda:N")
+    if args.diffusion_cache not in CACHES:
+        raise FillError(
+            f"DIFFUSION_CACHE={args.diffusion_cache!r}: must be one of {', '.join(CACHES)}"
+        )
     return {
         "MODEL_DIR": str(model),
         "ENGINE_DIR": str(Path(args.engine).resolve()),
@@ -98,6 +103,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
         "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
+        "DIFFUSION_CACHE": args.diffusion_cache,
     }
 
 
@@ -150,6 +156,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template"
+    )
+    p.add_argument(
+        "--diffusion-cache",
+        default="full",
+        help="how diffusion keeps its context: full (ours); prefix (Fast-dLLM style) or none "
+        "(the LLaDA reference) serve the reference samplers for benchmarks",
     )
     return p
 

@@ -147,15 +147,18 @@ class Orchestrator:
         heartbeat_s: float | None = None,
         kv_budget_tokens: int | None = None,
         max_queued: int | None = None,
+        cache: str = "full",
     ) -> None:
         """kv_budget_tokens: most cached positions over the requests in flight (None: no
-        budget); max_queued: most requests waiting for admission (None: no limit)."""
+        budget); max_queued: most requests waiting for admission (None: no limit); cache: how
+        diffusion keeps its context (`dlm.sampling.diffusion`; not "full" only to serve the
+        reference samplers for benchmarks)."""
         self.engine, self.heartbeat_s = engine, heartbeat_s
         self.kv_budget_tokens, self.max_queued = kv_budget_tokens, max_queued
         self.kv_in_use = 0  # kv_tokens over the jobs in flight
         self.remote_cancelled: set[int] = getattr(engine, "cancelled", set())
         self.wire_id = getattr(engine, "wire_id", lambda seq_id: seq_id)
-        self.scheduler = Scheduler(engine, limits, max_batch=max_batch)
+        self.scheduler = Scheduler(engine, limits, cache=cache, max_batch=max_batch)
         self.metrics = metrics or NullMetrics()
         self.jobs: dict[int, Job] = {}  # seq_id -> job, requests in flight
         self._queue: deque[Job] = deque()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from model_repository import fill as fill_module
 from model_repository.fill import FillError, fill, fill_text, main
 
 MODELS = {"ensemble", "preprocessing", "dlm", "denoiser", "postprocessing"}
@@ -43,6 +44,25 @@ def test_device_reaches_the_denoiser(tiny_checkpoint, tmp_path):
     assert 'key: "DEVICE" value: { string_value: "cuda:1" }' in config
 
 
+def test_diffusion_cache_reaches_the_orchestrator(tiny_checkpoint, tmp_path):
+    from dlm.sampling.diffusion import CACHES
+
+    assert CACHES == fill_module.CACHES  # fill keeps its own copy to stay torch-free
+    out = tmp_path / "repo"
+    assert main(["--model", str(tiny_checkpoint), "--out", str(out)]) == 0
+    assert (
+        '"DIFFUSION_CACHE" value: { string_value: "full" }'
+        in (out / "dlm/config.pbtxt").read_text()
+    )
+    assert (
+        main(["--model", str(tiny_checkpoint), "--out", str(out), "--diffusion-cache", "none"]) == 0
+    )
+    assert (
+        '"DIFFUSION_CACHE" value: { string_value: "none" }'
+        in (out / "dlm/config.pbtxt").read_text()
+    )
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -50,6 +70,7 @@ def test_device_reaches_the_denoiser(tiny_checkpoint, tmp_path):
         (["--max-batch-size", "0"], "MAX_BATCH_SIZE='0': must be a positive integer"),
         (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
         (["--device", "gpu"], "DEVICE='gpu': must be cpu, cuda or cuda:N"),
+        (["--diffusion-cache", "kv"], "DIFFUSION_CACHE='kv': must be one of full, prefix, none"),
     ],
 )
 def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):

@@ -55,6 +55,7 @@ def models(tiny_checkpoint):
                 "HEARTBEAT_MS": 0,
                 "KV_BUDGET_TOKENS": 65536,
                 "MAX_QUEUED": 256,
+                "DIFFUSION_CACHE": "full",
             },
         ),
         "postprocessing": load_model("postprocessing", common),

@@ -52,6 +52,7 @@ class TritonPythonModel:
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
             kv_budget_tokens=int(params["KV_BUDGET_TOKENS"]),
             max_queued=int(params["MAX_QUEUED"]),
+            cache=params["DIFFUSION_CACHE"],
         ).start()
 
     def _denoise(self, arrays):
