@@ -19,9 +19,10 @@ def test_served_reference_equals_ours(tiny_checkpoint, tmp_path, cache):
     ours = pipe.generate([pipe.request(p, **knobs) for p in PROMPTS])
     fill = ["--backend", "torch", "--threads", "1", "--diffusion-cache", cache]
     with LocalServer(tiny_checkpoint, tmp_path, fill) as server:
-        assert f'"DIFFUSION_CACHE" value: {{ string_value: "{cache}" }}' in (
-            tmp_path / "model_repository" / "dlm" / "config.pbtxt"
-        ).read_text()
+        assert (
+            f'"DIFFUSION_CACHE" value: {{ string_value: "{cache}" }}'
+            in (tmp_path / "model_repository" / "dlm" / "config.pbtxt").read_text()
+        )
         client = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
         for prompt, mine in zip(PROMPTS, ours, strict=True):
             r = client.generate(prompt, stream=False, **knobs)
