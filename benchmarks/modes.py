@@ -37,7 +37,7 @@ from pathlib import Path
 from benchmarks.bench import machine
 from dlm.pipeline import Pipeline, generation_defaults
 from dlm.sampling import Limits, generate
-from dlm.train.corpus import held_out_prompts
+from dlm.train.corpus import collect_files, file_context, held_out_prompts, split_files
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
 
 # The reference samplers (`dlm.sampling.diffusion`'s `cache`), run at these settings of ours.
@@ -207,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="models/default")
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument(
+        "--context-chars",
+        type=int,
+        default=0,
+        help="put up to this many characters of each prompt's file (its leading top-level "
+        "statements) before the prompt: longer contexts, as in completing code in a file",
+    )
     p.add_argument("--out", type=Path, default=Path("build/bench_modes"))
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
     p.add_argument("--engine", default="build/engine", help="export's build folder")
@@ -241,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
     prompts = [x.prompt for x in held_out_prompts(args.prompts)]
+    if args.context_chars:
+        held = split_files(collect_files())[1]
+        text = {f.path: f.text for f in held}
+        prompts = [
+            file_context(text[x.path], x.line, args.context_chars) + x.prompt
+            for x in held_out_prompts(args.prompts, held)
+        ]
     print(f"# {command_line}\n# {machine()}; engine {type(engine).__name__}", flush=True)
     settings = [(n, k) for n, k in SETTINGS if not args.settings or n in args.settings]
     if not settings:
@@ -270,9 +284,16 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(compared("triton reference", setting, r, texts[name], rows, name))
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
+    lengths = sorted(len(scorer.tokenizer.encode(p)) for p in prompts)
+    context = (
+        f" with up to {args.context_chars} characters of file context before each"
+        if args.context_chars
+        else ""
+    ) + f" (prompt tokens {lengths[0]}-{lengths[-1]}, median {lengths[len(lengths) // 2]})"
     head = (
         f"- command: `{command_line}`\n- machine: {machine()}\n"
-        f"- engine: {type(engine).__name__} on {args.device}, {args.prompts} held-out prompts, "
+        f"- engine: {type(engine).__name__} on {args.device}, {args.prompts} held-out prompts"
+        f"{context}, "
         f"max_tokens {args.max_tokens}, batch 1, greedy\n\n"
     )
     (args.out / "modes.json").write_text(

@@ -249,6 +249,25 @@ def held_out_prompts(
     return out[:n]
 
 
+def file_context(text: str, before_line: int, max_chars: int) -> str:
+    """The file's leading top-level statements as a prompt's context: `text` up to the start of
+    a top-level statement (so each one in it is whole), at most `max_chars` characters, and not
+    past line `before_line` (1-based: a held-out function's def line). "" if none fits."""
+    try:
+        body = ast.parse(text).body
+    except (SyntaxError, ValueError):
+        return ""
+    line_start = [0]
+    for line in text.split("\n"):
+        line_start.append(line_start[-1] + len(line) + 1)
+    starts = [
+        min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        for node in body
+    ]
+    cuts = [line_start[n - 1] for n in starts if n <= before_line]
+    return text[: max((c for c in cuts if c <= max_chars), default=0)]
+
+
 def encode_corpus(
     tokenizer: Tokenizer,
     files: Sequence[SourceFile | str],

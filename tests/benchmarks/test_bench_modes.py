@@ -45,3 +45,16 @@ def test_modes_in_process_with_reference(tiny_checkpoint, tmp_path, monkeypatch)
         assert ref["speed_up_of_ours"] > 0
     assert (out / "quality_vs_speed.png").read_bytes()[:4] == b"\x89PNG"
     assert "| reference |" in (out / "modes.md").read_text()
+
+
+def test_modes_with_file_context(tiny_checkpoint, tmp_path):
+    """Held-out stdlib prompts with their files' leading statements before them."""
+    out = tmp_path / "modes"
+    args = ["--model", str(tiny_checkpoint), "--backend", "torch", "--threads", "1"]
+    args += ["--no-triton", "--reference", "--prompts", "2", "--max-tokens", "16"]
+    args += ["--context-chars", "150", "--settings", "diffusion steps=8", "--out", str(out)]
+    assert modes.main(args) == 0
+    rows = json.loads((out / "modes.json").read_text())["rows"]
+    assert [r["side"] for r in rows] == ["in process", "reference", "reference"]
+    assert all(r["same_text"] == 1.0 for r in rows[1:])
+    assert "up to 150 characters of file context" in (out / "modes.md").read_text()

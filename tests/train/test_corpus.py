@@ -5,6 +5,7 @@ Fast: the tokenizer is trained on a few dozen stdlib files with a 300-token voca
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -203,6 +204,26 @@ def test_held_out_prompts(stdlib_files):
         source = next(f.text for f in held if f.path == p.path)
         last = (p.prompt + p.reference).split("\n")[-1].strip()
         assert last in source
+
+
+def test_file_context_keeps_whole_top_level_statements():
+    text = '"""Doc.\n\nMore.\n"""\nimport os\n\nX = 1\n\n@dec\ndef f():\n    pass\n\nclass A:\n'
+    text += "    def g(self):\n        pass\n"
+    # Never inside the docstring (its lines start at column 0 too), never past the function.
+    assert corpus.file_context(text, 10, 1000) == '"""Doc.\n\nMore.\n"""\nimport os\n\nX = 1\n\n'
+    assert corpus.file_context(text, 14, 1000).endswith("    pass\n\n")  # before class A
+    assert corpus.file_context(text, 14, 20) == '"""Doc.\n\nMore.\n"""\n'
+    assert corpus.file_context(text, 10, 10) == ""
+    assert corpus.file_context("def (:\n", 5, 100) == ""  # unparsable: no context
+
+
+def test_file_context_of_held_out_prompts_parses(stdlib_files):
+    _, held = corpus.split_files(stdlib_files)
+    text = {f.path: f.text for f in held}
+    for p in corpus.held_out_prompts(64, held):
+        context = corpus.file_context(text[p.path], p.line, 2000)
+        assert len(context) <= 2000 and text[p.path].startswith(context)
+        ast.parse(context)  # whole statements only
 
 
 def test_held_out_prompts_errors(stdlib_files):
