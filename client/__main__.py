@@ -49,6 +49,13 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--block-length", type=int, default=None)
     k.add_argument("--threshold", type=float, default=None)
     k.add_argument("--steps", type=int, default=None, help="fixed passes per block (diffusion)")
+    k.add_argument(
+        "--factor",
+        type=float,
+        default=None,
+        help="diffusion by Fast-dLLM's factor rule instead of the threshold: commit the n "
+        "surest masked positions while (n + 1) * (1 - confidence_n) < factor",
+    )
     k.add_argument("--temperature", type=float, default=None)
     k.add_argument("--seed", type=int, default=None, help="random_seed")
     k.add_argument("--stop", action="append", default=[], help="stop word (repeatable)")
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         block_length=args.block_length,
         threshold=args.threshold,
         steps=args.steps,
+        factor=args.factor,
         temperature=args.temperature,
         random_seed=args.seed,
         stop_words=args.stop,

@@ -1,7 +1,7 @@
 """Generate through the `ensemble` model: gRPC streaming (tritonclient) or HTTP generate.
 
 Both clients take the contract's knobs as keyword arguments (max_tokens, stream, temperature,
-random_seed, stop_words, end_id, mode, block_length, threshold, steps; None = the server's
+random_seed, stop_words, end_id, mode, block_length, threshold, steps, factor; None = the server's
 default) and return a `Result`; `on_update(Update)` sees every streamed response, and with
 `return_block_text=True` the block being denoised (masked positions as placeholders).
 """
@@ -31,6 +31,7 @@ INPUT_TYPES = {
     "mode": (np.object_, "BYTES"),
     "block_length": (np.int32, "INT32"),
     "threshold": (np.float32, "FP32"),
+    "factor": (np.float32, "FP32"),
     "steps": (np.int32, "INT32"),
     "return_block_text": (bool, "BOOL"),
 }

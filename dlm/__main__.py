@@ -24,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--block-length", type=int, default=None)
     g.add_argument("--threshold", type=float, default=None)
     g.add_argument("--steps", type=int, default=None, help="fixed passes per block (diffusion)")
+    g.add_argument(
+        "--factor",
+        type=float,
+        default=None,
+        help="diffusion by Fast-dLLM's factor rule instead of the threshold: commit the n "
+        "surest masked positions while (n + 1) * (1 - confidence_n) < factor",
+    )
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--stop", action="append", default=[], help="stop word (repeatable)")
@@ -44,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             block_length=args.block_length,
             threshold=args.threshold,
             steps=args.steps,
+            factor=args.factor,
             temperature=args.temperature,
             seed=args.seed,
         )

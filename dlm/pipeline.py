@@ -46,7 +46,7 @@ class Pipeline:
         fields = {
             k: v
             for k, v in self.defaults.items()
-            if k in ("mode", "block_length", "threshold", "steps", "max_tokens")
+            if k in ("mode", "block_length", "threshold", "steps", "factor", "max_tokens")
         }
         fields.update({k: v for k, v in knobs.items() if v is not None})
         stops = [self.tokenizer.encode(s) for s in (stop_words or [])]

@@ -2,9 +2,9 @@
 
 The prompt is prefilled causally and its last position seeds the first token of the block; the
 block's other positions start masked and are filled by block-bidirectional denoise passes that
-read the KV cache without writing it (by confidence threshold, or a fixed number of passes per
-block with LLaDA's low-confidence remasking); one causal pass then writes the finished block to
-the cache and seeds the next block.
+read the KV cache without writing it (by confidence threshold, by Fast-dLLM's factor rule, or
+a fixed number of passes per block with LLaDA's low-confidence remasking); one causal pass then
+writes the finished block to the cache and seeds the next block.
 
 `cache` picks how the context is kept; the same schedule gives the same tokens and passes with
 each (tested), only the cost of a pass differs:
@@ -24,7 +24,7 @@ from collections.abc import Generator
 import numpy as np
 
 from dlm.engine import PassRequest, PassResult
-from dlm.sampling.select import by_count, by_threshold, schedule
+from dlm.sampling.select import by_count, by_factor, by_threshold, schedule
 from dlm.sampling.sequence import BlockStats, Sequence
 
 CACHES = ("full", "prefix", "none")
@@ -64,6 +64,8 @@ def diffusion(seq: Sequence, cache: str = "full") -> Generator[PassRequest, Pass
             passes += 1
             if plan is not None:
                 chosen = by_count(out.confidence, masked, plan[passes - 1])
+            elif r.factor is not None:
+                chosen = by_factor(out.confidence, masked, r.factor)
             else:
                 chosen = by_threshold(out.confidence, masked, r.threshold)
             block[chosen] = out.tokens[chosen]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from dlm.config import ModelConfig
 
 MODES = ("ar", "diffusion", "self_spec")
+MAX_FACTOR = 16.0  # the factor rule commits a whole 128-token block at 99% sure well below it
 
 
 class RequestError(ValueError):
@@ -45,6 +46,7 @@ class GenerationRequest:
     block_length: int | None = None  # None: the model's block length
     threshold: float = 0.9  # diffusion: commit masked positions with confidence >= threshold
     steps: int | None = None  # diffusion: fixed passes per block instead of the threshold rule
+    factor: float | None = None  # diffusion: Fast-dLLM's factor rule instead of the threshold
     temperature: float = 0.0
     seed: int = 0
     stop_sequences: list[list[int]] = field(default_factory=list)
@@ -86,6 +88,11 @@ class GenerationRequest:
             )
         if not (_number(self.threshold) and 0.0 < self.threshold <= 1.0):
             raise bad("threshold", self.threshold, "a number in (0, 1]")
+        if self.factor is not None:
+            if not (_number(self.factor) and 0.0 < self.factor <= MAX_FACTOR):
+                raise bad("factor", self.factor, f"a number in (0, {MAX_FACTOR:g}]")
+            if self.steps is not None:
+                raise bad("factor", self.factor, "left out when steps is given (one rule)")
         if self.steps is not None:
             if not _int(self.steps) or not 1 <= self.steps <= self.block_length:
                 raise bad(

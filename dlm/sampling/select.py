@@ -1,6 +1,6 @@
 """Which masked positions a denoise pass commits: the remasking policies.
 
-Both return a boolean list over the block; at least one masked position is always chosen, so a
+Each returns a boolean list over the block; at least one masked position is always chosen, so a
 threshold above every confidence still makes progress.
 """
 
@@ -17,6 +17,21 @@ def by_threshold(confidence: np.ndarray, masked: np.ndarray, threshold: float) -
     if masked.any():
         chosen[int(np.argmax(conf))] = True
     return chosen
+
+
+def by_factor(confidence: np.ndarray, masked: np.ndarray, factor: float) -> np.ndarray:
+    """The n most confident masked positions for the largest n with (n + 1) * (1 - c_n) < factor,
+    c_n the n-th highest confidence, and always the most confident one (Fast-dLLM, Wu et al.
+    2025, factor-based parallel decoding): a few fairly sure tokens may go together, many only
+    when all are very sure."""
+    conf = np.where(masked, confidence, -np.inf)
+    order = np.argsort(-conf, kind="stable")[: int(masked.sum())]
+    n = np.arange(1, len(order) + 1)
+    ok = (n + 1) * (1.0 - conf[order]) < factor
+    count = max(1, int(np.argmin(ok)) if not ok.all() else len(order))
+    chosen = np.zeros_like(masked)
+    chosen[order[:count]] = True
+    return chosen & masked
 
 
 def by_count(confidence: np.ndarray, masked: np.ndarray, count: int) -> np.ndarray:

@@ -124,6 +124,7 @@ SCALAR_INPUTS = {
     "block_length": "block_length",
     "threshold": "threshold",
     "steps": "steps",
+    "factor": "factor",
 }
 
 

@@ -32,6 +32,7 @@ SETTINGS: list[tuple[str, dict]] = [
         (f"diffusion t={t}", {"mode": "diffusion", "threshold": t})
         for t in (0.5, 0.7, 0.8, 0.9, 0.95)
     ],
+    *[(f"diffusion f={f}", {"mode": "diffusion", "factor": f}) for f in (1.0, 1.25)],
     ("diffusion steps=16", {"mode": "diffusion", "block_length": 32, "steps": 16}),
     ("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8}),
     ("self_spec", {"mode": "self_spec"}),

@@ -8,7 +8,7 @@ import pytest
 from dlm.engine import PassResult, TorchEngine
 from dlm.sampling import POLICIES, GenerationRequest, RequestError, generate
 from dlm.sampling.loop import Scheduler
-from dlm.sampling.select import by_count, by_threshold, schedule
+from dlm.sampling.select import by_count, by_factor, by_threshold, schedule
 from dlm.sampling.self_spec import confident_prefix, self_spec
 from tests.conftest import random_prompts, tiny_model
 
@@ -100,7 +100,13 @@ def test_drafts_are_cut_at_the_first_unconfident_position():
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"threshold": 0.05}, {"threshold": 0.9}, {"steps": 4}, {"steps": 8, "block_length": 8}],
+    [
+        {"threshold": 0.05},
+        {"threshold": 0.9},
+        {"factor": 1.0},
+        {"steps": 4},
+        {"steps": 8, "block_length": 8},
+    ],
 )
 @pytest.mark.parametrize("cache", ["prefix", "none"])
 def test_diffusion_cache_equals_recompute(engine, knobs, cache):
@@ -151,7 +157,13 @@ def test_unknown_cache_is_refused(engine):
 
 @pytest.mark.parametrize(
     "mode,knobs",
-    [("ar", {}), ("diffusion", {"threshold": 0.1}), ("diffusion", {"steps": 2}), ("self_spec", {})],
+    [
+        ("ar", {}),
+        ("diffusion", {"threshold": 0.1}),
+        ("diffusion", {"factor": 2.0}),
+        ("diffusion", {"steps": 2}),
+        ("self_spec", {}),
+    ],
 )
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_batch_equals_one_by_one(engine, mode, knobs, temperature):
@@ -218,12 +230,50 @@ def test_stops_at_end_id_and_stop_sequences(engine):
         ("temperature", -1.0),
         ("steps", 3),
         ("block_length", 0),
+        ("factor", 0.0),
+        ("factor", float("inf")),
+        ("factor", 17.0),
     ],
 )
 def test_bad_requests_name_the_field(engine, field, value):
     r = GenerationRequest([5, 6], **{field: value})
     with pytest.raises(RequestError, match=field):
         r.validate(engine.config)
+
+
+def test_factor_and_steps_are_one_rule_too_many(engine):
+    r = GenerationRequest([5, 6], factor=1.0, steps=4, block_length=8)
+    with pytest.raises(RequestError, match=r"factor=1.0: must be left out when steps is given"):
+        r.validate(engine.config)
+
+
+def test_factor_rule():
+    conf = np.array([0.95, 0.3, 0.8, 0.7, 0.99])
+    masked = np.ones(5, bool)
+    # sorted 0.99, 0.95, 0.8, 0.7, 0.3: (n + 1) * (1 - c_n) = 0.02, 0.15, 0.8, 1.5, 4.2
+    assert by_factor(conf, masked, 0.01).tolist() == [False, False, False, False, True]
+    assert by_factor(conf, masked, 0.5).tolist() == [True, False, False, False, True]
+    assert by_factor(conf, masked, 1.0).tolist() == [True, False, True, False, True]
+    assert by_factor(conf, masked, 5.0).all()
+    partly = np.array([True, False, True, True, False])  # 0.95, 0.8, 0.7: 0.1, 0.6, 1.2
+    assert by_factor(conf, partly, 1.0).tolist() == [True, False, True, False, False]
+    assert not by_factor(conf, np.zeros(5, bool), 1.0).any()
+
+
+def test_factor_commits_more_as_it_grows(engine):
+    prompts = random_prompts(4, seed=12)
+    passes = [
+        sum(
+            r.num_forward_passes
+            for r in generate(engine, reqs(prompts, mode="diffusion", max_tokens=24, factor=f))
+        )
+        for f in (0.01, 1.0, 16.0)
+    ]
+    one_at_a_time = generate(
+        engine, reqs(prompts, mode="diffusion", max_tokens=24, steps=32, block_length=32)
+    )
+    assert passes[0] == sum(r.num_forward_passes for r in one_at_a_time)
+    assert passes[0] >= passes[1] >= passes[2]
 
 
 def test_empty_prompt_rejected(engine):

@@ -35,6 +35,7 @@ def inputs(text="def f(x):", max_tokens=16, **knobs):
         "block_length": np.int32,
         "threshold": np.float32,
         "steps": np.int32,
+        "factor": np.float32,
         "return_block_text": bool,
         "exclude_input_in_output": bool,
     }
@@ -96,6 +97,7 @@ BAD = [
     ({"max_tokens": 100000}, "max_tokens=100000: must be an integer in [1, 512]"),
     ({"threshold": 1.5}, "threshold=1.5: must be a number in (0, 1]"),
     ({"threshold": 0.0}, "threshold=0.0: must be a number in (0, 1]"),
+    ({"factor": -1.0}, "factor=-1.0: must be a number in (0, 16]"),
     ({"block_length": 0}, "block_length=0: must be an integer in [1, 128]"),
     ({"steps": 3, "block_length": 8}, "steps=3: must be a divisor of block_length=8"),
     ({"text": ""}, "text_input=''"),
@@ -145,6 +147,7 @@ def test_one_value_per_scalar(pre):
         ({"temperature": np.inf}, "temperature=inf: must be a number in [0, 100]"),
         ({"threshold": np.nan}, "threshold=nan: must be a number in (0, 1]"),
         ({"threshold": -np.inf}, "threshold=-inf: must be a number in (0, 1]"),
+        ({"factor": np.nan}, "factor=nan: must be a number in (0, 16]"),
     ],
 )
 def test_non_finite_floats_are_refused(pre, knobs, message):

@@ -34,6 +34,7 @@ VALID = {
     "block_length": st.one_of(st.none(), st.sampled_from([1, 2, 4, 8, 16])),
     "threshold": st.floats(0.01, 1.0),
     "steps": st.one_of(st.none(), st.just(1)),
+    "factor": st.none(),  # one rule: steps may be given
     "temperature": st.floats(0.0, 100.0),
     "seed": st.integers(0, 2**64 - 1),
     "end_id": st.one_of(st.none(), st.integers(0, 299)),
@@ -44,6 +45,7 @@ ODD = {
     "block_length": st.one_of(st.integers(-1, 20), anything),
     "threshold": floats,
     "steps": st.one_of(st.integers(-1, 20), anything),
+    "factor": st.one_of(floats, st.floats(0.01, 20.0)),
     "temperature": floats,
     "seed": st.one_of(st.integers(-1, 2**64), anything),
     "end_id": st.one_of(st.integers(-2, 310), anything),
@@ -77,6 +79,8 @@ def test_validate_accepts_only_values_in_range(data):
     assert type(req.threshold) in (int, float) and 0 < req.threshold <= 1
     assert type(req.temperature) in (int, float) and 0 <= req.temperature <= 100
     assert req.steps is None or (type(req.steps) is int and req.block_length % req.steps == 0)
+    assert req.factor is None or (type(req.factor) in (int, float) and 0 < req.factor <= 16)
+    assert req.factor is None or req.steps is None
     assert 0 <= req.seed < 2**64 and 0 <= req.end_id < CFG.vocab_size
 
 

@@ -49,6 +49,7 @@ MODES = [
     ("ar", {}),
     ("diffusion", {}),
     ("diffusion", {"steps": 4, "threshold": 0.5}),
+    ("diffusion", {"factor": 1.5}),
     ("self_spec", {"block_length": 4}),
 ]
 PROMPT = "def f(x):\n    return"
@@ -231,6 +232,7 @@ BAD = [
     ({"steps": 3, "block_length": 8}, "steps=3: must be a divisor of block_length=8"),
     ({"threshold": 0.0}, "threshold=0.0: must be a number in (0, 1]"),
     ({"threshold": 1.5}, "threshold=1.5: must be a number in (0, 1]"),
+    ({"factor": 20.0}, "factor=20.0: must be a number in (0, 16]"),
     ({"prompt": ""}, "text_input='': must be a non-empty prompt"),
     ({"prompt": "x = 1\n" * 800}, "tokens>': must be at most 768 tokens"),
 ]

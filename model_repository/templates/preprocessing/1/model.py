@@ -25,6 +25,7 @@ INPUTS = (
     "block_length",
     "threshold",
     "steps",
+    "factor",
     "return_block_text",
     "exclude_input_in_output",
 )
