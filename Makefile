@@ -95,7 +95,7 @@ bench-serving: setup
 
 # ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
 CONCURRENCY ?= 1 2 4 8
-MODES ?= ar diffusion self_spec self_spec_b8
+MODES ?= ar diffusion diffusion_f1 self_spec self_spec_b8
 OUT ?= build/bench
 BENCH_ARGS ?=
 

@@ -37,6 +37,7 @@ from benchmarks import perf_analyzer as pa
 MODES = {
     "ar": {"mode": "ar"},
     "diffusion": {"mode": "diffusion"},
+    "diffusion_f1": {"mode": "diffusion", "factor": 1.0},
     "self_spec": {"mode": "self_spec"},
     "self_spec_b8": {"mode": "self_spec", "block_length": 8},
 }

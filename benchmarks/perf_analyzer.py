@@ -73,8 +73,15 @@ def unavailable() -> str | None:
 
 def input_data(prompts: list[str], max_tokens: int, knobs: dict) -> dict:
     """perf_analyzer `--input-data` JSON: one entry per prompt, the contract's tensors (shapes
-    without the batch dimension). `knobs`: mode, threshold, steps, block_length, temperature."""
-    types = {"threshold": float, "temperature": float, "steps": int, "block_length": int}
+    without the batch dimension). `knobs`: mode, threshold, factor, steps, block_length,
+    temperature."""
+    types = {
+        "threshold": float,
+        "factor": float,
+        "temperature": float,
+        "steps": int,
+        "block_length": int,
+    }
     entries = []
     for p in prompts:
         e = {

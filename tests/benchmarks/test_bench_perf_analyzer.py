@@ -17,6 +17,8 @@ def test_input_data_has_the_contract_tensors():
     assert e["text_input"] == {"content": ["def f(x):\n"], "shape": [1]}
     assert e["max_tokens"]["content"] == [16] and e["stream"]["content"] == [True]
     assert e["mode"]["content"] == ["diffusion"] and e["threshold"]["content"] == [0.9]
+    f = pa.input_data(["x"], 4, {"mode": "diffusion", "factor": 1})["data"][0]["factor"]
+    assert f == {"content": [1.0], "shape": [1]}
     with pytest.raises(ValueError, match="knob 'temp'"):
         pa.input_data(["x"], 4, {"temp": 1})
 
