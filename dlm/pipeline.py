@@ -20,6 +20,9 @@ def generation_defaults(folder: str | Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+RULE_KNOBS = {"threshold", "factor", "steps"}  # how diffusion picks the tokens it commits
+
+
 @dataclass
 class Pipeline:
     engine: Engine
@@ -42,13 +45,15 @@ class Pipeline:
     def request(
         self, prompt: str, stop_words: list[str] | None = None, **knobs
     ) -> GenerationRequest:
-        """A validated request: the folder's defaults, overridden by the knobs that are not None."""
-        fields = {
-            k: v
-            for k, v in self.defaults.items()
-            if k in ("mode", "block_length", "threshold", "steps", "factor", "max_tokens")
-        }
-        fields.update({k: v for k, v in knobs.items() if v is not None})
+        """A validated request: the folder's defaults, overridden by the knobs that are not None.
+        A request that names one of diffusion's rules (threshold, factor, steps) drops the
+        defaults' rule knobs: the default rule does not mix with the chosen one."""
+        given = {k: v for k, v in knobs.items() if v is not None}
+        keep = {"mode", "block_length", "max_tokens"}
+        if not given.keys() & RULE_KNOBS:
+            keep |= RULE_KNOBS
+        fields = {k: v for k, v in self.defaults.items() if k in keep}
+        fields.update(given)
         stops = [self.tokenizer.encode(s) for s in (stop_words or [])]
         req = GenerationRequest(self.tokenizer.encode(prompt), stop_sequences=stops, **fields)
         return req.validate(self.engine.config, self.limits)

@@ -65,6 +65,23 @@ def test_same_request_as_the_pipeline(pre, pipe, knobs):
     )
 
 
+def test_a_chosen_rule_replaces_the_default_rule(pipe):
+    """A model whose default is the factor rule: a request naming a threshold or steps gets that
+    rule alone; one naming none keeps the default."""
+    factored = Pipeline(
+        pipe.engine, pipe.tokenizer, {"factor": 1.0, "block_length": 8}, pipe.limits
+    )
+    r = factored.request("def f(x):")
+    assert (r.factor, r.steps) == (1.0, None)
+    r = factored.request("def f(x):", threshold=0.5)
+    assert (r.factor, r.threshold) == (None, 0.5)
+    r = factored.request("def f(x):", steps=4)  # not refused as factor together with steps
+    assert (r.factor, r.steps) == (None, 4)
+    stepped = Pipeline(pipe.engine, pipe.tokenizer, {"steps": 4, "block_length": 8}, pipe.limits)
+    r = stepped.request("def f(x):", factor=2.0)
+    assert (r.factor, r.steps) == (2.0, None)
+
+
 def test_inputs_to_wire_and_back(pre, pipe):
     ids, payload = from_inputs(
         pre,
