@@ -37,7 +37,7 @@ from pathlib import Path
 from benchmarks.bench import machine
 from dlm.pipeline import Pipeline, generation_defaults
 from dlm.sampling import Limits, generate
-from dlm.train.corpus import collect_files, file_context, held_out_prompts, split_files
+from dlm.train.corpus import collect_files, file_context, held_out_prompts
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
 
 # The reference samplers (`dlm.sampling.diffusion`'s `cache`), run at these settings of ours.
@@ -247,13 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         model, args.engine, args.backend, args.threads, say=print, device=args.device
     )
     pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
-    prompts = [x.prompt for x in held_out_prompts(args.prompts)]
+    chosen = held_out_prompts(args.prompts)
+    prompts = [x.prompt for x in chosen]
     if args.context_chars:
-        held = split_files(collect_files())[1]
-        text = {f.path: f.text for f in held}
+        text = {f.path: f.text for f in collect_files()}
         prompts = [
-            file_context(text[x.path], x.line, args.context_chars) + x.prompt
-            for x in held_out_prompts(args.prompts, held)
+            file_context(text[x.path], x.line, args.context_chars) + p
+            for x, p in zip(chosen, prompts, strict=True)
         ]
     print(f"# {command_line}\n# {machine()}; engine {type(engine).__name__}", flush=True)
     settings = [(n, k) for n, k in SETTINGS if not args.settings or n in args.settings]

@@ -30,9 +30,14 @@ from dlm.sampling.sequence import BlockStats, Sequence
 CACHES = ("full", "prefix", "none")
 
 
-def diffusion(seq: Sequence, cache: str = "full") -> Generator[PassRequest, PassResult, None]:
+def check_cache(cache: str) -> str:
     if cache not in CACHES:
         raise ValueError(f"cache={cache!r}: must be one of {', '.join(CACHES)}")
+    return cache
+
+
+def diffusion(seq: Sequence, cache: str = "full") -> Generator[PassRequest, PassResult, None]:
+    check_cache(cache)
     r, cfg = seq.request, seq.cfg
     causal = cfg.uses_kv_cache
     read = causal and cache != "none"  # denoise passes read a cache of the context

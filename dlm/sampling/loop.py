@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling.ar import ar
-from dlm.sampling.diffusion import CACHES, diffusion
+from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
 from dlm.sampling.self_spec import self_spec
 from dlm.sampling.sequence import BlockStats, Sequence
@@ -49,9 +49,7 @@ class Scheduler:
     ) -> None:
         self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
         self.policies = dict(POLICIES)
-        if cache != "full":  # the reference samplers: see dlm.sampling.diffusion
-            if cache not in CACHES:
-                raise ValueError(f"cache={cache!r}: must be one of {', '.join(CACHES)}")
+        if check_cache(cache) != "full":  # the reference samplers: see dlm.sampling.diffusion
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
         self._next_id = 0
