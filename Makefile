@@ -14,10 +14,12 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
-test: setup
+# The whole suite: perf_analyzer's libb64 and the nginx for the two-replica tests are installed
+# first (Debian packages; root), so that only TensorRT and GPU tests skip.
+test: setup bench-deps deploy-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup bench-deps deploy-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
@@ -64,12 +66,16 @@ eval: setup
 	$(PY) -m dlm.train.evaluate --model $(MODEL) --prompts $(EVAL_PROMPTS)
 
 # Engine: export the model to ONNX (+ TensorRT where present), parity-checked; manifest.json.
+# One engine folder per model, build/engines/<model folder>-<path hash> (export.engine_dir),
+# unless ENGINE_DIR is given; a build whose manifest matches the checkpoint is skipped in about
+# a second, so serve, bench, soak and serve-lb run it every time: MODEL=dir always serves dir.
 BACKEND ?= auto
-ENGINE_DIR ?= build/engine
+ENGINE_DIR ?=
+ENGINE_ARG = $(if $(ENGINE_DIR),--engine $(ENGINE_DIR))
 
 .PHONY: engine
 engine: setup
-	$(PY) -m export --model $(MODEL) --backend $(BACKEND) --out $(ENGINE_DIR)
+	$(PY) -m export --model $(MODEL) --backend $(BACKEND) $(if $(ENGINE_DIR),--out $(ENGINE_DIR))
 
 # ---- serving (model_repository/, client/): a real tritonserver from the nvidia-pytriton wheel
 HTTP_PORT ?= 8000
@@ -79,19 +85,17 @@ FILL_ARGS ?=
 
 .PHONY: serve bench-serving
 
-# Builds the engine first when the export package exists and $(ENGINE_DIR) has no manifest; the
-# denoiser then serves what the manifest names. FILL_ARGS="--backend torch" skips the build's
-# engine; `python -m model_repository.fill --help` lists the other settings.
-serve: setup
-	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
-		$(MAKE) engine MODEL=$(MODEL); fi
-	$(PY) -m model_repository.fill --model $(MODEL) --engine $(ENGINE_DIR) \
+# Builds (or checks) the model's engine first; the denoiser then serves what its manifest names.
+# FILL_ARGS="--backend torch" serves the checkpoint with PyTorch instead; `python -m
+# model_repository.fill --help` lists the other settings.
+serve: engine
+	$(PY) -m model_repository.fill --model $(MODEL) $(ENGINE_ARG) \
 		--backend auto --out build/model_repository $(FILL_ARGS)
 	$(PY) -m model_repository.serve --repository build/model_repository \
 		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
 
-bench-serving: setup
-	$(PY) -m benchmarks.serving_overhead --model $(MODEL)
+bench-serving: engine
+	$(PY) -m benchmarks.serving_overhead --model $(MODEL) $(ENGINE_ARG)
 
 # ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
 CONCURRENCY ?= 1 2 4 8
@@ -108,17 +112,15 @@ bench-deps:
 
 # A concurrency sweep per mode against `ensemble` (a LocalServer on free ports, or BENCH_ARGS=
 # "--url host:port"): CSV/JSON, plots and summary.md into $(OUT). About 5 minutes on 2 cores.
-bench: setup bench-deps
-	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
-		$(MAKE) engine MODEL=$(MODEL); fi
-	$(PY) -m benchmarks.bench --model $(MODEL) --engine $(ENGINE_DIR) \
+bench: engine bench-deps
+	$(PY) -m benchmarks.bench --model $(MODEL) $(ENGINE_ARG) \
 		--concurrency $(CONCURRENCY) --modes $(MODES) --out $(OUT) $(BENCH_ARGS)
 
 # Modes side by side (ar, diffusion thresholds/steps, self_spec): in process and through Triton,
 # speed and quality, plus the no-cache LLaDA-style reference; into build/bench_modes.
 MODES_PROMPTS ?= 8
-bench-modes: setup
-	$(PY) -m benchmarks.modes --model $(MODEL) --engine $(ENGINE_DIR) --prompts $(MODES_PROMPTS) \
+bench-modes: engine
+	$(PY) -m benchmarks.modes --model $(MODEL) $(ENGINE_ARG) --prompts $(MODES_PROMPTS) \
 		--reference $(BENCH_ARGS)
 
 # Soak: perf_analyzer streaming at concurrency 16 for 5 minutes (all three modes), with zero failed
@@ -126,10 +128,8 @@ bench-modes: setup
 SOAK_MINUTES ?= 5
 SOAK_CONCURRENCY ?= 16
 .PHONY: soak
-soak: setup bench-deps
-	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
-		$(MAKE) engine MODEL=$(MODEL); fi
-	$(PY) -m benchmarks.soak --model $(MODEL) --engine $(ENGINE_DIR) --minutes $(SOAK_MINUTES) \
+soak: engine bench-deps
+	$(PY) -m benchmarks.soak --model $(MODEL) $(ENGINE_ARG) --minutes $(SOAK_MINUTES) \
 		--concurrency $(SOAK_CONCURRENCY) --out build/soak
 
 # genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server: GENAI_ENDPOINT=
@@ -180,8 +180,6 @@ lint-deploy: setup
 	$(PY) -m deploy.lint
 
 # REPLICAS tritonservers behind nginx on 127.0.0.1:$(LB_HTTP_PORT) (HTTP), $(LB_GRPC_PORT) (gRPC).
-serve-lb: setup deploy-deps
-	@if [ -d export ] && [ ! -f $(ENGINE_DIR)/manifest.json ]; then \
-		$(MAKE) engine MODEL=$(MODEL); fi
-	$(PY) -m deploy.nginx --replicas $(REPLICAS) --model $(MODEL) --engine $(ENGINE_DIR) \
+serve-lb: engine deploy-deps
+	$(PY) -m deploy.nginx --replicas $(REPLICAS) --model $(MODEL) $(ENGINE_ARG) \
 		--http-port $(LB_HTTP_PORT) --grpc-port $(LB_GRPC_PORT) --fill-args="$(FILL_ARGS)"

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks import perf_analyzer as pa
+from export import engine_dir
 
 MODES = {
     "ar": {"mode": "ar"},
@@ -213,7 +214,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds per perf_analyzer run")
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
-    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--engine", default=None, help="export's build folder (default: the model's)")
     p.add_argument("--device", default="cpu", help="the denoiser's PyTorch engine: cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="engine threads in the server")
     return p
@@ -221,6 +222,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.engine = str(args.engine or engine_dir(args.model))
     command_line = shlex.join(
         ["python", "-m", "benchmarks.bench", *(sys.argv[1:] if argv is None else argv)]
     )

@@ -39,6 +39,7 @@ from dlm.pipeline import Pipeline, generation_defaults
 from dlm.sampling import Limits, generate
 from dlm.train.corpus import collect_files, file_context, held_out_prompts
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
+from export import engine_dir
 
 # The reference samplers (`dlm.sampling.diffusion`'s `cache`), run at these settings of ours.
 REFERENCES = (("LLaDA, no cache", "none"), ("Fast-dLLM, prefix cache", "prefix"))
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=Path("build/bench_modes"))
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
-    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--engine", default=None, help="export's build folder (default: the model's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="the PyTorch engine's device: cpu | cuda")
     p.add_argument("--no-triton", action="store_true", help="in process only")
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", action="store_true", help="add the LLaDA and Fast-dLLM reference samplers"
     )
     args = p.parse_args(argv)
+    args.engine = str(args.engine or engine_dir(args.model))
     command_line = shlex.join(
         ["python", "-m", "benchmarks.modes", *(sys.argv[1:] if argv is None else argv)]
     )

@@ -32,6 +32,7 @@ from dlm.pipeline import Pipeline, generation_defaults
 from dlm.sampling import Limits, Scheduler
 from dlm.serving.denoiser import load_engine
 from dlm.tokenizer import TextTokenizer
+from export import engine_dir
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -117,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random", metavar="PRESET", help="random weights of a preset instead")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
-    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--engine", default=None, help="export's build folder (default: the model's)")
     p.add_argument("--threads", type=int, default=2, help="engine threads, both sides")
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--requests", type=int, default=16, help="requests per throughput point")
     p.add_argument("--throughput-mode", default="self_spec")
     args = p.parse_args(argv)
+    args.engine = str(args.engine or engine_dir(args.model))
 
     from model_repository.serve import LocalServer
 

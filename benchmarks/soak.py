@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchmarks import perf_analyzer as pa
 from benchmarks.bench import machine, prompts
+from export import engine_dir
 
 MODES = ({"mode": "ar"}, {"mode": "diffusion"}, {"mode": "self_spec"})
 PAGE = 4096
@@ -215,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="models/default")
-    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument("--engine", default=None, help="export's build folder (default: the model's)")
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
     p.add_argument("--minutes", type=float, default=5.0, help="length of the measured soak")
     p.add_argument("--warmup-minutes", type=float, default=0.5)
@@ -230,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.engine = str(args.engine or engine_dir(args.model))
     if args.minutes <= 0 or args.concurrency < 1:
         print("error: --minutes must be > 0 and --concurrency >= 1", file=sys.stderr)
         return 2

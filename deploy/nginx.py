@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from export import engine_dir
 from model_repository.fill import FillError, fill_text
 from model_repository.serve import free_ports
 
@@ -164,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--replicas", type=int, default=2)
     p.add_argument("--model", default="models/default")
-    p.add_argument("--engine", default="build/engine", help="export's engine folder")
+    p.add_argument("--engine", default=None, help="export's engine folder (default: the model's)")
     p.add_argument("--fill-args", default="", help="more model_repository.fill flags")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=8081)
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from model_repository.serve import LocalServer
 
     args = parser().parse_args(argv)
+    args.engine = str(args.engine or engine_dir(args.model))
     if args.replicas < 1:
         print(f"error: --replicas {args.replicas}: must be at least 1", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ leave the engine, because the fused DenoiseStep op runs inside it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -229,3 +230,23 @@ class TorchEngine(CachedEngine):
         )
         tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
         return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v
+
+
+class HeldEngine:
+    """Fault injection for tests: every `step()` is held `seconds` before `engine` runs it.
+
+    A test that needs a request in flight at a given moment (to cancel it, kill a stub under it,
+    shut the server down) gets it by construction: a request of n passes then lasts at least
+    n x seconds on any machine, however fast. Served with `fill --pass-delay-ms`; never in
+    production (the default is 0: no wrapper)."""
+
+    def __init__(self, engine: Engine, seconds: float) -> None:
+        self.engine, self.seconds = engine, seconds
+        self.config = engine.config
+
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
+        time.sleep(self.seconds)
+        return self.engine.step(passes)
+
+    def release(self, seq_id: int) -> None:
+        self.engine.release(seq_id)

@@ -1,6 +1,6 @@
 """PyTorch -> ONNX -> engines: export, parity checks between stages, and the engine loaders.
 
-    python -m export --model models/default --backend auto --out build/engine   (`make engine`)
+    python -m export --model models/default --backend auto   (`make engine`: build/engines/...)
 
 - `onnx_export`: the denoiser forward with the fused DenoiseStep at its end, as one ONNX graph;
 - `ort_engine`: `OrtEngine`, the Engine protocol on ONNX Runtime (CPU);
@@ -12,3 +12,17 @@
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
 EXPORTER_VERSION = "2"  # 2: the fork input
+
+import hashlib  # noqa: E402  (stdlib only: the Makefile and fill import this without torch)
+from pathlib import Path  # noqa: E402
+
+ENGINES = Path(__file__).resolve().parent.parent / "build" / "engines"
+
+
+def engine_dir(model_dir: str | Path) -> Path:
+    """Where `make engine` builds a model's engine by default: one folder per checkpoint folder,
+    `build/engines/<folder name>-<hash of its absolute path>`, so that serving one model after
+    another never finds the other's engine (a checkpoint changed in place is rebuilt: the build's
+    manifest names the checkpoint's hash)."""
+    path = Path(model_dir).resolve()
+    return ENGINES / f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:10]}"

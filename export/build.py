@@ -1,6 +1,6 @@
 """`make engine`: checkpoint -> ONNX -> parity checks -> (TensorRT plan) -> manifest.json.
 
-    python -m export --model models/default --backend auto --out build/engine [--force]
+    python -m export --model models/default --backend auto [--out DIR] [--force]
 
 Steps, each printed with its time:
 1. load the checkpoint and hash its files (config.json, safetensors, index);
@@ -289,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--model", required=True, help="checkpoint folder (config.json + safetensors)")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
-    p.add_argument("--out", default="build/engine", help="engine folder")
+    p.add_argument(
+        "--out", default=None, help="engine folder (default: build/engines/<model>-<path hash>)"
+    )
     p.add_argument(
         "--precision",
         default="auto",
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         build(
             args.model,
-            args.out,
+            args.out or export.engine_dir(args.model),
             args.backend,
             args.precision,
             args.force,

@@ -1,6 +1,6 @@
 """`load_engine`: the engine a build folder's manifest names, for the server's denoiser model.
 
-    engine = load_engine("build/engine", "models/default")        # -> an Engine (dlm/engine.py)
+    engine = load_engine(None, "models/default")  # build/engines/default-<hash>: an Engine
 
 manifest backend -> engine:
     onnxruntime -> export.ort_engine.OrtEngine(denoiser.onnx), CPU
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import export
 from dlm import checkpoint
 from dlm.config import ModelConfig
 from dlm.engine import Engine, TorchEngine
@@ -52,9 +53,7 @@ def load_engine(
     the TensorRT engine on "cuda" whatever is given. threads: ONNX Runtime intra-op threads.
     """
     if build_dir is None:
-        raise EngineError(
-            "build_dir=None: give the engine folder (`make engine` writes " "build/engine)"
-        )
+        build_dir = export.engine_dir(model_dir)  # where `make engine` builds it
     build_dir, model_dir = Path(build_dir), Path(model_dir)
     manifest = read_manifest(build_dir)
     cfg = _model_config(model_dir)

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from export import engine_dir
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KEY = re.compile(r"\$\{([^}]*)\}")
@@ -90,7 +92,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         )
     return {
         "MODEL_DIR": str(model),
-        "ENGINE_DIR": str(Path(args.engine).resolve()),
+        "ENGINE_DIR": str(Path(args.engine or engine_dir(model)).resolve()),
         "BACKEND": args.backend,
         "DEVICE": args.device,
         "REPO_ROOT": str(Path(args.repo_root).resolve()),
@@ -100,6 +102,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
         "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
+        "PASS_DELAY_MS": str(max(0, int(args.pass_delay_ms))),
         "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
         "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
@@ -114,7 +117,9 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="checkpoint folder (config.json, tokenizer)")
-    p.add_argument("--engine", default="build/engine", help="export's build folder")
+    p.add_argument(
+        "--engine", default=None, help="export's build folder (default: build/engines/<model>-...)"
+    )
     p.add_argument("--backend", default="auto", help="auto (export's engine if built) | torch")
     p.add_argument(
         "--device",
@@ -146,6 +151,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-queued",
         default=256,
         help="most requests waiting for KV memory; beyond it a request gets a busy error",
+    )
+    p.add_argument(
+        "--pass-delay-ms",
+        default=0,
+        help="fault injection for tests: hold every engine pass this long, so that a request "
+        "is in flight by construction (cancellation, stub kills, shutdown); 0 when serving",
     )
     p.add_argument("--dlm-instances", default=1)
     p.add_argument("--pre-instances", default=1)

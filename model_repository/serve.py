@@ -237,12 +237,18 @@ class LocalServer:
             return False
 
     def metric(self, name: str, **labels) -> float:
-        """The sum of a metric's samples whose labels include `labels`."""
+        """The sum of a metric's samples whose labels include `labels`. KeyError when the server
+        exports no such sample: a missing metric is an error, never a 0."""
         url = f"http://127.0.0.1:{self.metrics}/metrics"
-        total = 0.0
-        for line in urllib.request.urlopen(url).read().decode().splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
+        total, found = 0.0, False
+        for line in urllib.request.urlopen(url, timeout=30).read().decode().splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample != name and not sample.startswith(name + "{"):
+                continue
+            if all(f'{k}="{v}"' in sample for k, v in labels.items()):
+                total, found = total + float(value), True
+        if not found:
+            raise KeyError(f"metric {name} {labels or ''}: not exported on port {self.metrics}")
         return total
 
     def stop(self, timeout: float = 60.0) -> None:

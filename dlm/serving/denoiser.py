@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlm.engine import Engine, TorchEngine
+from dlm.engine import Engine, HeldEngine, TorchEngine
 from dlm.serving.wire import pack_results, unpack_passes
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def load_engine(
     threads: int = 0,
     say: Callable[[str], None] = log.info,
     device: str = "cpu",
+    pass_delay_s: float = 0.0,
 ) -> Engine:
     """The serving engine of a model folder.
 
@@ -70,8 +71,17 @@ def load_engine(
     build); where the `export` package is absent, a TorchEngine with a log line saying so.
     backend `torch`: always the TorchEngine. threads: the engine's intra-op threads (torch and
     ONNX Runtime; 0 = their default). device: where a PyTorch engine runs ("cpu", "cuda", "cuda:1";
-    the build's ONNX Runtime and TensorRT engines pick their own).
+    the build's ONNX Runtime and TensorRT engines pick their own). pass_delay_s > 0: fault
+    injection for tests, every step held that long (`dlm.engine.HeldEngine`, logged).
     """
+    engine = _load(model_dir, engine_dir, backend, threads, say, device)
+    if pass_delay_s > 0:
+        say(f"denoiser: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
+        return HeldEngine(engine, pass_delay_s)
+    return engine
+
+
+def _load(model_dir, engine_dir, backend, threads, say, device) -> Engine:
     import torch
 
     from dlm import checkpoint

@@ -145,12 +145,20 @@ def scalar(name: str, array: np.ndarray):
     return v.item() if isinstance(v, np.generic) else v
 
 
+# Inputs every request must carry (optional in config.pbtxt: preprocessing answers their absence).
+REQUIRED_INPUTS = {
+    "text_input": "the prompt, TYPE_STRING [1]",
+    "max_tokens": "how many tokens to generate, TYPE_INT32 [1]",
+}
+
+
 def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
     """The ensemble's input tensors (absent optional ones left out) -> (input_ids, request JSON).
 
     Raises RequestError naming the field."""
-    if "text_input" not in inputs:
-        raise RequestError("text_input: required")
+    for name, what in REQUIRED_INPUTS.items():
+        if name not in inputs:
+            raise RequestError(f"{name}: required input missing ({what})")
     text = np.asarray(inputs["text_input"]).reshape(-1)
     if text.size != 1:
         raise RequestError(f"text_input: must hold exactly one prompt, got {text.size}")

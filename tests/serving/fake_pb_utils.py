@@ -27,6 +27,7 @@ class Tensor:
 
 class TritonError:
     CANCELLED = "CANCELLED"
+    INVALID_ARG = "INVALID_ARG"
 
     def __init__(self, message: str, code=None) -> None:
         self._message, self.code = message, code

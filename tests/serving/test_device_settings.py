@@ -1,9 +1,13 @@
 """What a machine without the wheels (the GPU one) sets: DLM_TRITON_HOME (an unpacked
 scripts/pack_triton.py archive), PERF_ANALYZER, and the denoiser's device."""
 
+import time
+
 import pytest
+import torch
 
 from benchmarks import perf_analyzer as pa
+from dlm.engine import HeldEngine, PassRequest, TorchEngine
 from dlm.serving import denoiser
 from model_repository import serve
 
@@ -35,15 +39,34 @@ def test_perf_analyzer_from_the_environment(tmp_path, monkeypatch):
     assert pa.binary() != tmp_path / "pa"
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_denoiser_engine_device(tiny_checkpoint, monkeypatch, device):
-    seen = {}
-
-    def engine(model, where="cpu"):
-        seen["device"] = where
-        return "engine"
-
-    monkeypatch.setattr(denoiser, "TorchEngine", engine)
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(
+                not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)"
+            ),
+        ),
+    ],
+)
+def test_denoiser_engine_device(tiny_checkpoint, device):
     said = []
-    assert denoiser.load_engine(tiny_checkpoint, None, "torch", device=device, say=said.append)
-    assert seen["device"] == device and f"TorchEngine on {device}" in said[0]
+    engine = denoiser.load_engine(tiny_checkpoint, None, "torch", device=device, say=said.append)
+    assert isinstance(engine, TorchEngine) and f"TorchEngine on {device}" in said[0]
+    assert {p.device.type for p in engine.model.parameters()} == {device}
+    assert engine.kv.zeros((1,)).device.type == device
+
+
+def test_pass_delay_holds_every_step(tiny_checkpoint, monkeypatch):
+    said, slept = [], []
+    engine = denoiser.load_engine(
+        tiny_checkpoint, None, "torch", say=said.append, pass_delay_s=0.02
+    )
+    assert isinstance(engine, HeldEngine) and "held 20 ms" in said[-1]
+    monkeypatch.setattr(time, "sleep", slept.append)
+    out = engine.step([PassRequest(1, 0, [5, 6, 7], 0, True, 1)])
+    assert slept == [0.02] and len(out) == 1 and engine.engine.kv.cached(1) == 3
+    engine.release(1)
+    assert engine.engine.kv.cached(1) == 0

@@ -190,38 +190,125 @@ def test_concurrent_requests_in_different_modes(server, pipe):
         assert got.num_forward_passes == ref.num_forward_passes
 
 
-def wait_for(condition, timeout=10.0) -> bool:
+def wait_for(condition, timeout=120.0) -> bool:
+    """Poll until `condition()` holds; `timeout` only stops a broken server hanging the suite."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(0.02)
     return condition()
 
 
+# Every engine pass of the `held` server lasts at least this long (fill --pass-delay-ms): a
+# request of n passes is in flight for n x HOLD_MS by construction, on any machine.
+HOLD_MS = 20
+# Requests in flight share this many KV positions there: one 400-token request at a time.
+HELD_KV_BUDGET = 450
+
+
+@pytest.fixture(scope="module")
+def held(tiny_checkpoint, tmp_path_factory):
+    s = LocalServer(
+        tiny_checkpoint,
+        tmp_path_factory.mktemp("triton_held"),
+        [
+            *("--backend", "torch", "--threads", "1", "--heartbeat-ms", str(HOLD_MS)),
+            *("--pass-delay-ms", str(HOLD_MS), "--kv-budget-tokens", str(HELD_KV_BUDGET)),
+            *("--max-queued", "1"),
+        ],
+    )
+    yield s
+    s.stop()
+
+
+def in_flight(server, client, **knobs):
+    """Start a 400-token AR request on `client` in a thread, return once the server runs it:
+    (thread, outcome dict: "result" or "error" once it ends)."""
+    outcome: dict = {}
+    started = threading.Event()
+
+    def run():
+        try:
+            outcome["result"] = client.generate(
+                PROMPT, 400, lambda u: started.set(), mode="ar", **knobs
+            )
+        except ClientError as e:
+            outcome["error"] = str(e)
+        started.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    if knobs.get("stream"):
+        assert started.wait(120), outcome  # its first tokens came back
+    else:
+        assert wait_for(lambda: server.metric("dlm_denoiser_live_sequences") == 1), server.tail()
+        assert wait_for(lambda: server.metric("dlm_sequences_in_flight") == 1), server.tail()
+    assert not outcome, f"over before the test could act on it: {outcome}"
+    return thread, outcome
+
+
 @pytest.mark.parametrize("stream", [True, False])
-def test_cancellation_stops_the_request_and_frees_its_cache(server, stream):
-    assert wait_for(lambda: server.metric("dlm_sequences_in_flight") == 0)
-    passes = server.metric("dlm_denoiser_passes")
-    c = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+def test_cancellation_stops_the_request_and_frees_its_cache(held, stream):
+    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0)
+    c = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
     if stream:
         got = c.generate(PROMPT, 400, mode="ar", stream=True, cancel_after=3)
-        assert got.responses == 3
+        assert got.responses == 3 and got.num_output_tokens < 400
+        at_cancel = held.metric("dlm_denoiser_passes")
     else:
-        timer = threading.Timer(0.5, lambda: c.client.stop_stream(cancel_requests=True))
-        timer.start()
-        with pytest.raises(ClientError, match="cancelled"):
-            c.generate(PROMPT, 400, mode="ar", stream=False)
-    t0 = time.monotonic()
-    assert wait_for(lambda: server.metric("dlm_denoiser_live_sequences") == 0), server.tail()
-    freed = time.monotonic() - t0
-    assert server.metric("dlm_sequences_in_flight") == 0
-    ran = server.metric("dlm_denoiser_passes") - passes
-    print(f"stream={stream}: {ran:.0f} passes ran, cache freed {freed:.2f} s after the cancel")
-    # Streaming: 3 answered passes, plus the ones in flight while the cancellation travels
-    # (postprocessing -> denoiser -> dlm); without streaming, 0.5 s of passes and as much.
-    assert ran < (12 if stream else 250)
+        thread, outcome = in_flight(held, c, stream=False)
+        assert held.metric("dlm_denoiser_live_sequences") == 1  # the gauge sees it first
+        at_cancel = held.metric("dlm_denoiser_passes")
+        c.client.stop_stream(cancel_requests=True)
+        thread.join(120)
+        assert "cancelled" in outcome.get("error", ""), outcome
+    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0), held.tail()
+    assert held.metric("dlm_sequences_in_flight") == 0
+    ran = held.metric("dlm_denoiser_passes") - at_cancel
+    print(f"stream={stream}: {ran:.0f} passes ran after the cancel")
+    # The cancellation travels postprocessing -> denoiser -> dlm while passes go on; each pass
+    # takes at least HOLD_MS, so this bound allows 0.5 s for that trip.
+    assert ran <= 500 / HOLD_MS
     c.close()
+
+
+def test_kv_budget_queues_then_refuses_with_busy(held):
+    """Through Triton: a request in flight holds the KV budget; the next one waits in the queue
+    (max_queued 1), one more is refused with `busy:`, one that could never fit too; once the
+    first is cancelled the waiting one runs to the end."""
+    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0)
+    first = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
+    thread, outcome = in_flight(held, first, stream=True)
+    too_big = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
+    with pytest.raises(ClientError, match=f"busy: .*kv_budget_tokens={HELD_KV_BUDGET}"):
+        too_big.generate(PROMPT, HELD_KV_BUDGET, mode="ar")
+    too_big.close()
+    later: dict[int, object] = {}
+
+    def run(i):
+        c = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
+        try:
+            later[i] = c.generate(PROMPT, 40, mode="ar")
+        except ClientError as e:
+            later[i] = str(e)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(later) == 1), later  # one refused, one waits behind the first
+    (refused,) = later.values()
+    assert "busy: 1 requests already wait for KV memory (max_queued=1)" in refused, refused
+    assert thread.is_alive() and not outcome
+    first.client.stop_stream(cancel_requests=True)
+    thread.join(120)
+    for t in threads:
+        t.join(120)
+    waited = [r for r in later.values() if not isinstance(r, str)]
+    assert len(waited) == 1 and waited[0].num_output_tokens == 40, later
+    first.close()
 
 
 BAD = [
@@ -272,6 +359,10 @@ def test_metrics_port(server, grpc):
     assert server.metric("dlm_forward_passes", mode="diffusion") >= 1
     assert server.metric("dlm_tokens_per_forward_count", mode="diffusion") >= 1
     assert server.metric("nv_inference_request_success", model="ensemble") >= 1
+    with pytest.raises(KeyError, match="dlm_no_such_metric"):
+        server.metric("dlm_no_such_metric")
+    with pytest.raises(KeyError, match="dlm_requests"):
+        server.metric("dlm_requests", mode="no_such_mode")
 
 
 # ------------------------------------------------------- bad input through every entry point
@@ -330,8 +421,13 @@ GRPC_BAD = [
         [(*text(b"def"), "BYTES"), i32("max_tokens", 4), f32("threshold", np.inf)],
         "threshold=inf: must be a number in (0, 1]",
     ),
-    ("max_tokens missing", [(*text(b"def"), "BYTES")], "max_tokens"),
-    ("text_input missing", [i32("max_tokens", 4)], "text_input"),
+    ("max_tokens missing", [(*text(b"def"), "BYTES")], "max_tokens: required input missing"),
+    ("text_input missing", [i32("max_tokens", 4)], "text_input: required input missing"),
+    (
+        "text_input missing beside mode",
+        [i32("max_tokens", 4), ("mode", np.array([[b"ar"]], dtype=object), "BYTES")],
+        "text_input: required input missing",
+    ),
     (
         "text_input [1, 2]",
         [(*text(b"def", (1, 2)), "BYTES"), i32("max_tokens", 4)],
@@ -352,13 +448,13 @@ def test_bad_input_over_grpc(server, case, tensors, message):
     assert server.ready() and server.ready("ensemble")
 
 
-def http_generate_raw(server, body: bytes):
-    """(status, parsed or raw answer) of POST /v2/models/ensemble/generate."""
+def http_generate_raw(server, body: bytes, endpoint: str = "generate"):
+    """(status, raw answer) of POST /v2/models/ensemble/<endpoint>."""
     import urllib.error
     import urllib.request
 
     req = urllib.request.Request(
-        f"http://127.0.0.1:{server.http}/v2/models/ensemble/generate",
+        f"http://127.0.0.1:{server.http}/v2/models/ensemble/{endpoint}",
         body,
         {"Content-Type": "application/json"},
     )
@@ -373,23 +469,33 @@ HTTP_BAD = [
     ("megabyte prompt", {"text_input": "x" * 2**20, "max_tokens": 4}, "1048576 bytes"),
     ("max_tokens missing", {"text_input": "def"}, "max_tokens"),
     ("threshold overflows FP32", {"text_input": "d", "max_tokens": 4, "threshold": 1e39}, "thr"),
-    ("lone surrogate", {"text_input": "def \udcff", "max_tokens": 4}, ""),
-    ("NaN literal", b'{"text_input": "def", "max_tokens": 4, "temperature": NaN}', ""),
-    ("not JSON", b'{"text_input": "def", "max_tok', ""),
+    ("lone surrogate", {"text_input": "def \udcff", "max_tokens": 4}, "text_input: must be UTF-8"),
+    (
+        "NaN literal",
+        b'{"text_input": "def", "max_tokens": 4, "temperature": NaN}',
+        "temperature=nan: must be a number in [0, 100]",
+    ),
+    # Triton's own JSON parser answers these (not ours to word)
+    ("not JSON", b'{"text_input": "def", "max_tok', "failed to parse the request JSON"),
     (
         "exclude_input_in_output false",
         {"text_input": "def", "max_tokens": 4, "exclude_input_in_output": False},
         "exclude_input_in_output: only true is supported",
     ),
-    # Triton's own JSON parser answers this one, without naming the field (not ours to change)
     ("wrong type", {"text_input": "def", "max_tokens": "four"}, "Unable to parse"),
+    # Required inputs, beside other inputs (Triton 2.51 alone answered 200 without any text)
+    ("text_input missing", {"max_tokens": 4, "mode": "ar"}, "text_input: required input missing"),
+    ("max_tokens missing beside mode", {"text_input": "d", "mode": "ar"}, "max_tokens: required"),
+    ("text_input missing, stream", {"max_tokens": 4, "stream": True}, "text_input: required"),
 ]
 
 
+@pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])
 @pytest.mark.parametrize("case,body,message", HTTP_BAD, ids=[c[0] for c in HTTP_BAD])
-def test_bad_input_over_http_generate(server, case, body, message):
+def test_bad_input_over_http_generate(server, case, body, message, endpoint):
+    assert message, "every case names what its error must say"
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    status, answer = http_generate_raw(server, raw)
+    status, answer = http_generate_raw(server, raw, endpoint)
     assert status >= 400, f"{case}: {status} {answer[:200]}"
     assert message in answer, f"{case}: {answer[:300]}"
     assert server.ready() and server.ready("ensemble")
@@ -423,6 +529,58 @@ def test_bad_input_over_http_infer(server):
     assert "text_input: must be UTF-8" in outcomes[1]
     assert "temperature=nan" in outcomes[2]
     assert isinstance(outcomes[3], int)
+
+
+@pytest.mark.parametrize("missing", ["text_input", "max_tokens"])
+def test_missing_input_over_http_infer(server, missing):
+    """JSON /infer: to preprocessing, a 400 naming the input; to the (decoupled) ensemble,
+    Triton's refusal of /infer itself."""
+    given = {
+        "text_input": {"datatype": "BYTES", "data": ["def"]},
+        "max_tokens": {"datatype": "INT32", "data": [4]},
+        "mode": {"datatype": "BYTES", "data": ["ar"]},
+    }
+    del given[missing]
+    body = {"inputs": [{"name": k, "shape": [1, 1], **v} for k, v in given.items()]}
+    for model, code, message in [
+        ("preprocessing", 400, f"{missing}: required input missing"),
+        ("ensemble", 501, "decoupled"),
+    ]:
+        status, answer = http_post(server, f"/v2/models/{model}/infer", json.dumps(body).encode())
+        assert (status, message in answer) == (code, True), f"{model}: {status} {answer}"
+    assert server.ready("ensemble")
+
+
+def http_post(server, path: str, body: bytes = b"{}", headers: dict | None = None):
+    """(status, text) of a POST to the server's HTTP port."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{server.http}{path}", body, headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+
+
+def test_repository_api_needs_the_admin_key(server, grpc):
+    """The restricted model-repository API of the running server: without the key (or with a
+    wrong one) an unload is refused and the model keeps serving; the index answers the key."""
+    for headers in ({}, {"dlm-admin-key": "not-the-key"}):
+        status, answer = http_post(server, "/v2/repository/models/dlm/unload", b"{}", headers)
+        assert status == 403 and "dlm-admin-key" in answer, (status, answer)
+    status, answer = http_post(server, "/v2/repository/index", b"{}", {})
+    assert status == 403, answer
+    import tritonclient.grpc as g
+
+    with pytest.raises(g.InferenceServerException, match="dlm-admin-key"):
+        grpc.client.unload_model("dlm")
+    status, index = http_post(
+        server, "/v2/repository/index", b"{}", {"dlm-admin-key": server.admin_key}
+    )
+    assert status == 200 and {m["name"]: m["state"] for m in json.loads(index)}["dlm"] == "READY"
+    assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
 
 
 def test_valid_neighbours_of_bad_requests_succeed(server, pipe):

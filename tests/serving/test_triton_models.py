@@ -45,6 +45,7 @@ def models(tiny_checkpoint):
                 "BACKEND": "torch",
                 "THREADS": 0,
                 "DEVICE": "cpu",
+                "PASS_DELAY_MS": 0,
             },
         ),
         "dlm": load_model(

@@ -5,6 +5,7 @@ confidences only, never logits). Sequences released in `control` are dropped fir
 export.engines.load_engine's (ONNX Runtime on CPU, TensorRT on GPU) when the export package
 exists, else a TorchEngine (logged); BACKEND=torch forces the TorchEngine. DEVICE: where a
 TorchEngine runs (cpu, cuda); the instance stays KIND_CPU, torch itself moves the work.
+PASS_DELAY_MS > 0: fault injection for tests, every step held that long (0 when served).
 Errors: a pass no engine could run (ValueError naming the field) fails that call only.
 """
 
@@ -31,6 +32,7 @@ class TritonPythonModel:
             int(params["THREADS"]),
             say=pb_utils.Logger.log_info,
             device=params["DEVICE"],
+            pass_delay_s=int(params["PASS_DELAY_MS"]) / 1000,
         )
         self.denoiser, self.inputs = Denoiser(engine), INPUTS
         self.metrics = DenoiserMetrics(pb_utils)

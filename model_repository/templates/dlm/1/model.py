@@ -75,9 +75,8 @@ class TritonPythonModel:
                 payload = pb_utils.get_input_tensor_by_name(request, "request").as_numpy()
                 gen, stream, views = self.from_wire(ids, payload.reshape(-1)[0])
             except self.errors as e:
-                sender.send(
-                    pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))), flags=FINAL
-                )
+                error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
                 continue
             self.orchestrator.submit(
                 gen,

@@ -1,7 +1,8 @@
 """preprocessing: text and knobs -> token ids and a validated request.
 
 Inputs: the ensemble's (config.pbtxt); all but text_input and max_tokens optional, absent ones
-take the model folder's generation_config.json defaults.
+take the model folder's generation_config.json defaults. The two required ones are optional to
+Triton and checked here, so that their absence is an error naming them on every endpoint.
 Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, dlm.serving.requests).
 Errors: a request with a knob out of range gets its own error response naming the field and the
 allowed values; the other requests of the batch proceed.
@@ -55,8 +56,9 @@ class TritonPythonModel:
                     inputs[name] = tensor.as_numpy()
             try:
                 ids, payload = self.from_inputs(self.pre, inputs)
-            except self.errors as e:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e))))
+            except self.errors as e:  # INVALID_ARG: HTTP 400, not 500
+                error = pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(
