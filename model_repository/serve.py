@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from model_repository.supervisor import Supervisor, enabled, remove_orphans, shm_regions
@@ -122,11 +123,12 @@ def command(
     ]
 
 
-def wait_ready(http: str, proc: subprocess.Popen | None = None, timeout: float = 180.0) -> bool:
-    """True once the ensemble answers ready on `http` (host:port); False if the server died."""
+def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: float = 180.0) -> bool:
+    """True once the ensemble answers ready on `http` (host:port); False once `gone()` (the
+    server died and will not come back) or past `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
+        if gone():
             return False
         try:
             with urllib.request.urlopen(f"http://{http}/v2/models/ensemble/ready", timeout=2) as r:
@@ -196,19 +198,26 @@ class LocalServer:
         self._cmd = cmd
         shm_baseline = shm_regions()
         self._proc = self._start()
-        if not wait_ready(f"127.0.0.1:{self.http}", self.proc, timeout):
-            self.stop()
-            raise RuntimeError(f"tritonserver did not get ready:\n{self.tail()}")
-        if supervise:
+        if supervise:  # from the start: a stub may die before the server is ready
             self.supervisor = Supervisor(
                 self._proc,
                 f"127.0.0.1:{self.http}",
                 self.admin_key,
+                repo,
                 start_server=self._start,
                 interval=supervise_interval,
                 say=self._say,
                 shm_baseline=shm_baseline,
             ).start()
+        if not wait_ready(f"127.0.0.1:{self.http}", self.gone, timeout):
+            self.stop()
+            raise RuntimeError(f"tritonserver did not get ready:\n{self.tail()}")
+
+    def gone(self) -> bool:
+        """The server exited and nothing brings it back (no supervisor, or it gave up)."""
+        if self.supervisor is not None:
+            return not self.supervisor.alive
+        return self._proc.poll() is not None
 
     def _start(self) -> subprocess.Popen:
         return subprocess.Popen(
@@ -317,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     shm_baseline = shm_regions()
     proc = start()
     supervisor = Supervisor(
-        proc, http, key, start, say=lambda x: print(x, flush=True), shm_baseline=shm_baseline
+        proc,
+        http,
+        key,
+        args.repository,
+        start,
+        say=lambda x: print(x, flush=True),
+        shm_baseline=shm_baseline,
     )
     stopping = threading.Event()
 
@@ -330,15 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
 
+    def gone() -> bool:
+        return stopping.is_set() or (not supervisor.alive and supervisor.server.poll() is not None)
+
     def announce():
-        if wait_ready(http, proc):
+        if wait_ready(http, gone):
             print(
                 ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
                 flush=True,
             )
-            if enabled() and not stopping.is_set():
-                supervisor.start()
 
+    if enabled():  # from the start: a stub may die before the server is ready
+        supervisor.start()
     threading.Thread(target=announce, daemon=True).start()
     while True:
         try:

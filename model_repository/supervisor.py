@@ -2,13 +2,20 @@
 
 A stub process that dies (killed, crashed, out of memory) is not restarted by Triton 2.51: every
 later request to its model fails with `Stub process '<model>_0_0' is not healthy.` while
-readiness still answers 200 (docs: /work/shared/ENVIRONMENT.md). The `Supervisor` thread polls
-the stubs (children of the tritonserver process, read from /proc: no request, no lock) every
-`interval` seconds. When a stub it saw is gone (or a zombie), it unloads at once, through the
-restricted model-repository API, the dead model and the models that depend on it (DEPENDENTS:
-the denoiser holds every sequence's KV cache, so `dlm`'s sequences are lost with it and the
-`ensemble` cannot serve meanwhile), so that `/v2/models/<m>/ready` says not ready; then loads
-them back in dependency order and waits until each is ready again.
+readiness still answers 200 (docs: /work/shared/ENVIRONMENT.md). The `Supervisor` thread runs
+from the server's start and polls the stubs (children of the tritonserver process, read from
+/proc: no request, no lock) every `interval` seconds against the instance counts written in the
+repository's `config.pbtxt` files, so that no moment is blind: a stub killed during start-up,
+right after ready or during a reload is seen as soon as its model is READY with fewer live stubs
+than its count. All the models found dead in one poll are recovered together: it unloads at
+once, through the restricted model-repository API, them and the models that depend on them
+(DEPENDENTS: the denoiser holds every sequence's KV cache, so `dlm`'s sequences are lost with it
+and the `ensemble` cannot serve meanwhile), so that `/v2/models/<m>/ready` says not ready; then
+loads them back in dependency order and waits until each is ready again. A model it unloaded
+stays owed until it is READY again: a load that fails (its new stub killed too) is retried at
+the next poll, as is any model of the repository that is not READY once the server's initial
+load is over (a stub killed while loading). A model unloaded by someone else after it was READY
+is left alone.
 
 In-flight requests of the dead model's dependents fail with an error (`dlm`: "denoiser step
 failed: ... not healthy").
@@ -25,6 +32,7 @@ stuck in the dead stub holds it: seen when the denoiser dies mid-generation). At
 
 from __future__ import annotations
 
+import graphlib
 import json
 import logging
 import os
@@ -50,6 +58,33 @@ DEPENDENTS: dict[str, tuple[str, ...]] = {
     "preprocessing": ("ensemble",),
     "postprocessing": ("ensemble",),
 }
+
+
+def load_order(dependents: dict[str, tuple[str, ...]] = DEPENDENTS) -> list[str]:
+    """Every model named in `dependents`, each before the models that depend on it."""
+    graph: dict[str, set[str]] = {}
+    for model, deps in dependents.items():
+        graph.setdefault(model, set())
+        for d in deps:
+            graph.setdefault(d, set()).add(model)
+    return list(graphlib.TopologicalSorter(graph).static_order())
+
+
+def repository_instances(repository: str | Path) -> dict[str, int]:
+    """Model -> how many Python backend stubs it runs (its instance count; 0 for a model
+    without stubs, the ensemble), for every model of a filled repository."""
+    found = {}
+    for config in sorted(Path(repository).glob("*/config.pbtxt")):
+        text = config.read_text()
+        python = re.search(r'^backend:\s*"python"', text, re.M)
+        found[config.parent.name] = config_instance_count(text) if python else 0
+    return found
+
+
+def config_instance_count(text: str) -> int:
+    """The instance count in a config.pbtxt's text (1 if none is written)."""
+    m = re.search(r"instance_group\s*\[\s*\{[^}]*?count:\s*(\d+)", text)
+    return int(m.group(1)) if m else 1
 
 
 def stub_pids(server_pid: int, proc: str | Path = "/proc") -> dict[str, set[int]]:
@@ -171,6 +206,7 @@ class Supervisor:
         server: subprocess.Popen,
         http: str,
         admin_key: str,
+        repository: str | Path,
         start_server: Callable[[], subprocess.Popen] | None = None,
         interval: float = 2.0,
         settle_s: float = 5.0,
@@ -180,17 +216,23 @@ class Supervisor:
         say: Callable[[str], None] = log.warning,
         shm_baseline: set[str] | None = None,
     ) -> None:
-        """shm_baseline: the regions in /dev/shm before the first server started (default:
-        those now); only regions made since are ever removed."""
+        """repository: the filled model repository the server serves (its instance counts);
+        shm_baseline: the regions in /dev/shm before the first server started (default: those
+        now); only regions made since are ever removed."""
         self.server, self.start_server = server, start_server
         self.baseline = shm_regions() if shm_baseline is None else set(shm_baseline)
-        self.api = RepositoryApi(http, admin_key)
+        self.api = RepositoryApi(http, admin_key, timeout=load_timeout)
         self.interval, self.settle_s, self.load_timeout = interval, settle_s, load_timeout
         self.max_restarts, self.restarts = max_restarts, []  # monotonic times of restarts
         self.dependents, self.say = dependents, say
-        self.expected: dict[str, int] = {}  # model -> instance count (its config.pbtxt)
+        self.expected = repository_instances(repository)  # model -> stubs it runs
+        order = load_order(dependents)
+        self.order = order + sorted(set(self.expected) - set(order))
+        self.owed: set[str] = set(self.expected)  # not yet seen READY since start or unload
+        self.failed_loads: dict[str, int] = {}  # model -> loads failed in a row
+        self.loading_stubs: set[int] = set()  # stubs seen before the server first answered
         self.last_stubs: list[int] = []  # pids of the stubs seen in the last poll
-        self.recoveries: list[tuple[str, float]] = []  # (dead model, seconds to recover)
+        self.recoveries: list[tuple[str, float]] = []  # (dead models, seconds to recover)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -204,7 +246,7 @@ class Supervisor:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> Supervisor:
-        self.dead()  # learn the models, their instance counts and regions
+        """Watch from now on: call it right after starting the server, before it is ready."""
         self._thread = threading.Thread(target=self._run, name="dlm-supervisor", daemon=True)
         self._thread.start()
         return self
@@ -230,61 +272,91 @@ class Supervisor:
                 log.exception("supervisor check failed")
 
     def dead(self) -> list[str]:
-        """Models that Triton calls READY with fewer live stubs than their instance count.
-
-        (A model being loaded or unloaded, by us or through the API, is not READY or still has
-        its stubs, so it is not mistaken for a dead one.)"""
+        """Models to recover: READY with fewer live stubs than their instance count, and the
+        models owed a load (see module doc) that are not READY; [] while the server does not
+        answer yet (still loading its models at start-up)."""
         found = stubs(self.pid)
         self.last_stubs = [pid for _, pid, _ in found]
         live: dict[str, int] = {}
         for model, _, _ in found:
             live[model] = live.get(model, 0) + 1
-        short = [m for m, n in self.expected.items() if live.get(m, 0) < n]
-        for model, pid, _ in found:
-            if model not in self.expected:
-                self.expected[model] = instance_count(pid)
-        if not short:
+        try:
+            states = self.api.states()
+        except (urllib.error.URLError, OSError):
+            # Not listening yet: the server is loading its models. A stub that died meanwhile
+            # holds its model's load for ever (seen here): only a new server gets past it.
+            vanished = self.loading_stubs - set(self.last_stubs)
+            self.loading_stubs |= set(self.last_stubs)
+            if vanished and self.server.poll() is None:
+                self.say("supervisor: a stub died while the server loads its models: restarting")
+                self.terminate()
+                self.restart()
             return []
-        states = self.api.states()
-        return [m for m in short if states.get(m) == "READY"]
+        self.loading_stubs = set()
+        short = {m for m, n in self.expected.items() if live.get(m, 0) < n}
+        dead = {m for m in short if states.get(m) == "READY"}
+        self.owed -= {m for m in self.owed if states.get(m) == "READY" and m not in short}
+        dead |= {m for m in self.owed if states.get(m) not in ("READY", "LOADING", "UNLOADING")}
+        return [m for m in self.order if m in dead]
 
     def check_once(self) -> list[str]:
         """One poll; recovers and returns the models whose stub died."""
         dead = self.dead()
-        for model in dead:
-            if self._stop.is_set():
-                break
-            self.recover(model)
+        if dead and not self._stop.is_set():
+            self.recover(dead)
         return dead
 
-    def recover(self, model: str) -> None:
-        """Unload `model` and its dependents, load them back. An unload that does not settle
-        in `settle_s` (a request stuck in the dead stub holds it) restarts the server."""
+    def recover(self, dead: list[str]) -> None:
+        """Unload the `dead` models and their dependents, load them back in dependency order.
+        An unload that does not settle in `settle_s` (a request stuck in a dead stub holds it)
+        restarts the server."""
         t0 = time.monotonic()
-        cycle = [*self.dependents.get(model, ()), model]  # unload order: dependents first
-        self.say(f"supervisor: the stub of {model!r} died; unloading {cycle} to reload them")
-        for m in cycle:
+        cycle = set(dead)
+        for m in dead:
+            cycle.update(self.dependents.get(m, ()))
+        loads = [m for m in self.order if m in cycle]
+        self.owed |= cycle
+        self.say(f"supervisor: the stubs of {dead} died; unloading {loads[::-1]} to reload them")
+        for m in reversed(loads):
             self.api.unload(m)
         try:
             self._wait(
-                lambda: all(self.api.states().get(m) == "UNAVAILABLE" for m in cycle),
-                cycle,
+                lambda: all(self.api.states().get(m) == "UNAVAILABLE" for m in loads),
+                loads,
                 self.settle_s,
             )
         except TimeoutError:
             self.say(
-                f"supervisor: {cycle} not unloaded in {self.settle_s} s: restarting the server"
+                f"supervisor: {loads} not unloaded in {self.settle_s} s: restarting the server"
             )
             self.terminate()
             self.restart()
             return
-        for m in reversed(cycle):
-            self.api.load(m)  # blocks until loaded (or raises with Triton's error)
+        for m in loads:
+            try:
+                self.api.load(m)  # blocks until loaded, or raises with Triton's error
+            except TimeoutError:  # its new stub died while loading: the load never ends
+                self.say(f"supervisor: {m} not loaded in {self.api.timeout} s: restarting")
+                self.terminate()
+                self.restart()
+                return
+            except urllib.error.HTTPError as e:
+                self.failed_loads[m] = self.failed_loads.get(m, 0) + 1
+                if self.failed_loads[m] >= self.max_restarts:
+                    self.owed -= set(loads)
+                    self.say(
+                        f"supervisor: {m} failed to load {self.failed_loads[m]} times: "
+                        f"giving up on {loads} ({e.read().decode(errors='replace')})"
+                    )
+                else:
+                    self.say(f"supervisor: {m} failed to load ({e}); retrying at the next poll")
+                return
+            self.failed_loads.pop(m, None)
             self._wait(lambda m=m: self.api.ready(m), [m])
-        remove_orphans(self.baseline)  # the dead stub's region, if the server left it
+        remove_orphans(self.baseline)  # the dead stubs' regions, if the server left them
         took = time.monotonic() - t0
-        self.recoveries.append((model, took))
-        self.say(f"supervisor: {cycle} reloaded and ready after {took:.1f} s")
+        self.recoveries.append((",".join(dead), took))
+        self.say(f"supervisor: {loads} reloaded and ready after {took:.1f} s")
 
     def terminate(self, timeout: float = 5.0) -> None:
         """SIGTERM the server, SIGKILL past `timeout` (a stuck model would hold it for its
@@ -316,6 +388,7 @@ class Supervisor:
             "regions it left; starting a new one"
         )
         self.restarts.append(now)
+        self.owed, self.loading_stubs = set(self.expected), set()
         self.server = self.start_server()
         try:
             self._wait(
@@ -370,17 +443,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def instance_count(stub_pid: int, proc: str | Path = "/proc") -> int:
-    """The instance count in the config.pbtxt of a stub's model (1 if none is written)."""
-    try:
-        argv = (Path(proc) / str(stub_pid) / "cmdline").read_bytes().split(b"\0")
-        config = Path(argv[1].decode()).parent.parent / "config.pbtxt"
-        m = re.search(r"instance_group\s*\[\s*\{[^}]*?count:\s*(\d+)", config.read_text())
-    except (OSError, IndexError):
-        return 1
-    return int(m.group(1)) if m else 1
 
 
 def enabled(environ: dict[str, str] = os.environ) -> bool:

@@ -3,7 +3,9 @@
 
 Two paths, both seen here: a denoiser stub killed while idle is unloaded and loaded back with
 its dependents (the server stays up); killed in the middle of a generation, its in-flight
-request holds the unload, so the supervisor restarts the server."""
+request holds the unload, so the supervisor restarts the server. Stubs killed during start-up
+or several at once come back too. The module's server holds every engine pass HOLD_MS (fill
+--pass-delay-ms), so that a request is in flight when a test kills under it, on any machine."""
 
 import os
 import signal
@@ -18,6 +20,7 @@ from model_repository.supervisor import remove_orphans, shm_regions, stub_pids
 
 pytestmark = pytest.mark.slow
 PROMPT = "def f(x):\n    return"
+HOLD_MS = 10  # a 400-token request lasts at least 4 s
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ def server(tiny_checkpoint, tmp_path_factory):
     s = LocalServer(
         tiny_checkpoint,
         tmp_path_factory.mktemp("triton_faults"),
-        ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"],
+        ["--backend", "torch", "--threads", "1", "--heartbeat-ms", "20"]
+        + ["--pass-delay-ms", str(HOLD_MS)],
     )
     s.shm_before = before
     yield s
@@ -34,10 +38,17 @@ def server(tiny_checkpoint, tmp_path_factory):
     assert shm_regions() - before == set(), "shared memory left behind after stop"
 
 
-def kill_denoiser(server) -> int:
-    pid = next(iter(stub_pids(server.proc.pid)["denoiser"]))
-    os.kill(pid, signal.SIGKILL)
-    return pid
+def kill_stubs(server, *models) -> list[int]:
+    """SIGKILL the Python backend stubs of `models` together."""
+    live = stub_pids(server.proc.pid)
+    pids = [pid for m in models for pid in live[m]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def kill_denoiser(server) -> list[int]:
+    return kill_stubs(server, "denoiser")
 
 
 def watch_readiness(server, until, timeout=60.0):
@@ -96,17 +107,21 @@ def test_denoiser_killed_mid_request(server):
     regions = len(shm_regions() - server.shm_before)
     result: dict = {}
     grpc = GrpcClient(f"127.0.0.1:{server.grpc}", timeout=120)
+    streaming = threading.Event()
 
     def run():
         try:
-            result["ok"] = grpc.generate(PROMPT, 400, mode="ar", stream=False)
+            result["ok"] = grpc.generate(
+                PROMPT, 400, lambda u: streaming.set(), mode="ar", stream=True
+            )
         except ClientError as e:
             result["error"] = str(e)
+        streaming.set()
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(1.0)  # well into the generation (400 tokens take several seconds)
-    assert thread.is_alive(), result
+    # Its first tokens are back: at least 390 passes of HOLD_MS each are still to run.
+    assert streaming.wait(120) and thread.is_alive(), result
     t0 = time.monotonic()
     kill_denoiser(server)
     thread.join(30)
@@ -118,6 +133,59 @@ def test_denoiser_killed_mid_request(server):
     print(f"in-flight error: {result['error']}; recovered by {server.supervisor.recoveries[-1]}")
     print("server restarted" if server.proc.pid != pid_before else "server kept")
     assert len(shm_settles(server)) <= regions
+
+
+def stubs_of(workdir, model: str) -> list[int]:
+    """Pids of live Python backend stubs serving `model` from the repository in `workdir`."""
+    prefix = f"{workdir}/model_repository/{model}/".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"triton_python_backend_stub"):
+            if argv[1].startswith(prefix):
+                found.append(int(entry))
+    return found
+
+
+def test_stubs_killed_during_start_up_and_right_after_ready(tiny_checkpoint, tmp_path):
+    """preprocessing's stub killed as soon as it exists: the ensemble, which loads only after
+    every model it composes, cannot be ready yet. The server still gets ready and serves. Then,
+    the moment it is ready, preprocessing and dlm killed together (once a blind spot: the
+    supervisor learnt the stubs only after ready): back again."""
+    workdir = tmp_path.resolve()
+    made: dict = {}
+    thread = threading.Thread(
+        target=lambda: made.setdefault(
+            "server", LocalServer(tiny_checkpoint, workdir, ["--backend", "torch"])
+        )
+    )
+    thread.start()
+    killed = []
+    while not killed and thread.is_alive():
+        for pid in stubs_of(workdir, "preprocessing"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.005)
+    thread.join(300)
+    assert killed, "the server got ready before its preprocessing stub was seen"
+    s = made["server"]
+    try:
+        print(f"supervisor: {s.supervisor.recoveries}")
+        assert s.supervisor.recoveries, s.tail()
+        c = GrpcClient(f"127.0.0.1:{s.grpc}", timeout=60)
+        assert c.generate(PROMPT, 6, mode="ar").num_output_tokens == 6
+        c.close()
+        recoveries = len(s.supervisor.recoveries)
+        t0 = time.monotonic()
+        kill_stubs(s, "preprocessing", "dlm")
+        seen = watch_readiness(s, lambda: len(s.supervisor.recoveries) > recoveries)
+        assert s.supervisor.recoveries[-1][0] == "preprocessing,dlm", s.tail()
+        assert_recovered(s, t0, seen)
+    finally:
+        s.stop()
 
 
 def test_remove_orphans_only_touches_new_unmapped_regions(tmp_path):
@@ -139,7 +207,11 @@ def test_shutdown_with_streams_in_flight_ends_them(tiny_checkpoint, tmp_path):
     """SIGTERM (Ctrl-C of `make serve`) while streams are in flight: every client gets its final
     answer or an error, none hangs, the server exits within its exit timeout, no shm is left."""
     before = shm_regions()
-    s = LocalServer(tiny_checkpoint, tmp_path, ["--backend", "torch", "--threads", "1"])
+    s = LocalServer(
+        tiny_checkpoint,
+        tmp_path,
+        ["--backend", "torch", "--threads", "1", "--pass-delay-ms", str(HOLD_MS)],
+    )
     outcomes, streaming = {}, [threading.Event() for _ in range(4)]
 
     def run(i):
