@@ -81,3 +81,51 @@ def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):
 def test_model_folder_is_checked(tmp_path, capsys):
     assert main(["--model", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_each_model_is_served_with_its_own_engine(tmp_path):
+    """`make engine MODEL=a`, then `MODEL=b`: two engine folders; fill (as `make serve` runs it)
+    points each model at its own, and the engine loaded from it is that model's. A checkpoint
+    changed in place is rebuilt, not served from its stale engine."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from dlm import checkpoint
+    from dlm.serving.denoiser import load_engine
+    from export import engine_dir
+    from tests.conftest import tiny_model, train_tiny_tokenizer
+
+    root = Path(__file__).resolve().parents[2]
+    models = {"a": tiny_model(seed=1), "b": tiny_model(seed=2, num_layers=3)}
+    for name, model in models.items():
+        checkpoint.save(model, tmp_path / name)
+        train_tiny_tokenizer(tmp_path / name)
+
+    def make_engine(name: str) -> str:
+        r = subprocess.run(
+            ["make", "--no-print-directory", "engine", f"MODEL={tmp_path / name}", "BACKEND=torch"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    try:
+        for name in models:
+            make_engine(name)
+        assert engine_dir(tmp_path / "a") != engine_dir(tmp_path / "b")
+        for name, model in models.items():
+            values = fill_module.values_from_args(
+                fill_module.parser().parse_args(["--model", str(tmp_path / name)])
+            )
+            assert values["ENGINE_DIR"] == str(engine_dir(tmp_path / name))
+            engine = load_engine(tmp_path / name, values["ENGINE_DIR"], say=lambda s: None)
+            assert engine.config.num_layers == model.cfg.num_layers
+        assert "[skip]" in make_engine("a")
+        checkpoint.save(tiny_model(seed=3), tmp_path / "a")  # new weights, same folder
+        assert "[skip]" not in make_engine("a")
+    finally:
+        for name in models:
+            shutil.rmtree(engine_dir(tmp_path / name), ignore_errors=True)

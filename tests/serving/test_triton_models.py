@@ -101,8 +101,9 @@ def ensemble(models, cancel_after: int | None = None, **knobs):
         time.sleep(0.001)
 
 
-def released(denoiser, timeout: float = 5.0) -> bool:
-    """Whether every cache is freed soon (the dlm thread releases after the final response)."""
+def released(denoiser, timeout: float = 60.0) -> bool:
+    """Whether every cache is freed (the dlm thread releases after the final response);
+    `timeout` only keeps a broken release from hanging the suite."""
     deadline = time.monotonic() + timeout
     while denoiser.live_sequences and time.monotonic() < deadline:
         time.sleep(0.01)
