@@ -215,7 +215,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300, help="seconds per perf_analyzer run")
     p.add_argument("--backend", default="auto", help="auto (the build's engine) | torch")
     p.add_argument("--engine", default=None, help="export's build folder (default: the model's)")
-    p.add_argument("--device", default="cpu", help="the denoiser's PyTorch engine: cpu | cuda")
+    p.add_argument("--device", default="cpu", help="dlm's PyTorch engine: cpu | cuda")
     p.add_argument("--threads", type=int, default=2, help="engine threads in the server")
     return p
 

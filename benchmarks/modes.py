@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from dlm.serving.denoiser import load_engine
     from dlm.tokenizer import TextTokenizer
+    from serving.engine import load_engine
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -10,9 +10,9 @@
    holding N requests, refilled as they finish; through Triton: N client threads).
 Both sides use the same engine (`--backend auto`: the build's, ONNX Runtime on CPU after `make
 engine`; `torch`: PyTorch) with the same thread count on the same cores, and greedy decoding of
-the same prompts; the server runs one request's passes in one denoiser call
-per step, like the in-process Scheduler. Absolute times count only on the machine named in the
-output; the ratios are the point. Not a test: nothing is asserted.
+the same prompts; the server's `dlm` model runs the same Scheduler beside the same engine, one
+engine step per iteration for every request in flight. Absolute times count only on the machine
+named in the output; the ratios are the point. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch
 
 from dlm.pipeline import Pipeline, generation_defaults
 from dlm.sampling import Limits, Scheduler
-from dlm.serving.denoiser import load_engine
 from dlm.tokenizer import TextTokenizer
 from export import engine_dir
+from serving.engine import load_engine
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n## throughput vs concurrency ({mode}, {args.requests} requests per point)")
         print(
             "| concurrency | in process tok/s | Triton tok/s | Triton / in process | "
-            "Triton passes per denoiser call |"
+            "Triton passes per engine step |"
         )
         print("|---|---|---|---|---|")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
@@ -191,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode) for p in prompts]
             tok_a, sec_a = in_process(pipe, reqs, n)
             jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode}) for p in prompts]
-            calls, passes = (server.metric(f"dlm_denoiser_{k}") for k in ("calls", "passes"))
+            steps, passes = (server.metric(f"dlm_engine_{k}") for k in ("steps", "passes"))
             tok_b, sec_b = through_triton(url, jobs, n)
-            calls = server.metric("dlm_denoiser_calls") - calls
-            passes = server.metric("dlm_denoiser_passes") - passes
+            steps = server.metric("dlm_engine_steps") - steps
+            passes = server.metric("dlm_engine_passes") - passes
             print(
                 f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, calls):.1f} |",
+                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, steps):.1f} |",
                 flush=True,
             )
     return 0

@@ -123,7 +123,7 @@ class Sampler(threading.Thread):
 def failures(server) -> dict[str, float]:
     return {
         m: server.metric("nv_inference_request_failure", model=m)
-        for m in ("ensemble", "preprocessing", "dlm", "denoiser", "postprocessing")
+        for m in ("ensemble", "preprocessing", "dlm", "postprocessing")
     }
 
 

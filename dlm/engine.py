@@ -1,7 +1,7 @@
 """The engine interface: one forward pass for a batch of sequences, KV cache kept per sequence.
 
-Samplers talk to every engine (PyTorch here, ONNX Runtime, TensorRT, a Triton denoiser model over
-BLS) through `step()`, which carries token ids in and (token, confidence) pairs out: logits never
+Samplers talk to every engine (PyTorch here, ONNX Runtime, TensorRT) through `step()`, which
+carries token ids in and (token, confidence) pairs out: logits never
 leave the engine, because the fused DenoiseStep op runs inside it.
 """
 

@@ -99,6 +99,9 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "MAX_BATCH_SIZE": positive("MAX_BATCH_SIZE", args.max_batch_size),
         "MAX_PASSES_PER_STEP": positive("MAX_PASSES_PER_STEP", args.max_passes_per_step),
         "DLM_INSTANCES": positive("DLM_INSTANCES", args.dlm_instances),
+        # cuda: one instance per GPU (Triton's KIND_GPU); cuda:N: on GPU N only.
+        "DLM_KIND": "KIND_CPU" if args.device == "cpu" else "KIND_GPU",
+        "DLM_GPUS": f" gpus: [ {args.device[5:]} ]" if args.device.startswith("cuda:") else "",
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
         "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
@@ -124,8 +127,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="cpu",
-        help="where the denoiser's PyTorch engine runs: cpu | cuda | cuda:N "
-        "(the build's ONNX Runtime / TensorRT engines pick their own)",
+        help="where dlm's engine runs: cpu (KIND_CPU) | cuda (KIND_GPU, an instance per GPU) | "
+        "cuda:N (GPU N); the build's ONNX Runtime engine runs on the CPU, TensorRT on the GPU",
     )
     p.add_argument("--out", default="build/model_repository")
     p.add_argument("--repo-root", default=str(REPO_ROOT), help="put on sys.path by the models")
@@ -133,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-passes-per-step",
         default=64,
-        help="most passes in one denoiser call (requests beyond it wait)",
+        help="most passes in one engine step (requests beyond it wait)",
     )
     p.add_argument(
         "--heartbeat-ms",
@@ -163,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         default=0,
-        help="denoiser engine threads, torch or ONNX Runtime (0: their default)",
+        help="engine threads, torch or ONNX Runtime (0: their default)",
     )
     p.add_argument(
         "--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template"

@@ -28,7 +28,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from model_repository.supervisor import Supervisor, enabled, remove_orphans, shm_regions
+from model_repository.supervisor import (
+    Supervisor,
+    enabled,
+    remove_orphans,
+    shm_regions,
+    stub_pids,
+)
+from serving import cancel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,6 +128,14 @@ def command(
         "--exit-timeout-secs=15",
         *extra,
     ]
+
+
+def terminate(server: subprocess.Popen) -> None:
+    """Stop a tritonserver the clean way: tell its `dlm` instances first (they end their
+    requests with an error at once, `serving.cancel`), then SIGTERM (SIGKILL would leave
+    shared memory behind)."""
+    cancel.shutdown(sorted(stub_pids(server.pid).get("dlm", ())))
+    server.send_signal(signal.SIGTERM)
 
 
 def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: float = 180.0) -> bool:
@@ -265,7 +280,7 @@ class LocalServer:
         if self.supervisor is not None:
             self.supervisor.stop()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            terminate(self.proc)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -340,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         stopping.set()
         supervisor.halt()  # no reload or restart while stopping
         if supervisor.server.poll() is None:
-            supervisor.server.send_signal(signal.SIGTERM)
+            terminate(supervisor.server)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)

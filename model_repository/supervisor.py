@@ -9,24 +9,24 @@ repository's `config.pbtxt` files, so that no moment is blind: a stub killed dur
 right after ready or during a reload is seen as soon as its model is READY with fewer live stubs
 than its count. All the models found dead in one poll are recovered together: it unloads at
 once, through the restricted model-repository API, them and the models that depend on them
-(DEPENDENTS: the denoiser holds every sequence's KV cache, so `dlm`'s sequences are lost with it
-and the `ensemble` cannot serve meanwhile), so that `/v2/models/<m>/ready` says not ready; then
-loads them back in dependency order and waits until each is ready again. A model it unloaded
-stays owed until it is READY again: a load that fails (its new stub killed too) is retried at
-the next poll, as is any model of the repository that is not READY once the server's initial
-load is over (a stub killed while loading). A model unloaded by someone else after it was READY
-is left alone.
+(DEPENDENTS: the `ensemble` cannot serve while one of its models is away; a dead `dlm` stub took
+its engine, its KV caches and so its sequences with it), so that `/v2/models/<m>/ready` says not
+ready; then loads them back in dependency order and waits until each is ready again. A model it
+unloaded stays owed until it is READY again: a load that fails (its new stub killed too) is
+retried at the next poll, as is any model of the repository that is not READY once the server's
+initial load is over (a stub killed while loading). A model unloaded by someone else after it
+was READY is left alone.
 
-In-flight requests of the dead model's dependents fail with an error (`dlm`: "denoiser step
-failed: ... not healthy").
+In-flight requests of a dead model fail with an error (Triton's: "... Stub process 'dlm_0_0' is
+not healthy", or their connection closed).
 
-Seen here: a stub killed while it exchanges a message with the server (e.g. the denoiser in the
+Seen here: a stub killed while it exchanges a message with the server (e.g. `dlm` in the
 middle of a generation) can take tritonserver itself down (`boost::interprocess::lock_exception`,
 abort). Given `start_server`, the supervisor then removes the dead server's shared-memory
 regions (made since the first start and mapped by no live process: a killed server leaves them
 in /dev/shm) and starts a new one on the same ports; in-flight requests see their connection
 closed. The same happens when the dead model's unload does not finish in `settle_s` (a request
-stuck in the dead stub holds it: seen when the denoiser dies mid-generation). At most
+stuck in the dead stub holds it: seen when `dlm` dies mid-generation). At most
 `max_restarts` restarts per 10 minutes, then it gives up (the server's exit code stands).
 """
 
@@ -49,11 +49,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 STUB = "triton_python_backend_stub"
-# model -> the models to cycle with it, unloaded in this order after it is (so loaded back in
-# reverse: the dead model first). `postprocessing` only calls the denoiser to report
-# cancellations and keeps no state: it does not need a reload.
+# model -> the models to cycle with it (unloaded before it, loaded back after it).
 DEPENDENTS: dict[str, tuple[str, ...]] = {
-    "denoiser": ("dlm", "ensemble"),
     "dlm": ("ensemble",),
     "preprocessing": ("ensemble",),
     "postprocessing": ("ensemble",),
@@ -232,6 +229,7 @@ class Supervisor:
         self.failed_loads: dict[str, int] = {}  # model -> loads failed in a row
         self.loading_stubs: set[int] = set()  # stubs seen before the server first answered
         self.last_stubs: list[int] = []  # pids of the stubs seen in the last poll
+        self.regions: set[str] = set()  # shared-memory regions of every stub it has seen
         self.recoveries: list[tuple[str, float]] = []  # (dead models, seconds to recover)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -277,6 +275,7 @@ class Supervisor:
         answer yet (still loading its models at start-up)."""
         found = stubs(self.pid)
         self.last_stubs = [pid for _, pid, _ in found]
+        self.regions.update(region for _, _, region in found)
         live: dict[str, int] = {}
         for model, _, _ in found:
             live[model] = live.get(model, 0) + 1

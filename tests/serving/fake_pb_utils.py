@@ -1,6 +1,5 @@
 """A fake `triton_python_backend_utils`: enough of the Python backend to run our `model.py`
-adapters in process. BLS requests go to the models registered in `MODELS`; metrics are kept in
-`METRICS` for inspection."""
+adapters in process. Metrics are kept in `METRICS` for inspection."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ import threading
 import numpy as np
 
 TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
-MODELS: dict[str, object] = {}  # model name -> TritonPythonModel instance (for BLS)
 METRICS: dict[tuple, float] = {}  # (family name, sorted labels) -> value (histograms: count)
 _lock = threading.Lock()
 
@@ -78,23 +76,8 @@ class Request:
         return self.cancelled
 
 
-class InferenceRequest:
-    """BLS: runs the registered model's execute() on this one request, in this thread."""
-
-    def __init__(self, model_name: str, inputs, requested_output_names=(), **_) -> None:
-        self.model_name, self.inputs = model_name, {t.name(): t.as_numpy() for t in inputs}
-        self.requested = list(requested_output_names)
-
-    def exec(self) -> InferenceResponse:
-        return MODELS[self.model_name].execute([Request(self.inputs)])[0]
-
-
 def get_input_tensor_by_name(request: Request, name: str) -> Tensor | None:
     return next((t for t in request.inputs if t.name() == name), None)
-
-
-def get_output_tensor_by_name(response: InferenceResponse, name: str) -> Tensor | None:
-    return next((t for t in response.output_tensors() if t.name() == name), None)
 
 
 class Logger:

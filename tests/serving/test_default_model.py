@@ -35,7 +35,7 @@ def grpc(server):
 
 def test_the_manifest_engine_serves(server):
     engine = {"onnxruntime": "OrtEngine", "tensorrt": "TrtEngine", "torch": "TorchEngine"}
-    assert f"denoiser: {engine[server.backend]} from {engine_dir(MODEL)}" in server.tail(400)
+    assert f"engine: {engine[server.backend]} from {engine_dir(MODEL)}" in server.tail(400)
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from dlm.serving.detok import MASK_PLACEHOLDER, Postprocessor, block_text, safe, text_delta
 from dlm.tokenizer import TextTokenizer
+from serving.detok import MASK_PLACEHOLDER, Postprocessor, block_text, safe, text_delta
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """What a machine without the wheels (the GPU one) sets: DLM_TRITON_HOME (an unpacked
-scripts/pack_triton.py archive), PERF_ANALYZER, and the denoiser's device."""
+scripts/pack_triton.py archive), PERF_ANALYZER, and the device of dlm's engine."""
 
 import time
 
@@ -8,8 +8,8 @@ import torch
 
 from benchmarks import perf_analyzer as pa
 from dlm.engine import HeldEngine, PassRequest, TorchEngine
-from dlm.serving import denoiser
 from model_repository import serve
+from serving import engine as serving_engine
 
 
 def test_triton_home_replaces_the_wheel(tmp_path, monkeypatch):
@@ -51,9 +51,11 @@ def test_perf_analyzer_from_the_environment(tmp_path, monkeypatch):
         ),
     ],
 )
-def test_denoiser_engine_device(tiny_checkpoint, device):
+def test_engine_device(tiny_checkpoint, device):
     said = []
-    engine = denoiser.load_engine(tiny_checkpoint, None, "torch", device=device, say=said.append)
+    engine = serving_engine.load_engine(
+        tiny_checkpoint, None, "torch", device=device, say=said.append
+    )
     assert isinstance(engine, TorchEngine) and f"TorchEngine on {device}" in said[0]
     assert {p.device.type for p in engine.model.parameters()} == {device}
     assert engine.kv.zeros((1,)).device.type == device
@@ -61,7 +63,7 @@ def test_denoiser_engine_device(tiny_checkpoint, device):
 
 def test_pass_delay_holds_every_step(tiny_checkpoint, monkeypatch):
     said, slept = [], []
-    engine = denoiser.load_engine(
+    engine = serving_engine.load_engine(
         tiny_checkpoint, None, "torch", say=said.append, pass_delay_s=0.02
     )
     assert isinstance(engine, HeldEngine) and "held 20 ms" in said[-1]

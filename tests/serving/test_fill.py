@@ -5,7 +5,7 @@ import pytest
 from model_repository import fill as fill_module
 from model_repository.fill import FillError, fill, fill_text, main
 
-MODELS = {"ensemble", "preprocessing", "dlm", "denoiser", "postprocessing"}
+MODELS = {"ensemble", "preprocessing", "dlm", "postprocessing"}
 
 
 def test_fill_text():
@@ -34,14 +34,34 @@ def test_the_repository(tiny_checkpoint, tmp_path):
         assert "${" not in config and f'name: "{model}"' in config
         assert (out / model / "1").is_dir()
     assert str(tiny_checkpoint) in (out / "dlm" / "config.pbtxt").read_text()
-    assert '"DEVICE" value: { string_value: "cpu" }' in (out / "denoiser/config.pbtxt").read_text()
+    assert '"DEVICE" value: { string_value: "cpu" }' in (out / "dlm/config.pbtxt").read_text()
 
 
-def test_device_reaches_the_denoiser(tiny_checkpoint, tmp_path):
+def model_config(path):
+    """A filled config.pbtxt parsed as Triton's ModelConfig protobuf (a typo fails here)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+@pytest.mark.parametrize(
+    "device,kind,gpus",
+    [("cpu", "KIND_CPU", []), ("cuda", "KIND_GPU", []), ("cuda:1", "KIND_GPU", [1])],
+)
+def test_device_reaches_dlm(tiny_checkpoint, tmp_path, device, kind, gpus):
+    """dlm holds the engine: one instance per device (KIND_GPU: one per GPU, or the one named)."""
+    from tritonclient.grpc import model_config_pb2
+
     out = tmp_path / "repo"
-    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--device", "cuda:1"]) == 0
-    config = (out / "denoiser" / "config.pbtxt").read_text()
-    assert 'key: "DEVICE" value: { string_value: "cuda:1" }' in config
+    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--device", device]) == 0
+    for model in MODELS:
+        model_config(out / model / "config.pbtxt")
+    config = model_config(out / "dlm" / "config.pbtxt")
+    assert config.parameters["DEVICE"].string_value == device
+    (group,) = config.instance_group
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == kind
+    assert list(group.gpus) == gpus
 
 
 def test_diffusion_cache_reaches_the_orchestrator(tiny_checkpoint, tmp_path):
@@ -92,8 +112,8 @@ def test_each_model_is_served_with_its_own_engine(tmp_path):
     from pathlib import Path
 
     from dlm import checkpoint
-    from dlm.serving.denoiser import load_engine
     from export import engine_dir
+    from serving.engine import load_engine
     from tests.conftest import tiny_model, train_tiny_tokenizer
 
     root = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
-"""The dlm scheduler thread's logic, against a TorchEngine behind the denoiser's wire format."""
+"""The dlm scheduler thread's logic, against a TorchEngine in process (as in the `dlm` model)."""
 
+import os
 import threading
 
 import numpy as np
@@ -7,9 +8,9 @@ import pytest
 
 from dlm.engine import TorchEngine
 from dlm.sampling import GenerationRequest, generate
-from dlm.serving.denoiser import Denoiser
-from dlm.serving.orchestrator import Orchestrator, RemoteEngine, event_arrays
-from dlm.serving.wire import pack_passes
+from serving import cancel
+from serving.engine import MeteredEngine
+from serving.orchestrator import Orchestrator, event_arrays
 from tests.conftest import random_prompts, tiny_model
 
 END = 0  # pad: an end_id this random model never produced, so that lengths are exercised
@@ -21,12 +22,8 @@ def model():
 
 
 @pytest.fixture()
-def denoiser(model):
-    return Denoiser(TorchEngine(model))
-
-
-def remote(denoiser, namespace=1):
-    return RemoteEngine(denoiser.engine.config, denoiser, namespace=namespace)
+def engine(model):
+    return MeteredEngine(TorchEngine(model))
 
 
 class Client:
@@ -53,7 +50,7 @@ class Client:
 def drain(orch: Orchestrator, limit: int = 10_000) -> None:
     for _ in range(limit):
         orch.run_once()
-        if not orch.jobs and not orch._queue and not orch.engine.to_release:
+        if not orch.jobs and not orch._queue:
             return
     raise AssertionError("requests did not finish")
 
@@ -73,11 +70,11 @@ CASES = [
 
 @pytest.mark.parametrize("mode,knobs", CASES)
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-def test_outputs_equal_in_process_generate(model, denoiser, mode, knobs, temperature):
+def test_outputs_equal_in_process_generate(model, engine, mode, knobs, temperature):
     reference = generate(
         TorchEngine(model), requests(mode, max_tokens=21, temperature=temperature, **knobs)
     )
-    orch = Orchestrator(remote(denoiser))
+    orch = Orchestrator(engine)
     clients = []
     for r in requests(mode, max_tokens=21, temperature=temperature, **knobs):
         clients.append(Client())
@@ -88,11 +85,11 @@ def test_outputs_equal_in_process_generate(model, denoiser, mode, knobs, tempera
         assert c.final.output_ids == ref.token_ids
         assert c.final.num_forward_passes == ref.num_forward_passes
         assert c.final.finish_reason == ref.finish_reason
-    assert denoiser.live_sequences == 0  # every cache released
+    assert engine.live_sequences == 0  # every cache released
 
 
-def test_streaming_events_grow_to_the_final_answer(denoiser):
-    orch = Orchestrator(remote(denoiser))
+def test_streaming_events_grow_to_the_final_answer(engine):
+    orch = Orchestrator(engine)
     c = Client()
     orch.submit(requests("self_spec", n=1, max_tokens=30)[0], c, stream=True)
     drain(orch)
@@ -104,8 +101,8 @@ def test_streaming_events_grow_to_the_final_answer(denoiser):
     assert c.final.num_output_tokens == 30 and len(c.events) > 1
 
 
-def test_block_views_start_at_the_first_mask(denoiser):
-    orch = Orchestrator(remote(denoiser))
+def test_block_views_start_at_the_first_mask(engine):
+    orch = Orchestrator(engine)
     c = Client()
     orch.submit(
         requests("diffusion", n=1, max_tokens=16, threshold=0.99)[0],
@@ -114,40 +111,44 @@ def test_block_views_start_at_the_first_mask(denoiser):
         block_views=True,
     )
     drain(orch)
-    mask = denoiser.engine.config.mask_token_id
+    mask = engine.config.mask_token_id
     views = [e.block_view for e in c.events if e.block_view is not None]
     assert views and all(v[0] == mask for v in views)
     assert c.final.block_view is None
 
 
-def test_client_cancellation_stops_within_a_pass_and_frees_the_cache(denoiser):
-    orch = Orchestrator(remote(denoiser))
+def test_client_cancellation_stops_within_a_pass_and_frees_the_cache(engine):
+    orch = Orchestrator(engine)
     c = Client(cancel_after=3)
     orch.submit(requests("ar", n=1, max_tokens=200)[0], c, c.is_cancelled, stream=True)
     drain(orch)
     assert c.final.finish_reason == "cancelled"
-    assert denoiser.passes == 3  # no pass ran after the one whose event made it cancel
-    assert denoiser.live_sequences == 0
+    assert engine.passes == 3  # no pass ran after the one whose event made it cancel
+    assert engine.live_sequences == 0
 
 
-def test_cancel_reported_by_the_denoiser(denoiser):
-    """The ensemble path: postprocessing tells the denoiser, the denoiser tells the scheduler."""
-    orch = Orchestrator(remote(denoiser))
-    c = Client()
-    orch.submit(requests("ar", n=1, max_tokens=200)[0], c, stream=True)
-    for _ in range(3):
+def test_cancel_sent_by_postprocessing(engine):
+    """The ensemble path: postprocessing sends the request's key (serving.cancel); the cache is
+    freed before the next pass."""
+    inbox = cancel.Inbox(pid=2**30 + os.getpid())  # not this process's own address
+    try:
+        orch = Orchestrator(engine, inbox=inbox)
+        c = Client()
+        orch.submit(requests("ar", n=1, max_tokens=200)[0], c, stream=True)
+        for _ in range(3):
+            orch.run_once()
+        passes = engine.passes
+        assert cancel.send([c.events[-1].key]) == []
         orch.run_once()
-    denoiser(pack_passes([], cancel=[c.events[-1].key]))
-    for _ in range(3):
-        orch.run_once()
-    assert c.final.finish_reason == "cancelled"
-    assert c.final.num_forward_passes <= 5
-    drain(orch)
-    assert denoiser.live_sequences == 0 and not denoiser.cancelled
+        assert c.final.finish_reason == "cancelled"
+        assert engine.passes == passes and engine.live_sequences == 0
+        assert cancel.send([cancel.key(1, pid=2**22 + 12345)]) != []  # no such instance
+    finally:
+        inbox.close()
 
 
-def test_bad_request_gets_its_own_error(denoiser):
-    orch = Orchestrator(remote(denoiser))
+def test_bad_request_gets_its_own_error(engine):
+    orch = Orchestrator(engine)
     bad, good = Client(), Client()
     orch.submit(GenerationRequest([5, 6], mode="ar", max_tokens=0), bad)
     orch.submit(requests("ar", n=1, max_tokens=5)[0], good)
@@ -156,30 +157,31 @@ def test_bad_request_gets_its_own_error(denoiser):
     assert good.final.error is None and good.final.num_output_tokens == 5
 
 
-def test_engine_failure_fails_what_was_in_flight_and_recovers(denoiser):
-    calls = {"n": 0}
+def test_engine_failure_fails_what_was_in_flight_and_recovers(model, engine):
+    class Flaky(MeteredEngine):
+        def step(self, passes):
+            if self.steps == 2:
+                self.steps += 1
+                raise RuntimeError("the engine is down")
+            return super().step(passes)
 
-    def flaky(arrays):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("denoiser is down")
-        return denoiser(arrays)
-
-    orch = Orchestrator(RemoteEngine(denoiser.engine.config, flaky, namespace=2))
+    flaky = Flaky(TorchEngine(model))
+    orch = Orchestrator(flaky)
     first = [Client(), Client()]
     for c, r in zip(first, requests("ar", n=2, max_tokens=10), strict=True):
         orch.submit(r, c)
     drain(orch)
-    assert all("denoiser is down" in c.final.error for c in first)
+    assert all("engine step failed: the engine is down" in c.final.error for c in first)
+    assert flaky.live_sequences == 0  # the failed ones were released
     again = Client()
     orch.submit(requests("ar", n=1, max_tokens=10)[0], again)
     drain(orch)
     assert again.final.num_output_tokens == 10
-    assert denoiser.live_sequences == 0  # the failed ones were released on a later call
+    assert flaky.live_sequences == 0
 
 
-def test_heartbeats_for_silent_requests(denoiser):
-    orch = Orchestrator(remote(denoiser), heartbeat_s=0.0)
+def test_heartbeats_for_silent_requests(engine):
+    orch = Orchestrator(engine, heartbeat_s=0.0)
     c = Client()
     orch.submit(requests("ar", n=1, max_tokens=6)[0], c)
     drain(orch)
@@ -189,21 +191,9 @@ def test_heartbeats_for_silent_requests(denoiser):
     assert [e for e in c.events if not e.heartbeat] == [c.final]
 
 
-def test_two_schedulers_share_one_denoiser(model, denoiser):
-    reference = generate(TorchEngine(model), requests("self_spec", n=4, max_tokens=12))
-    orchs = [Orchestrator(remote(denoiser, namespace=n)) for n in (5, 6)]
-    clients = [Client() for _ in range(4)]
-    for i, r in enumerate(requests("self_spec", n=4, max_tokens=12)):
-        orchs[i % 2].submit(r, clients[i])
-    while any(o.jobs or o._queue for o in orchs):
-        for o in orchs:
-            o.run_once()
-    assert [c.final.output_ids for c in clients] == [r.token_ids for r in reference]
-
-
-def test_scheduler_thread(model, denoiser):
+def test_scheduler_thread(model, engine):
     reference = generate(TorchEngine(model), requests("diffusion", n=6, max_tokens=17))
-    orch = Orchestrator(remote(denoiser)).start()
+    orch = Orchestrator(engine).start()
     done = threading.Semaphore(0)
     clients = []
     for r in requests("diffusion", n=6, max_tokens=17):
@@ -216,8 +206,8 @@ def test_scheduler_thread(model, denoiser):
     assert [c.final.output_ids for c in clients] == [r.token_ids for r in reference]
 
 
-def test_event_arrays_shapes(denoiser):
-    orch = Orchestrator(remote(denoiser))
+def test_event_arrays_shapes(engine):
+    orch = Orchestrator(engine)
     c = Client()
     orch.submit(requests("ar", n=1, max_tokens=3)[0], c)
     drain(orch)
@@ -228,12 +218,12 @@ def test_event_arrays_shapes(denoiser):
 
 
 # ---------------------------------------------------------------- KV budget and the queue
-def test_kv_budget_queues_beyond_it_and_admits_in_order(model, denoiser):
+def test_kv_budget_queues_beyond_it_and_admits_in_order(model, engine):
     reqs = requests("ar", n=4, max_tokens=10)
-    block = denoiser.engine.config.block_length
+    block = engine.config.block_length
     needs = [len(r.prompt_ids) + 10 + block for r in reqs]
     budget = needs[0] + needs[1]  # room for two at a time
-    orch = Orchestrator(remote(denoiser), kv_budget_tokens=budget)
+    orch = Orchestrator(engine, kv_budget_tokens=budget)
     clients = [Client() for _ in reqs]
     for r, c in zip(reqs, clients, strict=True):
         orch.submit(r, c)
@@ -250,8 +240,8 @@ def test_kv_budget_queues_beyond_it_and_admits_in_order(model, denoiser):
     assert all(c.final.num_output_tokens == 10 for c in clients)
 
 
-def test_request_above_the_whole_budget_is_refused_naming_the_limit(denoiser):
-    orch = Orchestrator(remote(denoiser), kv_budget_tokens=20)
+def test_request_above_the_whole_budget_is_refused_naming_the_limit(engine):
+    orch = Orchestrator(engine, kv_budget_tokens=20)
     c = Client()
     orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=30, end_id=END), c)
     orch.run_once()
@@ -260,8 +250,8 @@ def test_request_above_the_whole_budget_is_refused_naming_the_limit(denoiser):
     assert not orch.jobs and orch.kv_in_use == 0
 
 
-def test_full_queue_answers_busy_at_once(denoiser):
-    orch = Orchestrator(remote(denoiser), max_queued=2)
+def test_full_queue_answers_busy_at_once(engine):
+    orch = Orchestrator(engine, max_queued=2)
     clients = [Client() for _ in range(3)]
     for c in clients:
         orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=4, end_id=END), c)
@@ -271,8 +261,8 @@ def test_full_queue_answers_busy_at_once(denoiser):
     assert [c.final.finish_reason for c in clients[:2]] == ["length", "length"]
 
 
-def test_cancelled_while_queued_never_runs(denoiser):
-    orch = Orchestrator(remote(denoiser), kv_budget_tokens=60)
+def test_cancelled_while_queued_never_runs(engine):
+    orch = Orchestrator(engine, kv_budget_tokens=60)
     first, waiting = Client(), Client(cancel_after=0)
     orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=20, end_id=END), first)
     orch.submit(
@@ -283,3 +273,25 @@ def test_cancelled_while_queued_never_runs(denoiser):
     drain(orch)
     assert first.final.finish_reason == "length"
     assert waiting.final.finish_reason == "cancelled" and waiting.final.num_forward_passes == 0
+
+
+def test_shutdown_notice_ends_every_request_at_once(engine):
+    """What `model_repository.serve` sends before SIGTERM: requests in flight and queued end
+    with an error before the next pass, later ones are refused."""
+    inbox = cancel.Inbox(pid=2**30 + os.getpid())
+    try:
+        orch = Orchestrator(engine, inbox=inbox, kv_budget_tokens=60)
+        running, queued, late = Client(), Client(), Client()
+        for c in (running, queued):
+            orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=40, end_id=END), c)
+        orch.run_once()
+        passes = engine.passes
+        cancel.shutdown([inbox.pid])
+        orch.run_once()
+        assert engine.passes == passes and engine.live_sequences == 0
+        for c in (running, queued):
+            assert c.final.error == "the server is shutting down"
+        orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=4, end_id=END), late)
+        assert late.final.error == "the server is shutting down"
+    finally:
+        inbox.close()

@@ -8,7 +8,7 @@ import pytest
 
 from dlm.pipeline import Pipeline
 from dlm.sampling import RequestError
-from dlm.serving.requests import Preprocessor, from_inputs, from_wire, to_wire
+from serving.requests import Preprocessor, from_inputs, from_wire, to_wire
 
 
 @pytest.fixture(scope="module")

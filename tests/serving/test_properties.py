@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from dlm.config import preset
 from dlm.sampling import MODES, GenerationRequest, Limits, RequestError
-from dlm.serving.detok import REPLACEMENT, text_delta
 from dlm.tokenizer import TextTokenizer
+from serving.detok import REPLACEMENT, text_delta
 
 CFG = preset("tiny", vocab_size=300)
 LIMITS = Limits(max_prompt_tokens=40, max_output_tokens=30, max_block_length=16)

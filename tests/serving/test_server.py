@@ -64,7 +64,7 @@ def dlm_direct(server, pipe, request):
     """The `dlm` model called directly (not through the ensemble): its output token ids."""
     import tritonclient.grpc as g
 
-    from dlm.serving.requests import to_wire
+    from serving.requests import to_wire
 
     ids, payload = to_wire(request)
     a = g.InferInput("input_ids", [1, len(ids)], "INT32")
@@ -242,7 +242,7 @@ def in_flight(server, client, **knobs):
     if knobs.get("stream"):
         assert started.wait(120), outcome  # its first tokens came back
     else:
-        assert wait_for(lambda: server.metric("dlm_denoiser_live_sequences") == 1), server.tail()
+        assert wait_for(lambda: server.metric("dlm_engine_live_sequences") == 1), server.tail()
         assert wait_for(lambda: server.metric("dlm_sequences_in_flight") == 1), server.tail()
     assert not outcome, f"over before the test could act on it: {outcome}"
     return thread, outcome
@@ -250,24 +250,24 @@ def in_flight(server, client, **knobs):
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_cancellation_stops_the_request_and_frees_its_cache(held, stream):
-    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0)
+    assert wait_for(lambda: held.metric("dlm_engine_live_sequences") == 0)
     c = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
     if stream:
         got = c.generate(PROMPT, 400, mode="ar", stream=True, cancel_after=3)
         assert got.responses == 3 and got.num_output_tokens < 400
-        at_cancel = held.metric("dlm_denoiser_passes")
+        at_cancel = held.metric("dlm_engine_passes")
     else:
         thread, outcome = in_flight(held, c, stream=False)
-        assert held.metric("dlm_denoiser_live_sequences") == 1  # the gauge sees it first
-        at_cancel = held.metric("dlm_denoiser_passes")
+        assert held.metric("dlm_engine_live_sequences") == 1  # the gauge sees it first
+        at_cancel = held.metric("dlm_engine_passes")
         c.client.stop_stream(cancel_requests=True)
         thread.join(120)
         assert "cancelled" in outcome.get("error", ""), outcome
-    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0), held.tail()
+    assert wait_for(lambda: held.metric("dlm_engine_live_sequences") == 0), held.tail()
     assert held.metric("dlm_sequences_in_flight") == 0
-    ran = held.metric("dlm_denoiser_passes") - at_cancel
+    ran = held.metric("dlm_engine_passes") - at_cancel
     print(f"stream={stream}: {ran:.0f} passes ran after the cancel")
-    # The cancellation travels postprocessing -> denoiser -> dlm while passes go on; each pass
+    # The cancellation travels postprocessing -> dlm while passes go on; each pass
     # takes at least HOLD_MS, so this bound allows 0.5 s for that trip.
     assert ran <= 500 / HOLD_MS
     c.close()
@@ -277,7 +277,7 @@ def test_kv_budget_queues_then_refuses_with_busy(held):
     """Through Triton: a request in flight holds the KV budget; the next one waits in the queue
     (max_queued 1), one more is refused with `busy:`, one that could never fit too; once the
     first is cancelled the waiting one runs to the end."""
-    assert wait_for(lambda: held.metric("dlm_denoiser_live_sequences") == 0)
+    assert wait_for(lambda: held.metric("dlm_engine_live_sequences") == 0)
     first = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
     thread, outcome = in_flight(held, first, stream=True)
     too_big = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)

@@ -1,4 +1,4 @@
-"""The four Python models' `model.py` adapters, run in process with a fake
+"""The three Python models' `model.py` adapters, run in process with a fake
 `triton_python_backend_utils`: the ensemble's chain by hand, errors, cancellation, metrics."""
 
 import importlib.util
@@ -26,7 +26,6 @@ def load_model(name: str, params: dict):
     model = module.TritonPythonModel()
     config = {"parameters": {k: {"string_value": str(v)} for k, v in params.items()}}
     model.initialize({"model_config": json.dumps(config)})
-    pb.MODELS[name] = model
     return model
 
 
@@ -37,8 +36,8 @@ def models(tiny_checkpoint):
     common = {"MODEL_DIR": tiny_checkpoint, "REPO_ROOT": ROOT}
     loaded = {
         "preprocessing": load_model("preprocessing", {**common, "APPLY_CHAT_TEMPLATE": "false"}),
-        "denoiser": load_model(
-            "denoiser",
+        "dlm": load_model(
+            "dlm",
             {
                 **common,
                 "ENGINE_DIR": "/nonexistent",
@@ -46,12 +45,6 @@ def models(tiny_checkpoint):
                 "THREADS": 0,
                 "DEVICE": "cpu",
                 "PASS_DELAY_MS": 0,
-            },
-        ),
-        "dlm": load_model(
-            "dlm",
-            {
-                **common,
                 "MAX_PASSES_PER_STEP": 64,
                 "HEARTBEAT_MS": 0,
                 "KV_BUDGET_TOKENS": 65536,
@@ -63,7 +56,6 @@ def models(tiny_checkpoint):
     }
     yield loaded
     loaded["dlm"].finalize()
-    pb.MODELS.clear()
     if saved is None:
         del sys.modules["triton_python_backend_utils"]
     else:
@@ -101,13 +93,14 @@ def ensemble(models, cancel_after: int | None = None, **knobs):
         time.sleep(0.001)
 
 
-def released(denoiser, timeout: float = 60.0) -> bool:
+def released(models, timeout: float = 60.0) -> bool:
     """Whether every cache is freed (the dlm thread releases after the final response);
     `timeout` only keeps a broken release from hanging the suite."""
+    engine = models["dlm"].orchestrator.engine
     deadline = time.monotonic() + timeout
-    while denoiser.live_sequences and time.monotonic() < deadline:
+    while engine.live_sequences and time.monotonic() < deadline:
         time.sleep(0.01)
-    return denoiser.live_sequences == 0
+    return engine.live_sequences == 0
 
 
 def text(answers):
@@ -152,20 +145,21 @@ def test_bad_request_in_a_batch(models):
 
 
 def test_cancellation_through_postprocessing(models):
-    den = models["denoiser"].denoiser
-    passes = den.passes
+    engine = models["dlm"].orchestrator.engine
+    passes = engine.passes
     answers = ensemble(models, cancel_after=2, mode="ar", max_tokens=300, stream=True)
     assert len(answers) == 2
-    assert den.passes - passes < 10  # stopped within a few passes, not 300
-    assert released(den)
+    assert engine.passes - passes < 10  # stopped within a few passes, not 300
+    assert released(models)
 
 
 def test_metrics(models):
     ensemble(models, mode="self_spec", max_tokens=20)
-    assert released(models["denoiser"].denoiser)
+    assert released(models)
     m = pb.METRICS
     assert m[("dlm_requests", (("mode", "self_spec"), ("model", "dlm")))] >= 1
     assert m[("dlm_output_tokens", (("mode", "self_spec"), ("model", "dlm")))] >= 20
     assert m[("dlm_self_spec_accepted_tokens", (("model", "dlm"),))] >= 1
-    assert m[("dlm_denoiser_live_sequences", (("model", "denoiser"),))] == 0
+    assert m[("dlm_engine_live_sequences", (("model", "dlm"),))] == 0
+    assert m[("dlm_engine_passes", (("model", "dlm"),))] >= 20
     assert any("falling back" in line or "TorchEngine" in line for line in pb.Logger.lines)

@@ -1,18 +1,22 @@
-"""dlm (decoupled): the orchestrator. Hands each request to one scheduler thread
-(dlm.serving.orchestrator) that runs one `denoiser` call (BLS) per step for every request in
+"""dlm (decoupled): the engine, its KV cache and the scheduler in one process. Hands each request
+to one scheduler thread (serving.orchestrator) that runs one engine step for every request in
 flight, and sends the responses from that thread.
 
 Inputs: input_ids INT32 [n]; request BYTES [1] (JSON knobs from preprocessing).
 Outputs, per response: output_ids INT32 [n] (ALL tokens so far); shown INT32 [1] (how many the
 previous response covered); final BOOL [1]; num_forward_passes, num_output_tokens INT32 [1]
 (totals so far); block_ids INT32 [m] (the uncommitted rest of the block being denoised, if
-asked, else empty); seq_key INT64 [1] (the sequence's denoiser id); heartbeat BOOL [1].
+asked, else empty); seq_key INT64 [1] (the sequence's key, serving.cancel); heartbeat BOOL [1].
 Streaming: with `stream`, one response per step that committed tokens (or changed the block
 view, if asked); without, exactly one data response. Heartbeats (no data, dropped by
 postprocessing) go out for a request silent for HEARTBEAT_MS, so that postprocessing sees an
-ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and tells the
-denoiser. The last response always carries the FINAL flag; a cancelled request (checked before
-every pass) gets the FINAL flag alone.
+ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and sends it
+back here (serving.cancel). The last response always carries the FINAL flag; a cancelled
+request (checked before every pass) gets the FINAL flag alone.
+Engine: serving.engine.load_engine (ENGINE_DIR's manifest: ONNX Runtime on CPU, TensorRT on GPU;
+BACKEND=torch: the PyTorch engine on DEVICE). One instance per device: KIND_CPU, or KIND_GPU
+(one per GPU, the engine on the instance's GPU). THREADS: the engine's intra-op threads.
+PASS_DELAY_MS > 0: fault injection for tests, every step held that long (0 when served).
 Limits: requests in flight share a KV budget of KV_BUDGET_TOKENS cached positions (each needs
 prompt + max_tokens + one block); the others wait, at most MAX_QUEUED of them.
 Errors: an error response with the FINAL flag, naming the field or the failing stage; `busy:
@@ -36,36 +40,39 @@ class TritonPythonModel:
         sys.path.insert(0, params["REPO_ROOT"])
         logging.basicConfig(level=logging.INFO, format="dlm %(name)s: %(message)s")
         from dlm.sampling import Limits, RequestError
-        from dlm.serving import orchestrator as orch
-        from dlm.serving.metrics import ServingMetrics
-        from dlm.serving.requests import from_wire, model_config
-        from dlm.serving.wire import OUTPUTS
+        from serving import orchestrator as orch
+        from serving.cancel import Inbox
+        from serving.engine import MeteredEngine, load_engine
+        from serving.metrics import ServingMetrics
+        from serving.requests import from_wire
 
         self.orch, self.from_wire, self.errors = orch, from_wire, (RequestError, ValueError)
-        self.outputs = list(OUTPUTS)
-        engine = orch.RemoteEngine(model_config(params["MODEL_DIR"]), self._denoise)
+        device = params["DEVICE"]
+        if args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args['model_instance_device_id']}"
+        engine = MeteredEngine(
+            load_engine(
+                params["MODEL_DIR"],
+                params["ENGINE_DIR"],
+                params["BACKEND"],
+                int(params["THREADS"]),
+                say=pb_utils.Logger.log_info,
+                device=device,
+                pass_delay_s=int(params["PASS_DELAY_MS"]) / 1000,
+            )
+        )
+        self.inbox = Inbox()
         self.orchestrator = orch.Orchestrator(
             engine,
             Limits(),
             max_batch=int(params["MAX_PASSES_PER_STEP"]),
-            metrics=ServingMetrics(pb_utils),
+            metrics=ServingMetrics(pb_utils, engine),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
             kv_budget_tokens=int(params["KV_BUDGET_TOKENS"]),
             max_queued=int(params["MAX_QUEUED"]),
             cache=params["DIFFUSION_CACHE"],
+            inbox=self.inbox,
         ).start()
-
-    def _denoise(self, arrays):
-        """One BLS call to the denoiser: wire inputs -> wire outputs."""
-        request = pb_utils.InferenceRequest(
-            model_name="denoiser",
-            requested_output_names=self.outputs,
-            inputs=[pb_utils.Tensor(name, value) for name, value in arrays.items()],
-        )
-        response = request.exec()
-        if response.has_error():
-            raise RuntimeError(response.error().message())
-        return {n: pb_utils.get_output_tensor_by_name(response, n).as_numpy() for n in self.outputs}
 
     def execute(self, requests):
         for request in requests:
@@ -103,3 +110,4 @@ class TritonPythonModel:
 
     def finalize(self):
         self.orchestrator.stop()
+        self.inbox.close()

@@ -1,4 +1,4 @@
-"""postprocessing (decoupled): token ids -> text, stateless and incremental (dlm.serving.detok).
+"""postprocessing (decoupled): token ids -> text, stateless and incremental (serving.detok).
 
 Inputs: dlm's outputs (output_ids = ALL tokens so far, shown, final, totals, block_ids, seq_key,
 heartbeat).
@@ -7,9 +7,9 @@ texts of a stream concatenate to the whole answer); num_forward_passes, num_outp
 INT32 [1] (passed through); block_text BYTES [1] (the rest of the block being denoised, masks
 as a placeholder, or "").
 Each request gets one response, or none for a heartbeat (FINAL flag alone). A request marked
-cancelled (the client cancelled the ensemble request) gets the FINAL flag alone, and its
-sequence is reported to the denoiser (`cancel`), so that the dlm scheduler drops it before its
-next pass.
+cancelled (the client cancelled the ensemble request) gets the FINAL flag alone, and its key is
+sent to the dlm instance that runs it (serving.cancel), whose scheduler drops it and frees its
+cache before its next pass.
 """
 
 import functools
@@ -32,10 +32,10 @@ class TritonPythonModel:
             k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()
         }
         sys.path.insert(0, params["REPO_ROOT"])
-        from dlm.serving.detok import Postprocessor
-        from dlm.serving.wire import pack_passes
+        from serving import cancel
+        from serving.detok import Postprocessor
 
-        self.post, self.pack_passes = Postprocessor(params["MODEL_DIR"]), pack_passes
+        self.post, self.cancel = Postprocessor(params["MODEL_DIR"]), cancel
 
     def execute(self, requests):
         cancel = []
@@ -77,13 +77,6 @@ class TritonPythonModel:
         return None
 
     def _cancel(self, keys):
-        arrays = self.pack_passes([], cancel=keys)
-        response = pb_utils.InferenceRequest(
-            model_name="denoiser",
-            requested_output_names=["cancelled"],
-            inputs=[pb_utils.Tensor(k, v) for k, v in arrays.items()],
-        ).exec()
-        if response.has_error():
-            pb_utils.Logger.log_error(
-                f"postprocessing: could not cancel {keys}: " f"{response.error().message()}"
-            )
+        lost = self.cancel.send(keys)
+        if lost:  # that dlm instance is gone, and its sequences with it
+            pb_utils.Logger.log_warn(f"postprocessing: no dlm instance for cancelled {lost}")

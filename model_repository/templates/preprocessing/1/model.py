@@ -3,7 +3,7 @@
 Inputs: the ensemble's (config.pbtxt); all but text_input and max_tokens optional, absent ones
 take the model folder's generation_config.json defaults. The two required ones are optional to
 Triton and checked here, so that their absence is an error naming them on every endpoint.
-Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, dlm.serving.requests).
+Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, serving.requests).
 Errors: a request with a knob out of range gets its own error response naming the field and the
 allowed values; the other requests of the batch proceed.
 """
@@ -39,7 +39,7 @@ class TritonPythonModel:
         }
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.sampling import RequestError
-        from dlm.serving.requests import Preprocessor, from_inputs
+        from serving.requests import Preprocessor, from_inputs
 
         self.errors = (RequestError,)
         self.from_inputs = from_inputs

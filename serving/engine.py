@@ -1,13 +1,8 @@
-"""The engine behind the wire: the `denoiser` model's logic.
+"""The engine the `dlm` model serves, and the counts its metrics report.
 
-One call = one batched engine step over every pass in it, after releasing the sequences its
-`control` input names. The engine keeps the KV cache per sequence; this class also counts the
-sequences it holds (`live_sequences`), engine-agnostic, for the metrics port and the tests.
-
-Cancellation: a CANCEL entry marks a live sequence; a later call carrying a pass of a marked
-sequence reports it in `cancelled`, so the scheduler that owns it (whichever `dlm` instance)
-drops it and releases its cache. The pass itself still runs: its cache must stay consistent
-until then.
+`load_engine` picks it: the build's (export.engines: ONNX Runtime on CPU, TensorRT on GPU, by the
+manifest) or the PyTorch engine. `MeteredEngine` wraps any engine with what the metrics port
+shows: the sequences whose KV cache it holds, the steps and the passes run.
 """
 
 from __future__ import annotations
@@ -16,39 +11,32 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from dlm.engine import Engine, HeldEngine, TorchEngine
-from dlm.serving.wire import pack_results, unpack_passes
+from dlm.engine import Engine, HeldEngine, PassRequest, PassResult, TorchEngine
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch")
 
 
-class Denoiser:
+class MeteredEngine:
+    """`engine`, counting its steps, passes and live sequences (engine-agnostic)."""
+
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+        self.engine, self.config = engine, engine.config
         self.live: set[int] = set()
-        self.cancelled: set[int] = set()
-        self.calls = 0
+        self.steps = 0
         self.passes = 0
 
-    def __call__(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Wire inputs -> wire outputs (see `dlm.serving.wire`)."""
-        passes, release, cancel = unpack_passes(arrays)
-        for seq_id in release:
-            self.engine.release(seq_id)
-            self.live.discard(seq_id)
-            self.cancelled.discard(seq_id)
-        self.cancelled.update(s for s in cancel if s in self.live)
-        self.calls += 1
-        if not passes:
-            return pack_results([])
+    def step(self, passes: list[PassRequest]) -> list[PassResult]:
         self.live.update(p.seq_id for p in passes)
         results = self.engine.step(passes)
+        self.steps += 1
         self.passes += len(passes)
-        return pack_results(results, [p.seq_id for p in passes if p.seq_id in self.cancelled])
+        return results
+
+    def release(self, seq_id: int) -> None:
+        self.engine.release(seq_id)
+        self.live.discard(seq_id)
 
     @property
     def live_sequences(self) -> int:
@@ -76,7 +64,7 @@ def load_engine(
     """
     engine = _load(model_dir, engine_dir, backend, threads, say, device)
     if pass_delay_s > 0:
-        say(f"denoiser: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
+        say(f"engine: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
         return HeldEngine(engine, pass_delay_s)
     return engine
 
@@ -97,13 +85,13 @@ def _load(model_dir, engine_dir, backend, threads, say, device) -> Engine:
             if e.name not in ("export", "export.engines"):
                 raise
             say(
-                "denoiser: no export.engines package (ONNX/TensorRT export not installed): "
+                "engine: no export.engines package (ONNX/TensorRT export not installed): "
                 f"falling back to the PyTorch engine for {model_dir}"
             )
         else:
             engine = load_built(engine_dir, model_dir, device=device, threads=threads)
-            say(f"denoiser: {type(engine).__name__} from {engine_dir} (model {model_dir})")
+            say(f"engine: {type(engine).__name__} from {engine_dir} (model {model_dir})")
             return engine
     where = f"{torch.get_num_threads()} threads" if device == "cpu" else "fp32"
-    say(f"denoiser: TorchEngine on {device} for {model_dir} ({where})")
+    say(f"engine: TorchEngine on {device} for {model_dir} ({where})")
     return TorchEngine(checkpoint.load(model_dir), device)

@@ -1,4 +1,4 @@
-"""Custom metrics of the `dlm` and `denoiser` models, served by Triton on its metrics port
+"""Custom metrics of the `dlm` model, served by Triton on its metrics port
 (Prometheus text at http://127.0.0.1:8002/metrics, beside Triton's own `nv_*` families).
 
 `pb` is the Python backend's `triton_python_backend_utils` (or a fake in tests): the families
@@ -10,14 +10,15 @@ dlm_output_tokens{mode}              counter    tokens committed
 dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / passes
 dlm_self_spec_accepted_tokens        histogram  per self-spec verify round: tokens accepted
 dlm_sequences_in_flight              gauge      requests in the scheduler
-dlm_denoiser_live_sequences          gauge      sequences whose KV cache the denoiser holds
-dlm_denoiser_calls / _passes         counter    denoiser calls, and passes run in them
+dlm_engine_live_sequences            gauge      sequences whose KV cache the engine holds
+dlm_engine_steps / _passes           counter    engine calls (steps), and passes run in them
 """
 
 from __future__ import annotations
 
 from dlm.sampling import MODES, GenerationRequest
 from dlm.sampling.sequence import Sequence
+from serving.engine import MeteredEngine
 
 TPF_BUCKETS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
 ACCEPT_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
@@ -37,10 +38,11 @@ class _Families:
 
 
 class ServingMetrics:
-    """The orchestrator's metrics (see `dlm.serving.orchestrator.NullMetrics`)."""
+    """The orchestrator's metrics (see `serving.orchestrator.NullMetrics`)."""
 
-    def __init__(self, pb, model: str = "dlm") -> None:
+    def __init__(self, pb, engine: MeteredEngine, model: str = "dlm") -> None:
         mf = _Families(pb)
+        self.engine = engine
         label = {"model": model}
 
         def per_mode(name: str, doc: str, kind, **kw) -> dict:
@@ -73,6 +75,18 @@ class ServingMetrics:
             kind=mf.GAUGE,
         ).Metric(labels=label)
         self._inflight = 0
+        self.live = mf(
+            name="dlm_engine_live_sequences",
+            description="Sequences whose KV cache the engine holds",
+            kind=mf.GAUGE,
+        ).Metric(labels=label)
+        self.steps = mf(
+            name="dlm_engine_steps", description="Engine calls (steps)", kind=mf.COUNTER
+        ).Metric(labels=label)
+        self.engine_passes = mf(
+            name="dlm_engine_passes", description="Passes run by the engine", kind=mf.COUNTER
+        ).Metric(labels=label)
+        self._seen = (0, 0, 0)  # live, steps, passes last reported
         self.families = mf
 
     def admitted(self, request: GenerationRequest) -> None:
@@ -97,30 +111,13 @@ class ServingMetrics:
             self.inflight.set(n)
             self._inflight = n
 
-
-class DenoiserMetrics:
-    def __init__(self, pb, model: str = "denoiser") -> None:
-        mf = _Families(pb)
-        label = {"model": model}
-        self.live = mf(
-            name="dlm_denoiser_live_sequences",
-            description="Sequences whose KV cache the denoiser holds",
-            kind=mf.GAUGE,
-        ).Metric(labels=label)
-        self.calls = mf(
-            name="dlm_denoiser_calls", description="Denoiser calls (engine steps)", kind=mf.COUNTER
-        ).Metric(labels=label)
-        self.passes = mf(
-            name="dlm_denoiser_passes", description="Passes run by the denoiser", kind=mf.COUNTER
-        ).Metric(labels=label)
-        self._live = 0
-        self.families = mf
-
-    def update(self, live: int, calls: int, passes: int) -> None:
-        if live != self._live:  # every update is an IPC to the server (~30 us)
-            self.live.set(live)
-            self._live = live
-        if calls:
-            self.calls.increment(calls)
-        if passes:
-            self.passes.increment(passes)
+    def stepped(self) -> None:
+        e = self.engine
+        live, steps, passes = self._seen
+        if e.live_sequences != live:
+            self.live.set(e.live_sequences)
+        if e.steps != steps:
+            self.steps.increment(e.steps - steps)
+        if e.passes != passes:
+            self.engine_passes.increment(e.passes - passes)
+        self._seen = (e.live_sequences, e.steps, e.passes)

@@ -1,11 +1,10 @@
 """The `dlm` model's logic: one scheduler thread driving every request in flight.
 
 Requests are queued from any thread (`submit`). Each loop iteration of the scheduler thread
-admits the queued requests, drops the cancelled ones, runs ONE `Scheduler.step()` (one denoiser
+admits the queued requests, drops the cancelled ones, runs ONE `Scheduler.step()` (one engine
 call carrying the next pass of every request in flight: step-level continuous batching) and
-emits per-request `Event`s. The engine is usually a `RemoteEngine`, which sends the packed passes
-to the `denoiser` model (a BLS call) and tells it which sequences to release on its next call
-(or on a release-only call when nothing else runs).
+emits per-request `Event`s. The engine and its KV cache live in this process, beside the
+scheduler: a pass is a function call, a finished sequence's cache is freed at once.
 
 Events, per request: with `stream`, one whenever new tokens were committed (and, with
 `block_views`, whenever the block being denoised changed); always exactly one final event (the
@@ -19,16 +18,16 @@ that could never fit (alone above the budget), or that arrives when `max_queued`
 already wait, gets an immediate error that names the limit (`busy: ...`).
 
 Cancellation is seen two ways before every pass: the request's own `is_cancelled()` (a `dlm`
-request sent directly), and the engine's `cancelled` set (for ensemble requests, Triton 2.51
-marks only the steps scheduled after the cancellation, i.e. `postprocessing`, which tells the
-denoiser, whose next answer tells us; see `dlm.serving.wire`). So that a request with nothing
-to say still passes through `postprocessing` now and then, a `heartbeat` event (no data, to be
-dropped there) is emitted for a request silent for `heartbeat_s`.
+request sent directly), and the `inbox` (for ensemble requests, Triton 2.51 marks only the steps
+scheduled after the cancellation, i.e. `postprocessing`, which sends the request's key here:
+`serving.cancel`). Either way its cache is freed before the next pass. So that a request with
+nothing to say still passes through `postprocessing` now and then (a non-streaming one says
+nothing until its end), a `heartbeat` event (no data, dropped there) is emitted for a request
+silent for `heartbeat_s`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -39,54 +38,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlm.config import ModelConfig
-from dlm.engine import Engine, PassRequest, PassResult
+from dlm.engine import Engine
 from dlm.sampling import GenerationRequest, Limits, RequestError, Scheduler
 from dlm.sampling.sequence import Sequence
-from dlm.serving.wire import pack_passes, unpack_results
+from serving import cancel
 
 log = logging.getLogger(__name__)
-
-Call = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
-
-
-class RemoteEngine:
-    """An Engine whose forward passes run elsewhere: `call` takes the wire inputs of
-    `dlm.serving.wire` and returns its outputs (in the server: a BLS request to `denoiser`).
-
-    Sequence ids go out as `namespace * 2**32 + local id`, so several schedulers (several `dlm`
-    instances, each its own process) can share one denoiser. Released sequences ride along on
-    the next call; `flush()` sends them alone when no pass follows.
-    """
-
-    def __init__(self, config: ModelConfig, call: Call, namespace: int | None = None) -> None:
-        self.config, self.call = config, call
-        self.base = ((os.getpid() if namespace is None else namespace) & 0x7FFFFFFF) << 32
-        self.to_release: list[int] = []
-        self.cancelled: set[int] = set()  # local ids the denoiser reported cancelled
-
-    def wire_id(self, seq_id: int) -> int:
-        return self.base + seq_id
-
-    def step(self, passes: list[PassRequest]) -> list[PassResult]:
-        wire = [dataclasses.replace(p, seq_id=self.base + p.seq_id) for p in passes]
-        release, self.to_release = self.to_release, []
-        try:
-            out = self.call(pack_passes(wire, release))
-        except BaseException:
-            self.to_release = release + self.to_release
-            raise
-        self.cancelled.update(int(k) - self.base for k in out.get("cancelled", ()))
-        return unpack_results(out, passes)
-
-    def release(self, seq_id: int) -> None:
-        self.to_release.append(self.base + seq_id)
-
-    def flush(self) -> None:
-        """Send the pending releases alone (dropped, not retried, if that call fails)."""
-        if self.to_release:
-            release, self.to_release = self.to_release, []
-            self.call(pack_passes([], release))
 
 
 @dataclass
@@ -101,7 +58,7 @@ class Event:
     final: bool
     finish_reason: str | None = None  # eos | stop | length | cancelled | error
     error: str | None = None
-    key: int = 0  # the sequence's id on the wire (what `cancel` names)
+    key: int = 0  # the sequence's key (`serving.cancel`: what postprocessing sends back)
     heartbeat: bool = False  # no data: only lets postprocessing see a cancellation
 
 
@@ -129,12 +86,13 @@ def kv_tokens(request: GenerationRequest) -> int:
 
 
 class NullMetrics:
-    """The metrics interface the orchestrator reports to (see `dlm.serving.metrics`)."""
+    """The metrics interface the orchestrator reports to (see `serving.metrics`)."""
 
     def admitted(self, request: GenerationRequest) -> None: ...
     def progressed(self, mode: str, passes: int, tokens: int) -> None: ...
     def finished(self, seq: Sequence) -> None: ...
     def in_flight(self, n: int) -> None: ...
+    def stepped(self) -> None: ...
 
 
 class Orchestrator:
@@ -148,16 +106,17 @@ class Orchestrator:
         kv_budget_tokens: int | None = None,
         max_queued: int | None = None,
         cache: str = "full",
+        inbox: cancel.Inbox | None = None,
     ) -> None:
         """kv_budget_tokens: most cached positions over the requests in flight (None: no
         budget); max_queued: most requests waiting for admission (None: no limit); cache: how
         diffusion keeps its context (`dlm.sampling.diffusion`; not "full" only to serve the
-        reference samplers for benchmarks)."""
+        reference samplers for benchmarks); inbox: where ensemble cancellations arrive."""
         self.engine, self.heartbeat_s = engine, heartbeat_s
         self.kv_budget_tokens, self.max_queued = kv_budget_tokens, max_queued
         self.kv_in_use = 0  # kv_tokens over the jobs in flight
-        self.remote_cancelled: set[int] = getattr(engine, "cancelled", set())
-        self.wire_id = getattr(engine, "wire_id", lambda seq_id: seq_id)
+        self.inbox = inbox
+        self.pid = inbox.pid if inbox is not None else os.getpid()  # in every event's key
         self.scheduler = Scheduler(engine, limits, cache=cache, max_batch=max_batch)
         self.metrics = metrics or NullMetrics()
         self.jobs: dict[int, Job] = {}  # seq_id -> job, requests in flight
@@ -177,6 +136,9 @@ class Orchestrator:
     ) -> None:
         """Queue a request; `emit` is called from the scheduler thread (see module doc)."""
         job = Job(request, emit, is_cancelled or (lambda: False), stream, block_views)
+        if self._stopping or (self.inbox is not None and self.inbox.stopping):
+            self._fail(job, "the server is shutting down")
+            return
         with self._cond:
             busy = self.max_queued is not None and len(self._queue) >= self.max_queued
             if not busy:
@@ -210,15 +172,22 @@ class Orchestrator:
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout)
-        for job in list(self._queue) + list(self.jobs.values()):
-            self._fail(job, "the server is shutting down")
-        self._queue.clear()
+            if self._thread.is_alive():  # stuck in a send the server no longer takes: leave it
+                log.error("dlm scheduler did not stop in %.0f s; its requests are dropped", timeout)
+                return
+        self._fail_all("the server is shutting down")
+
+    def _fail_all(self, message: str) -> None:
+        with self._cond:
+            queued, self._queue = list(self._queue), deque()
+        for job in queued + list(self.jobs.values()):
+            self._fail(job, message)
 
     # ------------------------------------------------------------------ scheduler thread
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._queue or self.jobs or self._stopping or self._releases()):
+                while not (self._queue or self.jobs or self._stopping):
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -235,12 +204,8 @@ class Orchestrator:
         self._drop_cancelled()
         if self.jobs:
             self._step()
-        elif self._releases():
-            self.engine.flush()
         self.metrics.in_flight(len(self.jobs))
-
-    def _releases(self) -> bool:
-        return bool(getattr(self.engine, "to_release", None))
+        self.metrics.stepped()
 
     def _admit(self) -> None:
         """Admit queued jobs in order while the KV budget holds; the rest keep waiting."""
@@ -286,6 +251,10 @@ class Orchestrator:
         )
 
     def _drop_cancelled(self) -> None:
+        sent = self.inbox.drain() if self.inbox is not None else set()
+        if self.inbox is not None and self.inbox.stopping:
+            self._fail_all("the server is shutting down")
+            return
         for job in list(self.jobs.values()):
             try:
                 cancelled = job.is_cancelled()
@@ -293,8 +262,7 @@ class Orchestrator:
                 log.exception("is_cancelled() failed for sequence %d", job.seq.seq_id)
                 self._fail(job, f"could not check cancellation: {e}")
                 continue
-            if cancelled or job.seq.seq_id in self.remote_cancelled:
-                self.remote_cancelled.discard(job.seq.seq_id)
+            if cancelled or job.seq.seq_id in sent:
                 self.scheduler.cancel(job.seq)
                 self._finish(job, "cancelled")
 
@@ -302,9 +270,9 @@ class Orchestrator:
         try:
             self.scheduler.step()
         except Exception as e:
-            log.exception("denoiser step failed")
+            log.exception("engine step failed")
             for job in list(self.jobs.values()):
-                self._fail(job, f"denoiser step failed: {e}")
+                self._fail(job, f"engine step failed: {e}")
             return
         now = time.monotonic()
         progress: dict[str, list[int]] = {}  # mode -> [passes, tokens], one report per mode
@@ -333,7 +301,7 @@ class Orchestrator:
                         len(seq.output),
                         None,
                         False,
-                        key=self.wire_id(seq.seq_id),
+                        key=cancel.key(seq.seq_id, self.pid),
                         heartbeat=True,
                     ),
                 )
@@ -356,7 +324,7 @@ class Orchestrator:
             view,
             final,
             reason,
-            key=self.wire_id(seq.seq_id),
+            key=cancel.key(seq.seq_id, self.pid),
         )
 
     def _release_kv(self, job: Job) -> None:

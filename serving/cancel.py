@@ -1,0 +1,82 @@
+"""Cancellations of ensemble requests, from `postprocessing` to the `dlm` instance that runs them.
+
+Triton 2.51 shows a client's cancellation of an ensemble request only to the steps scheduled
+after it (core PR #263: the ensemble marks the next step's request), i.e. to `postprocessing`,
+never to `dlm`, whose request is already running. So postprocessing sends the request's key to
+its `dlm` instance: one datagram on a Linux abstract Unix socket named after the instance's
+process (no file, nothing to clean up, gone with the process), which the scheduler thread drains
+before every pass. A key is `pid << 32 | sequence id`: it names both the instance and the
+sequence, so any postprocessing instance reaches the right `dlm` instance, and a key of a
+process that is gone is dropped. The same inbox takes a shutdown notice (`shutdown`, sent by
+`model_repository.serve` before it stops the server): the instance then ends every request with
+an error at once, so that the server's exit does not wait for generations it would cut anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+KEY = struct.Struct("<q")
+SHUTDOWN = -1  # not a key: every key is >= 0
+
+
+def address(pid: int) -> bytes:
+    return f"\0dlm-triton-cancel-{pid}".encode()
+
+
+def key(seq_id: int, pid: int | None = None) -> int:
+    """The key of sequence `seq_id` of the instance `pid` (this process by default)."""
+    return ((os.getpid() if pid is None else pid) & 0x7FFFFFFF) << 32 | seq_id
+
+
+def send(keys: list[int]) -> list[int]:
+    """Send each key to its instance; returns the keys whose instance is gone."""
+    lost = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for k in keys:
+            try:
+                s.sendto(KEY.pack(k), address(k >> 32))
+            except (ConnectionRefusedError, FileNotFoundError):
+                lost.append(k)
+    return lost
+
+
+def shutdown(pids: list[int]) -> None:
+    """Tell the `dlm` instances `pids` that the server is stopping."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for pid in pids:
+            try:
+                s.sendto(KEY.pack(SHUTDOWN), address(pid))
+            except (ConnectionRefusedError, FileNotFoundError):
+                continue
+
+
+class Inbox:
+    """The cancellations sent to this process, read without blocking; `stopping` once a
+    shutdown notice came."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.stopping = False
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address(self.pid))
+        self.sock.setblocking(False)
+
+    def drain(self) -> set[int]:
+        """Sequence ids cancelled since the last call."""
+        got = set()
+        while True:
+            try:
+                data = self.sock.recv(KEY.size)
+            except BlockingIOError:
+                return got
+            (k,) = KEY.unpack(data)
+            if k == SHUTDOWN:
+                self.stopping = True
+            elif k >> 32 == self.pid & 0x7FFFFFFF:
+                got.add(k & 0xFFFFFFFF)
+
+    def close(self) -> None:
+        self.sock.close()
