@@ -85,7 +85,7 @@ FILL_ARGS ?=
 
 .PHONY: serve bench-serving
 
-# Builds (or checks) the model's engine first; the denoiser then serves what its manifest names.
+# Builds (or checks) the model's engine first; dlm then serves what its manifest names.
 # FILL_ARGS="--backend torch" serves the checkpoint with PyTorch instead; `python -m
 # model_repository.fill --help` lists the other settings.
 serve: engine

@@ -38,6 +38,8 @@ from model_repository.supervisor import (
 from serving import cancel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+EXIT_TIMEOUT_S = 15  # tritonserver --exit-timeout-secs: how long it waits for requests in flight
+DRAIN_S = EXIT_TIMEOUT_S - 5  # requests still running then end with an error, before the cut
 
 
 def pytriton_server_dir() -> Path:
@@ -125,16 +127,17 @@ def command(
         f"--metrics-address={address}",
         f"--metrics-port={metrics_port}",
         "--allow-gpu-metrics=false",
-        "--exit-timeout-secs=15",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
         *extra,
     ]
 
 
 def terminate(server: subprocess.Popen) -> None:
-    """Stop a tritonserver the clean way: tell its `dlm` instances first (they end their
-    requests with an error at once, `serving.cancel`), then SIGTERM (SIGKILL would leave
-    shared memory behind)."""
-    cancel.shutdown(sorted(stub_pids(server.pid).get("dlm", ())))
+    """Stop a tritonserver the clean way: tell its `dlm` instances first (requests in flight
+    may finish for DRAIN_S, then get an error: `serving.cancel`), then SIGTERM (SIGKILL would
+    leave shared memory behind). Triton stops taking new requests at once and waits up to its
+    exit timeout for those in flight."""
+    cancel.shutdown(sorted(stub_pids(server.pid).get("dlm", ())), DRAIN_S)
     server.send_signal(signal.SIGTERM)
 
 

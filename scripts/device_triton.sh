@@ -120,7 +120,7 @@ u.urlopen('http://127.0.0.1:$HTTP_PORT/v2/models/ensemble/ready', timeout=2)" 2>
 done
 ((ready)) || { tail -n 60 "$OUT/server.log"; fail "not ready in 240 s"; }
 log "ready after $(($(date +%s) - start)) s"
-grep -m 3 "denoiser:" "$OUT/server.log"
+grep -m 3 "engine:" "$OUT/server.log"
 
 for mode in ar diffusion self_spec; do
   log "client: --mode $mode"

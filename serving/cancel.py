@@ -8,8 +8,10 @@ process (no file, nothing to clean up, gone with the process), which the schedul
 before every pass. A key is `pid << 32 | sequence id`: it names both the instance and the
 sequence, so any postprocessing instance reaches the right `dlm` instance, and a key of a
 process that is gone is dropped. The same inbox takes a shutdown notice (`shutdown`, sent by
-`model_repository.serve` before it stops the server): the instance then ends every request with
-an error at once, so that the server's exit does not wait for generations it would cut anyway.
+`model_repository.serve` right before it stops the server): streams end with an error at once
+(a stopping Triton 2.51 no longer delivers their next responses), one-answer requests may still
+finish during the grace it names, then the instance ends what is left with an error, so that
+every client has its answer before Triton's exit timeout cuts the server off.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 
-KEY = struct.Struct("<q")
-SHUTDOWN = -1  # not a key: every key is >= 0
+MESSAGE = struct.Struct("<Bq")  # (CANCEL, key) or (SHUTDOWN, grace in milliseconds)
+CANCEL, SHUTDOWN = 0, 1
 
 
 def address(pid: int) -> bytes:
@@ -37,29 +40,29 @@ def send(keys: list[int]) -> list[int]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         for k in keys:
             try:
-                s.sendto(KEY.pack(k), address(k >> 32))
+                s.sendto(MESSAGE.pack(CANCEL, k), address(k >> 32))
             except (ConnectionRefusedError, FileNotFoundError):
                 lost.append(k)
     return lost
 
 
-def shutdown(pids: list[int]) -> None:
-    """Tell the `dlm` instances `pids` that the server is stopping."""
+def shutdown(pids: list[int], grace_s: float) -> None:
+    """Tell the `dlm` instances `pids` that the server stops in `grace_s` seconds."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         for pid in pids:
             try:
-                s.sendto(KEY.pack(SHUTDOWN), address(pid))
+                s.sendto(MESSAGE.pack(SHUTDOWN, int(grace_s * 1000)), address(pid))
             except (ConnectionRefusedError, FileNotFoundError):
                 continue
 
 
 class Inbox:
-    """The cancellations sent to this process, read without blocking; `stopping` once a
-    shutdown notice came."""
+    """The cancellations sent to this process, read without blocking; `deadline` (monotonic
+    seconds) once a shutdown notice came, else None."""
 
     def __init__(self, pid: int | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid
-        self.stopping = False
+        self.deadline: float | None = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(address(self.pid))
         self.sock.setblocking(False)
@@ -69,12 +72,12 @@ class Inbox:
         got = set()
         while True:
             try:
-                data = self.sock.recv(KEY.size)
+                data = self.sock.recv(MESSAGE.size)
             except BlockingIOError:
                 return got
-            (k,) = KEY.unpack(data)
-            if k == SHUTDOWN:
-                self.stopping = True
+            kind, k = MESSAGE.unpack(data)
+            if kind == SHUTDOWN:
+                self.deadline = time.monotonic() + k / 1000
             elif k >> 32 == self.pid & 0x7FFFFFFF:
                 got.add(k & 0xFFFFFFFF)
 

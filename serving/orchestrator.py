@@ -79,10 +79,10 @@ class Job:
     last_sent: float = field(default_factory=time.monotonic)
 
 
-def kv_tokens(request: GenerationRequest) -> int:
-    """Cached positions a request may hold at most (its share of the KV-memory budget)."""
-    block = request.block_length or 0
-    return len(request.prompt_ids) + request.max_tokens + block
+def kv_tokens(request: GenerationRequest, default_block: int) -> int:
+    """Cached positions a request may hold at most (its share of the KV-memory budget):
+    prompt + max_tokens + one block (the model's default block until validation sets it)."""
+    return len(request.prompt_ids) + request.max_tokens + (request.block_length or default_block)
 
 
 class NullMetrics:
@@ -136,7 +136,7 @@ class Orchestrator:
     ) -> None:
         """Queue a request; `emit` is called from the scheduler thread (see module doc)."""
         job = Job(request, emit, is_cancelled or (lambda: False), stream, block_views)
-        if self._stopping or (self.inbox is not None and self.inbox.stopping):
+        if self._stopping:
             self._fail(job, "the server is shutting down")
             return
         with self._cond:
@@ -231,7 +231,7 @@ class Orchestrator:
             except RequestError as e:
                 self._send(job, Event([], 0, 0, 0, None, True, "error", str(e)))
                 continue
-            job.kv = kv_tokens(job.request)  # block_length is known once validated
+            job.kv = kv_tokens(job.request, self.engine.config.block_length)  # now validated
             self.kv_in_use += job.kv
             self.jobs[job.seq.seq_id] = job
             self.metrics.admitted(job.request)
@@ -239,9 +239,7 @@ class Orchestrator:
     def _kv_need(self, job: Job) -> int | None:
         if self.kv_budget_tokens is None:
             return None
-        req = job.request
-        block = req.block_length or self.scheduler.engine.config.block_length
-        return len(req.prompt_ids) + req.max_tokens + block
+        return kv_tokens(job.request, self.engine.config.block_length)
 
     def _too_big(self, need: int) -> str:
         return (
@@ -252,9 +250,15 @@ class Orchestrator:
 
     def _drop_cancelled(self) -> None:
         sent = self.inbox.drain() if self.inbox is not None else set()
-        if self.inbox is not None and self.inbox.stopping:
-            self._fail_all("the server is shutting down")
-            return
+        deadline = self.inbox.deadline if self.inbox is not None else None
+        if deadline is not None:
+            # Streams end at once: Triton 2.51, stopping, no longer delivers their next
+            # responses (seen here: they stall until its exit timeout). One-answer requests
+            # may still finish until the deadline.
+            for job in [j for j in self.jobs.values() if j.stream or time.monotonic() >= deadline]:
+                self._fail(job, "the server is shutting down")
+            if time.monotonic() >= deadline:
+                self._fail_all("the server is shutting down")
         for job in list(self.jobs.values()):
             try:
                 cancelled = job.is_cancelled()

@@ -92,7 +92,7 @@ def test_prepare_builds_the_engine_once_then_fills_the_repository(tiny_checkpoin
     repo = tmp_path / "work" / "model_repository"
     dlm_config = (repo / "dlm" / "config.pbtxt").read_text()
     assert '"7"' in dlm_config, "DLM_FILL_ARGS did not reach the fill tool"
-    assert str(tiny_checkpoint) in (repo / "denoiser" / "config.pbtxt").read_text()
+    assert str(tiny_checkpoint) in (repo / "dlm" / "config.pbtxt").read_text()
 
     again = entrypoint("prepare", **env)
     assert again.returncode == 0, again.stderr

@@ -85,9 +85,9 @@ def test_only_the_ensemble_is_reachable_through_nginx(replicas, lb):
     via, direct = f"http://127.0.0.1:{lb.http}", f"http://127.0.0.1:{replicas[0].http}"
     assert status(f"{via}/v2/health/ready") == 200
     assert status(f"{via}/v2/models/ensemble/ready") == 200
-    assert status(f"{direct}/v2/models/denoiser/ready") == 200  # served, but not through nginx
-    assert status(f"{via}/v2/models/denoiser/ready") == 403
-    assert status(f"{via}/v2/models/denoiser/infer", b"{}") == 403
+    assert status(f"{direct}/v2/models/dlm/ready") == 200  # served, but not through nginx
+    assert status(f"{via}/v2/models/dlm/ready") == 403
+    assert status(f"{via}/v2/models/dlm/infer", b"{}") == 403
     assert status(f"{via}/v2/repository/index", b"{}") == 403
     assert status(f"{via}/v2/repository/models/ensemble/unload", b"{}") == 403
 

@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -275,23 +276,29 @@ def test_cancelled_while_queued_never_runs(engine):
     assert waiting.final.finish_reason == "cancelled" and waiting.final.num_forward_passes == 0
 
 
-def test_shutdown_notice_ends_every_request_at_once(engine):
-    """What `model_repository.serve` sends before SIGTERM: requests in flight and queued end
-    with an error before the next pass, later ones are refused."""
+def test_shutdown_notice_ends_what_is_left_after_its_grace(engine):
+    """What `model_repository.serve` sends before SIGTERM: a stream ends at once, one-answer
+    requests go on during the grace; past it, those in flight and queued end with an error
+    before the next pass."""
     inbox = cancel.Inbox(pid=2**30 + os.getpid())
     try:
         orch = Orchestrator(engine, inbox=inbox, kv_budget_tokens=60)
-        running, queued, late = Client(), Client(), Client()
+        running, queued, streamed = Client(), Client(), Client()
         for c in (running, queued):
             orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=40, end_id=END), c)
+        orch.submit(
+            GenerationRequest([5, 6], mode="ar", max_tokens=9, end_id=END), streamed, stream=True
+        )
         orch.run_once()
+        cancel.shutdown([inbox.pid], grace_s=3600)
+        orch.run_once()
+        assert streamed.final.error == "the server is shutting down"
+        assert inbox.deadline is not None and not running.events  # still running
+        inbox.deadline = time.monotonic()  # the grace is over
         passes = engine.passes
-        cancel.shutdown([inbox.pid])
         orch.run_once()
         assert engine.passes == passes and engine.live_sequences == 0
         for c in (running, queued):
             assert c.final.error == "the server is shutting down"
-        orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=4, end_id=END), late)
-        assert late.final.error == "the server is shutting down"
     finally:
         inbox.close()
