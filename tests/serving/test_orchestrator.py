@@ -282,18 +282,18 @@ def test_shutdown_notice_ends_what_is_left_after_its_grace(engine):
     before the next pass."""
     inbox = cancel.Inbox(pid=2**30 + os.getpid())
     try:
-        orch = Orchestrator(engine, inbox=inbox, kv_budget_tokens=60)
+        orch = Orchestrator(engine, inbox=inbox, kv_budget_tokens=80)  # room for 19 + 51
         running, queued, streamed = Client(), Client(), Client()
-        for c in (running, queued):
-            orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=40, end_id=END), c)
         orch.submit(
             GenerationRequest([5, 6], mode="ar", max_tokens=9, end_id=END), streamed, stream=True
         )
+        for c in (running, queued):
+            orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=40, end_id=END), c)
         orch.run_once()
         cancel.shutdown([inbox.pid], grace_s=3600)
         orch.run_once()
         assert streamed.final.error == "the server is shutting down"
-        assert inbox.deadline is not None and not running.events  # still running
+        assert inbox.deadline is not None and not running.events and not queued.events
         inbox.deadline = time.monotonic()  # the grace is over
         passes = engine.passes
         orch.run_once()
