@@ -33,6 +33,7 @@ from dlm.sampling import Limits, Scheduler
 from dlm.tokenizer import TextTokenizer
 from export import engine_dir
 from serving.engine import load_engine
+from serving.metrics import FLUSH_S
 
 PROMPTS = [
     "def fibonacci(n):\n",
@@ -74,6 +75,25 @@ def in_process(pipe: Pipeline, requests, concurrency: int) -> tuple[int, float]:
             sched.add(queue.pop(0))
         tokens += sum(len(s.output) for s in sched.step())
     return tokens, time.perf_counter() - t0
+
+
+def side_by_side(pipe, url, prompts, knobs: dict, concurrency: int, repeats: int):
+    """(tokens, seconds) in process and through Triton for the same requests, `repeats` times
+    each, alternating which side goes first (ABBA...), so that a machine whose speed drifts
+    (a shared VM) weighs on both sides alike."""
+    totals = {"process": [0, 0.0], "triton": [0, 0.0]}
+    runs = {
+        "process": lambda: in_process(
+            pipe, [pipe.request(p, **knobs) for p in prompts], concurrency
+        ),
+        "triton": lambda: through_triton(url, [(p, knobs) for p in prompts], concurrency),
+    }
+    for r in range(repeats):
+        for side in ("process", "triton") if r % 2 == 0 else ("triton", "process"):
+            tokens, seconds = runs[side]()
+            totals[side][0] += tokens
+            totals[side][1] += seconds
+    return (*totals["process"], *totals["triton"])
 
 
 def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> tuple[int, float]:
@@ -123,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,4,8,16")
     p.add_argument("--requests", type=int, default=16, help="requests per throughput point")
     p.add_argument("--throughput-mode", default="self_spec")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="runs of each side, alternating which goes first"
+    )
     args = p.parse_args(argv)
     args.engine = str(args.engine or engine_dir(args.model))
 
@@ -165,16 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         url = f"127.0.0.1:{server.grpc}"
         through_triton(url, [(PROMPTS[0], {"max_tokens": 8, "mode": "ar"})], 1)  # warm up
         in_process(pipe, [pipe.request(PROMPTS[0], max_tokens=8, mode="ar")], 1)
-        print("\n## concurrency 1, per mode (same prompts, one after another)")
+        print(
+            f"\n## concurrency 1, per mode (same prompts, one after another; {args.repeats} runs "
+            "a side, alternating which goes first)"
+        )
         print("| mode | tokens | in process tok/s | Triton tok/s | Triton / in process |")
         print("|---|---|---|---|---|")
         for mode, knobs in MODES:
-            reqs = [
-                pipe.request(p, max_tokens=args.max_tokens, mode=mode, **knobs) for p in PROMPTS
-            ]
-            tok_a, sec_a = in_process(pipe, reqs, 1)
-            jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode, **knobs}) for p in PROMPTS]
-            tok_b, sec_b = through_triton(url, jobs, 1)
+            knobs = {"max_tokens": args.max_tokens, "mode": mode, **knobs}
+            tok_a, sec_a, tok_b, sec_b = side_by_side(pipe, url, PROMPTS, knobs, 1, args.repeats)
             print(
                 f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
                 f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |"
@@ -187,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("|---|---|---|---|---|")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
+        knobs = {"max_tokens": args.max_tokens, "mode": mode}
         for n in levels:
-            reqs = [pipe.request(p, max_tokens=args.max_tokens, mode=mode) for p in prompts]
-            tok_a, sec_a = in_process(pipe, reqs, n)
-            jobs = [(p, {"max_tokens": args.max_tokens, "mode": mode}) for p in prompts]
             steps, passes = (server.metric(f"dlm_engine_{k}") for k in ("steps", "passes"))
-            tok_b, sec_b = through_triton(url, jobs, n)
+            tok_a, sec_a, tok_b, sec_b = side_by_side(pipe, url, prompts, knobs, n, args.repeats)
+            time.sleep(2 * FLUSH_S)  # the server reports its counts at most every FLUSH_S
             steps = server.metric("dlm_engine_steps") - steps
             passes = server.metric("dlm_engine_passes") - passes
             print(

@@ -105,6 +105,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
         "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
+        "CANCEL_CHECK_MS": str(max(0, int(args.cancel_check_ms))),
         "PASS_DELAY_MS": str(max(0, int(args.pass_delay_ms))),
         "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
         "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
@@ -154,6 +155,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-queued",
         default=256,
         help="most requests waiting for KV memory; beyond it a request gets a busy error",
+    )
+    p.add_argument(
+        "--cancel-check-ms",
+        default=50,
+        help="how often dlm asks Triton whether a request sent to it directly was cancelled "
+        "(an IPC per request; 0: before every pass); ensemble cancellations arrive at once",
     )
     p.add_argument(
         "--pass-delay-ms",

@@ -16,10 +16,15 @@ dlm_engine_steps / _passes           counter    engine calls (steps), and passes
 
 from __future__ import annotations
 
+import time
+
 from dlm.sampling import MODES, GenerationRequest
 from dlm.sampling.sequence import Sequence
 from serving.engine import MeteredEngine
 
+# Per-pass counts and gauges are reported at most this often (and when the scheduler goes idle):
+# each update is an IPC to the server, and a pass of a small model takes a few ms.
+FLUSH_S = 0.1
 TPF_BUCKETS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
 ACCEPT_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
 
@@ -87,16 +92,17 @@ class ServingMetrics:
             name="dlm_engine_passes", description="Passes run by the engine", kind=mf.COUNTER
         ).Metric(labels=label)
         self._seen = (0, 0, 0)  # live, steps, passes last reported
+        self._progress: dict[str, list[int]] = {}  # mode -> [passes, tokens] not yet reported
+        self._inflight_now, self._flushed = 0, 0.0
         self.families = mf
 
     def admitted(self, request: GenerationRequest) -> None:
         self.requests[request.mode].increment(1)
 
     def progressed(self, mode: str, passes: int, tokens: int) -> None:
-        if passes:
-            self.passes[mode].increment(passes)
-        if tokens:
-            self.tokens[mode].increment(tokens)
+        pending = self._progress.setdefault(mode, [0, 0])
+        pending[0] += passes
+        pending[1] += tokens
 
     def finished(self, seq: Sequence) -> None:
         mode = seq.request.mode
@@ -107,11 +113,25 @@ class ServingMetrics:
                 self.accepted.observe(block.tokens)
 
     def in_flight(self, n: int) -> None:
-        if n != self._inflight:  # every update is an IPC to the server (~30 us)
-            self.inflight.set(n)
-            self._inflight = n
+        self._inflight_now = n
 
     def stepped(self) -> None:
+        """Called every scheduler iteration: flushes at most every FLUSH_S."""
+        if time.monotonic() - self._flushed >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Report what accumulated (every update is an IPC to the server, about 30 us)."""
+        self._flushed = time.monotonic()
+        for mode, (passes, tokens) in self._progress.items():
+            if passes:
+                self.passes[mode].increment(passes)
+            if tokens:
+                self.tokens[mode].increment(tokens)
+        self._progress.clear()
+        if self._inflight_now != self._inflight:
+            self.inflight.set(self._inflight_now)
+            self._inflight = self._inflight_now
         e = self.engine
         live, steps, passes = self._seen
         if e.live_sequences != live:

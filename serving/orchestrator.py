@@ -77,6 +77,7 @@ class Job:
     kv: int = 0  # its share of the KV budget while in flight
     done: bool = False
     last_sent: float = field(default_factory=time.monotonic)
+    checked: float = 0.0  # when is_cancelled() was last asked (monotonic)
 
 
 def kv_tokens(request: GenerationRequest, default_block: int) -> int:
@@ -93,6 +94,7 @@ class NullMetrics:
     def finished(self, seq: Sequence) -> None: ...
     def in_flight(self, n: int) -> None: ...
     def stepped(self) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Orchestrator:
@@ -107,15 +109,18 @@ class Orchestrator:
         max_queued: int | None = None,
         cache: str = "full",
         inbox: cancel.Inbox | None = None,
+        cancel_check_s: float = 0.0,
     ) -> None:
         """kv_budget_tokens: most cached positions over the requests in flight (None: no
         budget); max_queued: most requests waiting for admission (None: no limit); cache: how
         diffusion keeps its context (`dlm.sampling.diffusion`; not "full" only to serve the
-        reference samplers for benchmarks); inbox: where ensemble cancellations arrive."""
+        reference samplers for benchmarks); inbox: where ensemble cancellations arrive;
+        cancel_check_s: how often a request's own `is_cancelled()` is asked (an IPC to the
+        server in the Python backend; 0: before every pass)."""
         self.engine, self.heartbeat_s = engine, heartbeat_s
         self.kv_budget_tokens, self.max_queued = kv_budget_tokens, max_queued
         self.kv_in_use = 0  # kv_tokens over the jobs in flight
-        self.inbox = inbox
+        self.inbox, self.cancel_check_s = inbox, cancel_check_s
         self.pid = inbox.pid if inbox is not None else os.getpid()  # in every event's key
         self.scheduler = Scheduler(engine, limits, cache=cache, max_batch=max_batch)
         self.metrics = metrics or NullMetrics()
@@ -187,6 +192,8 @@ class Orchestrator:
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not (self._queue or self.jobs or self._stopping):
+                    self.metrics.flush()  # idle: report what the last passes counted
                 while not (self._queue or self.jobs or self._stopping):
                     self._cond.wait()
                 if self._stopping:
@@ -259,7 +266,11 @@ class Orchestrator:
                 self._fail(job, "the server is shutting down")
             if time.monotonic() >= deadline:
                 self._fail_all("the server is shutting down")
+        now = time.monotonic()
         for job in list(self.jobs.values()):
+            if now - job.checked < self.cancel_check_s and job.seq.seq_id not in sent:
+                continue
+            job.checked = now
             try:
                 cancelled = job.is_cancelled()
             except Exception as e:

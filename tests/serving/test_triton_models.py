@@ -47,6 +47,7 @@ def models(tiny_checkpoint):
                 "PASS_DELAY_MS": 0,
                 "MAX_PASSES_PER_STEP": 64,
                 "HEARTBEAT_MS": 0,
+                "CANCEL_CHECK_MS": 0,
                 "KV_BUDGET_TOKENS": 65536,
                 "MAX_QUEUED": 256,
                 "DIFFUSION_CACHE": "full",
@@ -157,6 +158,10 @@ def test_metrics(models):
     ensemble(models, mode="self_spec", max_tokens=20)
     assert released(models)
     m = pb.METRICS
+    key = ("dlm_engine_passes", (("model", "dlm"),))
+    deadline = time.monotonic() + 60  # reported when the scheduler goes idle
+    while m.get(key, 0) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert m[("dlm_requests", (("mode", "self_spec"), ("model", "dlm")))] >= 1
     assert m[("dlm_output_tokens", (("mode", "self_spec"), ("model", "dlm")))] >= 20
     assert m[("dlm_self_spec_accepted_tokens", (("model", "dlm"),))] >= 1

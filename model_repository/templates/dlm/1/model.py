@@ -11,8 +11,9 @@ Streaming: with `stream`, one response per step that committed tokens (or change
 view, if asked); without, exactly one data response. Heartbeats (no data, dropped by
 postprocessing) go out for a request silent for HEARTBEAT_MS, so that postprocessing sees an
 ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and sends it
-back here (serving.cancel). The last response always carries the FINAL flag; a cancelled
-request (checked before every pass) gets the FINAL flag alone.
+back here (serving.cancel). A request sent to dlm directly is asked `is_cancelled()` every
+CANCEL_CHECK_MS. The last response always carries the FINAL flag; a cancelled request gets the
+FINAL flag alone.
 Engine: serving.engine.load_engine (ENGINE_DIR's manifest: ONNX Runtime on CPU, TensorRT on GPU;
 BACKEND=torch: the PyTorch engine on DEVICE). One instance per device: KIND_CPU, or KIND_GPU
 (one per GPU, the engine on the instance's GPU). THREADS: the engine's intra-op threads.
@@ -68,6 +69,7 @@ class TritonPythonModel:
             max_batch=int(params["MAX_PASSES_PER_STEP"]),
             metrics=ServingMetrics(pb_utils, engine),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
+            cancel_check_s=int(params["CANCEL_CHECK_MS"]) / 1000,
             kv_budget_tokens=int(params["KV_BUDGET_TOKENS"]),
             max_queued=int(params["MAX_QUEUED"]),
             cache=params["DIFFUSION_CACHE"],
