@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dlm import schema
+
 APT_HINT = "apt-get install -y libb64-0d"
 PIP_HINT = "pip install nvidia-cuda-runtime-cu12"
 
@@ -73,15 +75,7 @@ def unavailable() -> str | None:
 
 def input_data(prompts: list[str], max_tokens: int, knobs: dict) -> dict:
     """perf_analyzer `--input-data` JSON: one entry per prompt, the contract's tensors (shapes
-    without the batch dimension). `knobs`: mode, threshold, factor, steps, block_length,
-    temperature."""
-    types = {
-        "threshold": float,
-        "factor": float,
-        "temperature": float,
-        "steps": int,
-        "block_length": int,
-    }
+    without the batch dimension). `knobs`: any one-value input of the request schema."""
     entries = []
     for p in prompts:
         e = {
@@ -90,12 +84,11 @@ def input_data(prompts: list[str], max_tokens: int, knobs: dict) -> dict:
             "stream": {"content": [True], "shape": [1]},
         }
         for name, value in knobs.items():
-            if name == "mode":
-                e["mode"] = {"content": [value], "shape": [1]}
-            elif name in types:
-                e[name] = {"content": [types[name](value)], "shape": [1]}
-            else:
-                raise ValueError(f"knob {name!r} unknown; allowed: mode, {', '.join(types)}")
+            k = schema.BY_NAME.get(name)
+            if k is None or k.many or name in e:
+                allowed = [k.name for k in schema.KNOBS if not k.many and k.name not in e]
+                raise ValueError(f"knob {name!r} unknown; allowed: {', '.join(allowed)}")
+            e[name] = {"content": [k.python_type(value)], "shape": [1]}
         entries.append(e)
     return {"data": entries}
 

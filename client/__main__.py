@@ -15,8 +15,7 @@ import shutil
 import sys
 
 from client.api import ClientError, GrpcClient, HttpClient, Update
-
-MODES = ("ar", "diffusion", "self_spec")
+from dlm import schema
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,22 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per response")
     k = p.add_argument_group("generation knobs (default: the model's generation_config)")
-    k.add_argument("--max-tokens", type=int, default=64)
-    k.add_argument("--mode", choices=MODES, default=None)
-    k.add_argument("--block-length", type=int, default=None)
-    k.add_argument("--threshold", type=float, default=None)
-    k.add_argument("--steps", type=int, default=None, help="fixed passes per block (diffusion)")
-    k.add_argument(
-        "--factor",
-        type=float,
-        default=None,
-        help="diffusion by Fast-dLLM's factor rule instead of the threshold: commit the n "
-        "surest masked positions while (n + 1) * (1 - confidence_n) < factor",
-    )
-    k.add_argument("--temperature", type=float, default=None)
-    k.add_argument("--seed", type=int, default=None, help="random_seed")
-    k.add_argument("--stop", action="append", default=[], help="stop word (repeatable)")
-    k.add_argument("--end-id", type=int, default=None)
+    schema.add_arguments(k, max_tokens=64)
     return p
 
 
@@ -90,19 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     stream = not args.no_stream
     live = stream and not args.no_block and not args.json and sys.stderr.isatty()
-    knobs = dict(
-        stream=stream,
-        mode=args.mode,
-        block_length=args.block_length,
-        threshold=args.threshold,
-        steps=args.steps,
-        factor=args.factor,
-        temperature=args.temperature,
-        random_seed=args.seed,
-        stop_words=args.stop,
-        end_id=args.end_id,
-        return_block_text=True if live else None,
-    )
+    knobs = schema.from_arguments(args)
+    max_tokens = knobs.pop("max_tokens")
+    knobs.update(stream=stream, return_block_text=True if live else None)
     on_update, line = None, None
     if live:
         on_update = line = LiveLine()
@@ -116,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.http:
             client = HttpClient(args.url or "127.0.0.1:8000", args.model, args.timeout)
             result = client.generate(
-                args.prompt, args.max_tokens, on_update, endpoint=args.generate_endpoint, **knobs
+                args.prompt, max_tokens, on_update, endpoint=args.generate_endpoint, **knobs
             )
         else:
             client = GrpcClient(args.url or "127.0.0.1:8001", args.model, args.timeout)
-            result = client.generate(args.prompt, args.max_tokens, on_update, **knobs)
+            result = client.generate(args.prompt, max_tokens, on_update, **knobs)
     except ClientError as e:
         if line:
             line.clear()

@@ -1,9 +1,10 @@
 """Generate through the `ensemble` model: gRPC streaming (tritonclient) or HTTP generate.
 
-Both clients take the contract's knobs as keyword arguments (max_tokens, stream, temperature,
-random_seed, stop_words, end_id, mode, block_length, threshold, steps, factor; None = the server's
-default) and return a `Result`; `on_update(Update)` sees every streamed response, and with
-`return_block_text=True` the block being denoised (masked positions as placeholders).
+Both clients take the request schema's inputs (`dlm.schema`: max_tokens, stream, temperature,
+random_seed, stop_words, end_id, mode, block_length, threshold, steps, factor, ...; None = the
+server's default) as keyword arguments and return a `Result`; `on_update(Update)` sees every
+streamed response, and with `return_block_text=True` the block being denoised (masked positions
+as placeholders).
 """
 
 from __future__ import annotations
@@ -19,22 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Input name -> (numpy dtype, Triton datatype); every input is a [1, n] tensor (batch of one).
-INPUT_TYPES = {
-    "text_input": (np.object_, "BYTES"),
-    "max_tokens": (np.int32, "INT32"),
-    "stream": (bool, "BOOL"),
-    "temperature": (np.float32, "FP32"),
-    "random_seed": (np.uint64, "UINT64"),
-    "stop_words": (np.object_, "BYTES"),
-    "end_id": (np.int32, "INT32"),
-    "mode": (np.object_, "BYTES"),
-    "block_length": (np.int32, "INT32"),
-    "threshold": (np.float32, "FP32"),
-    "factor": (np.float32, "FP32"),
-    "steps": (np.int32, "INT32"),
-    "return_block_text": (bool, "BOOL"),
-}
+from dlm.schema import BY_NAME, KNOBS, TYPES
+
+# Every input is a [1, n] tensor (batch of one).
+# Input name -> (NumPy dtype, Triton data type), from the request schema.
+INPUT_TYPES = {k.name: (np.dtype(TYPES[k.dtype][1]).type, k.dtype) for k in KNOBS}
 
 
 class ClientError(RuntimeError):
@@ -85,7 +75,7 @@ def request_values(prompt: str, max_tokens: int, **knobs) -> dict:
     if "stop_words" in values and not values["stop_words"]:
         del values["stop_words"]
     for name, value in values.items():
-        for text in value if name == "stop_words" else [value]:
+        for text in value if BY_NAME[name].many else [value]:
             if isinstance(text, str):
                 try:
                     text.encode()
@@ -96,7 +86,7 @@ def request_values(prompt: str, max_tokens: int, **knobs) -> dict:
 
 def _array(name: str, value) -> np.ndarray:
     dtype = INPUT_TYPES[name][0]
-    items = list(value) if name == "stop_words" else [value]
+    items = list(value) if BY_NAME[name].many else [value]
     if dtype is np.object_:
         items = [v.encode() if isinstance(v, str) else v for v in items]
     return np.array([items], dtype=dtype)

@@ -1,7 +1,3 @@
-"""dlm: the core library. Model, configs and presets, checkpoints, tokenizer and samplers.
-Knows nothing of Triton."""
-
-from dlm.config import PRESETS, ModelConfig, preset
-from dlm.model import DiffusionLM
-
-__all__ = ["PRESETS", "ModelConfig", "DiffusionLM", "preset"]
+"""dlm: the core library. Model (`dlm.model`), configs and presets (`dlm.config`), checkpoints,
+tokenizer, the request schema (`dlm.schema`), the engine interface and the samplers. Knows
+nothing of Triton. Importing `dlm` imports nothing else: the schema stays torch-free."""

@@ -7,10 +7,9 @@ import json
 import sys
 import time
 
+from dlm import schema
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
-from dlm.sampling import MODES, RequestError
-
-_FLAGS = {"text_input": "prompt", "random_seed": "seed", "stop_words": "stop"}
+from dlm.sampling import RequestError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,21 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a continuation of a prompt")
     g.add_argument("--model", default=str(DEFAULT_MODEL), help="checkpoint folder (HF layout)")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--mode", choices=MODES, default=None, help="default: the model's")
-    g.add_argument("--max-tokens", type=int, default=None)
-    g.add_argument("--block-length", type=int, default=None)
-    g.add_argument("--threshold", type=float, default=None)
-    g.add_argument("--steps", type=int, default=None, help="fixed passes per block (diffusion)")
-    g.add_argument(
-        "--factor",
-        type=float,
-        default=None,
-        help="diffusion by Fast-dLLM's factor rule instead of the threshold: commit the n "
-        "surest masked positions while (n + 1) * (1 - confidence_n) < factor",
-    )
-    g.add_argument("--temperature", type=float, default=0.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--stop", action="append", default=[], help="stop word (repeatable)")
+    k = g.add_argument_group("generation knobs (default: the model's generation_config)")
+    schema.add_arguments(k)
     g.add_argument("--device", default="cpu")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -43,23 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         pipe = Pipeline.load(args.model, device=args.device)
-        req = pipe.request(
-            args.prompt,
-            stop_words=args.stop,
-            mode=args.mode,
-            max_tokens=args.max_tokens,
-            block_length=args.block_length,
-            threshold=args.threshold,
-            steps=args.steps,
-            factor=args.factor,
-            temperature=args.temperature,
-            seed=args.seed,
-        )
+        knobs = schema.from_arguments(args)
+        stops = knobs.pop("stop_words")
+        fields = {schema.BY_NAME[name].field: value for name, value in knobs.items()}
+        req = pipe.request(args.prompt, stop_words=stops, **fields)
     except (RequestError, ValueError, FileNotFoundError) as e:
         if isinstance(e, RequestError):  # request field -> the flag that sets it
-            field = str(e).split("=")[0].strip()
-            flag = _FLAGS.get(field, field.replace("_", "-"))
-            print(f"error: --{flag}: {e}", file=sys.stderr)
+            field = str(e).split("=")[0].split(":")[0].strip()
+            print(f"error: {schema.flag_of(field)}: {e}", file=sys.stderr)
         else:
             print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from dlm import schema
 from export import engine_dir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -111,6 +112,8 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
         "DIFFUSION_CACHE": args.diffusion_cache,
+        "REQUEST_INPUTS": schema.pbtxt_inputs(),
+        "REQUEST_INPUT_MAP": schema.pbtxt_input_map(),
     }
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU session of this project, as one prepared script (see README "GPU runs").
+# The GPU session of this project, as one prepared script (see docs/performance.md "GPU runs").
 # Usage on a CUDA machine, from the repository root, with build/corpus made by
 #   python -m dlm.train.corpus --out build/corpus
 #   OUT=dir bash scripts/device_run.sh [train|checks|all]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlm import schema
 from dlm.checkpoint import config_from_hf
 from dlm.config import ModelConfig
 from dlm.pipeline import Pipeline, generation_defaults
@@ -21,7 +22,7 @@ from dlm.sampling import GenerationRequest, Limits, RequestError
 from dlm.tokenizer import TextTokenizer
 
 # Request fields that travel as JSON (prompt_ids travel as a tensor).
-KNOBS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "prompt_ids")
+FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "prompt_ids")
 
 
 def model_config(folder: str | Path) -> ModelConfig:
@@ -96,7 +97,7 @@ def to_wire(
     request: GenerationRequest, stream: bool = False, block_views: bool = False
 ) -> tuple[np.ndarray, str]:
     """(input_ids INT32 [n], JSON of the knobs and the response options)."""
-    knobs = {k: getattr(request, k) for k in KNOBS}
+    knobs = {k: getattr(request, k) for k in FIELDS}
     knobs.update(stream=bool(stream), block_views=bool(block_views))
     return np.asarray(request.prompt_ids, np.int32), json.dumps(knobs)
 
@@ -107,25 +108,15 @@ def from_wire(input_ids: np.ndarray, payload: str | bytes) -> tuple[GenerationRe
     if not isinstance(knobs, dict):
         raise RequestError(f"request: must be a JSON object, got {type(knobs).__name__}")
     stream, block_views = bool(knobs.pop("stream", False)), bool(knobs.pop("block_views", False))
-    unknown = sorted(set(knobs) - set(KNOBS))
+    unknown = sorted(set(knobs) - set(FIELDS))
     if unknown:
-        raise RequestError(f"request: unknown fields {unknown}; known: {list(KNOBS)}")
+        raise RequestError(f"request: unknown fields {unknown}; known: {list(FIELDS)}")
     ids = [int(i) for i in np.asarray(input_ids).reshape(-1)]
     return GenerationRequest(ids, **knobs), stream, block_views
 
 
-# Ensemble input -> GenerationRequest field, for the optional scalar knobs.
-SCALAR_INPUTS = {
-    "max_tokens": "max_tokens",
-    "temperature": "temperature",
-    "random_seed": "seed",
-    "end_id": "end_id",
-    "mode": "mode",
-    "block_length": "block_length",
-    "threshold": "threshold",
-    "steps": "steps",
-    "factor": "factor",
-}
+# Ensemble input -> GenerationRequest field, for the knobs of one value (dlm.schema).
+SCALAR_INPUTS = {k.name: k.field for k in schema.KNOBS if k.field and not k.many}
 
 
 def scalar(name: str, array: np.ndarray):
@@ -145,20 +136,14 @@ def scalar(name: str, array: np.ndarray):
     return v.item() if isinstance(v, np.generic) else v
 
 
-# Inputs every request must carry (optional in config.pbtxt: preprocessing answers their absence).
-REQUIRED_INPUTS = {
-    "text_input": "the prompt, TYPE_STRING [1]",
-    "max_tokens": "how many tokens to generate, TYPE_INT32 [1]",
-}
-
-
 def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
     """The ensemble's input tensors (absent optional ones left out) -> (input_ids, request JSON).
 
     Raises RequestError naming the field."""
-    for name, what in REQUIRED_INPUTS.items():
+    for name in schema.REQUIRED:  # optional in config.pbtxt: their absence is answered here
         if name not in inputs:
-            raise RequestError(f"{name}: required input missing ({what})")
+            k = schema.BY_NAME[name]
+            raise RequestError(f"{name}: required input missing ({k.help}, {k.dtype} [1])")
     text = np.asarray(inputs["text_input"]).reshape(-1)
     if text.size != 1:
         raise RequestError(f"text_input: must hold exactly one prompt, got {text.size}")

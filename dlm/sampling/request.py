@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 
 from dlm.config import ModelConfig
+from dlm.schema import MODES
 
-MODES = ("ar", "diffusion", "self_spec")
 MAX_FACTOR = 16.0  # the factor rule commits a whole 128-token block at 99% sure well below it
 
 

@@ -1,8 +1,9 @@
 """preprocessing: text and knobs -> token ids and a validated request.
 
-Inputs: the ensemble's (config.pbtxt); all but text_input and max_tokens optional, absent ones
-take the model folder's generation_config.json defaults. The two required ones are optional to
-Triton and checked here, so that their absence is an error naming them on every endpoint.
+Inputs: the request schema's (dlm/schema.py, as in the ensemble); all but text_input and
+max_tokens optional, absent ones take the model folder's generation_config.json defaults. The
+two required ones are optional to Triton and checked here, so that their absence is an error
+naming them on every endpoint.
 Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, serving.requests).
 Errors: a request with a knob out of range gets its own error response naming the field and the
 allowed values; the other requests of the batch proceed.
@@ -14,23 +15,6 @@ import sys
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-INPUTS = (
-    "text_input",
-    "max_tokens",
-    "stream",
-    "temperature",
-    "random_seed",
-    "stop_words",
-    "end_id",
-    "mode",
-    "block_length",
-    "threshold",
-    "steps",
-    "factor",
-    "return_block_text",
-    "exclude_input_in_output",
-)
-
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -39,9 +23,10 @@ class TritonPythonModel:
         }
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.sampling import RequestError
+        from dlm.schema import KNOBS
         from serving.requests import Preprocessor, from_inputs
 
-        self.errors = (RequestError,)
+        self.errors, self.inputs = (RequestError,), [k.name for k in KNOBS]
         self.from_inputs = from_inputs
         chat = params["APPLY_CHAT_TEMPLATE"].lower() in ("1", "true", "yes")
         self.pre = Preprocessor(params["MODEL_DIR"], chat_template=chat)
@@ -50,7 +35,7 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             inputs = {}
-            for name in INPUTS:
+            for name in self.inputs:
                 tensor = pb_utils.get_input_tensor_by_name(request, name)
                 if tensor is not None:
                     inputs[name] = tensor.as_numpy()

@@ -1,0 +1,142 @@
+"""The request schema: every input a client can send, written once.
+
+Each `Knob` names an input of the `ensemble` (Triton's TensorRT-LLM tensor names where it has one),
+its Triton data type, whether it is required or a list, the `GenerationRequest` field it sets and
+its help. Derived from this table, nowhere else written: the `input [...]` of the ensemble's and
+preprocessing's config.pbtxt and the ensemble's input map (`model_repository.fill`), the inputs
+preprocessing reads and converts (`serving.requests`), the client's tensor types (`client.api`),
+the knob flags of both command lines (`add_arguments`) and perf_analyzer's input data. The bounds
+of each value are checked in one place, `GenerationRequest.validate`, whose errors name the input.
+
+Torch-free (and `dlm/__init__` imports nothing), so the client and the fill tool use it as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+MODES = ("ar", "diffusion", "self_spec")
+
+# Triton data type -> (config.pbtxt type, NumPy dtype name, Python type of one value)
+TYPES = {
+    "BYTES": ("TYPE_STRING", "object", str),
+    "INT32": ("TYPE_INT32", "int32", int),
+    "UINT64": ("TYPE_UINT64", "uint64", int),
+    "FP32": ("TYPE_FP32", "float32", float),
+    "BOOL": ("TYPE_BOOL", "bool", bool),
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str  # the input's name
+    dtype: str  # Triton data type, a key of TYPES
+    help: str
+    field: str | None = None  # the GenerationRequest field it sets; None: a response option
+    required: bool = False  # optional to Triton all the same: preprocessing names it if absent
+    many: bool = False  # a list of values (dims [-1]), not one
+    flag: str | None = None  # command-line flag, if not --name with dashes
+    choices: tuple[str, ...] = ()
+    cli: bool = True  # a generation knob of both command lines
+
+    @property
+    def option(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def python_type(self) -> type:
+        return TYPES[self.dtype][2]
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("text_input", "BYTES", "the prompt", required=True, flag="--prompt", cli=False),
+    Knob("max_tokens", "INT32", "tokens to generate", field="max_tokens", required=True),
+    Knob("stream", "BOOL", "one response per newly committed text", cli=False),
+    Knob("temperature", "FP32", "0: greedy, else Gumbel-max sampling", field="temperature"),
+    Knob(
+        "random_seed",
+        "UINT64",
+        "seed of the counter-based sampling noise",
+        field="seed",
+        flag="--seed",
+    ),
+    Knob(
+        "stop_words",
+        "BYTES",
+        "stop word (repeatable)",
+        field="stop_sequences",
+        many=True,
+        flag="--stop",
+    ),
+    Knob("end_id", "INT32", "token that ends the text (default: the model's eos)", field="end_id"),
+    Knob("mode", "BYTES", "generation mode", field="mode", choices=MODES),
+    Knob("block_length", "INT32", "tokens per block (diffusion, self_spec)", field="block_length"),
+    Knob(
+        "threshold",
+        "FP32",
+        "diffusion: commit masked positions at least this confident",
+        field="threshold",
+    ),
+    Knob("steps", "INT32", "diffusion: fixed passes per block instead", field="steps"),
+    Knob(
+        "factor",
+        "FP32",
+        "diffusion by Fast-dLLM's factor rule instead of the threshold: commit the n surest "
+        "masked positions while (n + 1) * (1 - confidence_n) < factor",
+        field="factor",
+    ),
+    Knob("return_block_text", "BOOL", "stream the block being denoised as block_text", cli=False),
+    Knob(
+        "exclude_input_in_output",
+        "BOOL",
+        "TensorRT-LLM's flag, sent by genai-perf: true (the only behaviour here) is accepted",
+        cli=False,
+    ),
+)
+BY_NAME = {k.name: k for k in KNOBS}
+REQUIRED = tuple(k.name for k in KNOBS if k.required)
+
+
+def pbtxt_inputs(indent: str = "  ") -> str:
+    """The lines of a config.pbtxt `input [ ... ]` block (batch dimension implied)."""
+    rows = []
+    for k in KNOBS:
+        dims = "-1" if k.many else "1"
+        rows.append(
+            f'{indent}{{ name: "{k.name}" data_type: {TYPES[k.dtype][0]} dims: [ {dims} ] '
+            "optional: true }"
+        )
+    return ",\n".join(rows)
+
+
+def pbtxt_input_map(indent: str = "      ") -> str:
+    """The ensemble's first step: every input handed to preprocessing under its own name."""
+    return "\n".join(f'{indent}input_map {{ key: "{k.name}" value: "{k.name}" }}' for k in KNOBS)
+
+
+def add_arguments(group: argparse._ActionsContainer, **defaults) -> None:
+    """The knob flags (--max-tokens, --mode, ...) on a command line; `defaults` by input name
+    (otherwise None: the model's generation_config decides)."""
+    for k in KNOBS:
+        if not k.cli:
+            continue
+        kw: dict = {"help": k.help, "default": defaults.get(k.name), "dest": k.name}
+        if k.many:
+            kw.update(action="append", default=list(defaults.get(k.name, [])))
+        elif k.choices:
+            kw["choices"] = k.choices
+        else:
+            kw["type"] = k.python_type
+        group.add_argument(k.option, **kw)
+
+
+def from_arguments(args: argparse.Namespace) -> dict:
+    """The knobs given on a command line made by `add_arguments`, by input name."""
+    return {k.name: getattr(args, k.name) for k in KNOBS if k.cli}
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag that sets an input (for errors that name the input)."""
+    k = BY_NAME.get(name) or next((k for k in KNOBS if k.field == name), None)
+    return k.option if k is not None else "--" + name.replace("_", "-")

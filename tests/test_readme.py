@@ -1,0 +1,56 @@
+"""The README's quickstart commands, run as written against a real tritonserver (tiny model) on
+free ports: the clients over gRPC and HTTP, curl on the generate endpoint and on the metrics
+port, and the in-process command. The genai-perf line is not run here: `make bench-genai-perf`
+installs genai-perf into a venv of its own from PyPI (tests/benchmarks covers perf_analyzer)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model_repository.serve import LocalServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quickstart() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart\n.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [c for c in block.replace("\\\n", " ").splitlines() if c.strip()]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoint, tmp_path_factory):
+    s = LocalServer(tiny_checkpoint, tmp_path_factory.mktemp("readme"), ["--backend", "torch"])
+    yield s
+    s.stop()
+
+
+def test_quickstart_commands_run(server, tiny_checkpoint):
+    commands = quickstart()
+    assert len(commands) == 5, commands
+    ports = {"8000": server.http, "8001": server.grpc, "8002": server.metrics}
+    ran = 0
+    for command in commands:
+        if command.startswith("make bench-genai-perf"):
+            continue  # see the module doc
+        command = re.sub(r"127\.0\.0\.1:(800[012])", lambda m: f"127.0.0.1:{ports[m[1]]}", command)
+        if "-m client" in command:
+            command = command.replace("-m client", f"-m client --url 127.0.0.1:{server.grpc}", 1)
+            if "--http" in command:
+                command = command.replace(f":{server.grpc}", f":{server.http}", 1)
+        r = subprocess.run(
+            ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert r.returncode == 0 and r.stdout.strip(), f"{command}\n{r.stdout}\n{r.stderr}"
+        assert "error" not in r.stdout.lower(), f"{command}\n{r.stdout}"
+        ran += 1
+    assert ran == 4
+    text = (ROOT / "README.md").read_text()
+    in_process = re.search(r"`(\.venv/bin/python -m dlm generate [^`]*)`", text.replace("\n", " "))
+    command = in_process.group(1).split(" ", 1)[1] + f" --model {tiny_checkpoint} --max-tokens 8"
+    r = subprocess.run(["bash", "-c", f"{sys.executable} {command}"], cwd=ROOT, capture_output=True)
+    assert r.returncode == 0 and b'"num_output_tokens": 8' in r.stdout, r.stderr
