@@ -71,7 +71,7 @@ def rss_bytes(pid: int) -> int:
 def shm_usage(pids) -> tuple[int, int]:
     """(regions, bytes allocated) of the Python backend's shared memory mapped by `pids` (other
     servers on the machine have their own regions)."""
-    from model_repository.supervisor import REGION
+    from model_repository.processes import REGION
 
     paths = set()
     for pid in pids:

@@ -16,6 +16,18 @@ EXPORTER_VERSION = "2"  # 2: the fork input
 import hashlib  # noqa: E402  (stdlib only: the Makefile and fill import this without torch)
 from pathlib import Path  # noqa: E402
 
+# The files of a build folder (every step and loader names them from here).
+MANIFEST = "manifest.json"
+ONNX_FILE = "denoiser.onnx"
+TRT_ONNX_FILE = "denoiser.trt.onnx"
+PLAN_FILE = "denoiser.plan"
+TIMING_CACHE_FILE = "timing.cache"
+
+
+class ParityError(RuntimeError):
+    """An exported stage disagrees with the stage before it; the message carries the figures."""
+
+
 ENGINES = Path(__file__).resolve().parent.parent / "build" / "engines"
 
 

@@ -34,21 +34,13 @@ from importlib import metadata
 from pathlib import Path
 
 import export
+from export import MANIFEST, ONNX_FILE, PLAN_FILE, TRT_ONNX_FILE, ParityError
 
 # torch, onnx and onnxruntime are imported only past the up-to-date check, so that a re-run with
 # nothing changed takes a fraction of a second instead of the seconds their imports cost.
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
-MANIFEST = "manifest.json"
-ONNX_FILE = "denoiser.onnx"
-TRT_ONNX_FILE = "denoiser.trt.onnx"
-PLAN_FILE = "denoiser.plan"
-TIMING_CACHE_FILE = "timing.cache"
 GEN_MAX_TOKENS_BLOCKS = 2  # generation parity: this many blocks per prompt
-
-
-class ParityError(RuntimeError):
-    """An exported stage disagrees with the stage before it; the message carries the figures."""
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -118,9 +110,9 @@ def up_to_date(
 
 
 def _io_spec(cfg) -> dict:
-    from export import onnx_export
+    from export import contract
 
-    fixed = onnx_export.static_axes(cfg)
+    fixed = contract.static_axes(cfg)
 
     def spec(table: dict) -> dict:
         return {
@@ -128,7 +120,7 @@ def _io_spec(cfg) -> dict:
             for n, (d, axes) in table.items()
         }
 
-    return {"inputs": spec(onnx_export.INPUTS), "outputs": spec(onnx_export.OUTPUTS)}
+    return {"inputs": spec(contract.INPUTS), "outputs": spec(contract.OUTPUTS)}
 
 
 def build(

@@ -26,7 +26,7 @@ class EngineError(ValueError):
 
 
 def read_manifest(build_dir: str | Path) -> dict:
-    path = Path(build_dir) / "manifest.json"
+    path = Path(build_dir) / export.MANIFEST
     if not path.exists():
         raise EngineError(
             f"{path}: no manifest (build the engine: `make engine` or "

@@ -53,6 +53,7 @@ from torch import nn
 
 from dlm.config import ModelConfig
 from dlm.model import DiffusionLM, rope_frequencies
+from export.contract import INPUTS, OUTPUTS, static_axes
 from plugins.denoise_step.onnx_op import (
     DEFAULT_OPSET,
     denoise_step_op,
@@ -61,36 +62,10 @@ from plugins.denoise_step.onnx_op import (
 )
 from plugins.denoise_step.reference import denoise_step_torch
 
-# name -> (dtype, axes); axes are config symbols (L, Hkv, D) or dynamic axis names.
-KV_AXES = ("L", "batch", "Hkv", "past", "D")
-NEW_KV_AXES = ("L", "batch", "Hkv", "block", "D")
-INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "input_ids": ("int64", ("batch", "block")),
-    "past_k": ("float32", KV_AXES),
-    "past_v": ("float32", KV_AXES),
-    "past_len": ("int64", ("batch",)),
-    "n_new": ("int64", ("batch",)),
-    "tail": ("int64", ("batch",)),
-    "fork": ("int64", ("batch",)),
-    "out_index": ("int64", ("batch", "k")),
-    "temperature": ("float32", ("batch",)),
-    "seed": ("int64", ("batch",)),
-}
-OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "token": ("int64", ("batch", "k")),
-    "confidence": ("float32", ("batch", "k")),
-    "new_k": ("float32", NEW_KV_AXES),
-    "new_v": ("float32", NEW_KV_AXES),
-}
 PARITY_OUTPUT = "logits"  # [B, K, V]: only in the parity graph
 DYNAMIC_AXES = ("batch", "block", "past", "k")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUSTOM_OP = ("dlm", "DenoiseStep")
-
-
-def static_axes(cfg: ModelConfig) -> dict[str, int]:
-    """Sizes of the config-fixed axes of the KV tensors."""
-    return {"L": cfg.num_layers, "Hkv": cfg.num_kv_heads, "D": cfg.head_dim}
 
 
 class DenoiserGraph(nn.Module):

@@ -45,7 +45,7 @@ def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
 
 def check_session_io(session, cfg: ModelConfig) -> None:
     """Fail fast when the graph and the config disagree (names, KV layout L/Hkv/D)."""
-    from export.onnx_export import INPUTS, OUTPUTS, static_axes
+    from export.contract import INPUTS, OUTPUTS, static_axes
 
     ins = {i.name: i.shape for i in session.get_inputs()}
     outs = [o.name for o in session.get_outputs()]

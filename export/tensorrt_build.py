@@ -79,7 +79,7 @@ class Profile:
 
     def shapes(self, cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], ...]]:
         """Per graph input: (min shape, opt shape, max shape)."""
-        from export.onnx_export import INPUTS, static_axes
+        from export.contract import INPUTS, static_axes
 
         fixed = static_axes(cfg)
         return {
@@ -292,7 +292,7 @@ def build_from_model(
     """Plugin-form graph -> plan -> validation; returns the manifest's `tensorrt` entry."""
     import torch
 
-    from export.build import PLAN_FILE, TIMING_CACHE_FILE, TRT_ONNX_FILE
+    from export import PLAN_FILE, TIMING_CACHE_FILE, TRT_ONNX_FILE
     from export.onnx_export import export_denoiser
 
     export_denoiser(model, out / TRT_ONNX_FILE, plugin=True, precision=precision)
@@ -304,7 +304,7 @@ def build_from_model(
     entry["device"] = torch.cuda.get_device_name()
     entry["validation"] = validate(out, model, precision, profiles, log)
     if not entry["validation"]["ok"]:
-        from export.build import ParityError
+        from export import ParityError
 
         raise ParityError(f"TensorRT plan vs ONNX Runtime: {entry['validation']}")
     return {"tensorrt": entry}
@@ -369,7 +369,7 @@ class TrtEngine(CachedEngine):
     def forward(self, feed, past_k, past_v):
         import torch
 
-        from export.onnx_export import OUTPUTS
+        from export.contract import OUTPUTS
 
         profile = select_profile(self.profiles, pass_dims(feed))
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the gathered past
@@ -409,8 +409,7 @@ def validate(
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.comparator import Comparator, CompareFunc
 
-    from export import parity
-    from export.build import ONNX_FILE, PLAN_FILE
+    from export import ONNX_FILE, PLAN_FILE, parity
     from export.ort_engine import OrtEngine
 
     cfg = model.cfg
@@ -464,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tolerances":
         if not args.engine_dir:
             p.error("tolerances: --engine-dir is required")
-        m = json.loads((Path(args.engine_dir) / "manifest.json").read_text())
+        from export import MANIFEST
+
+        m = json.loads((Path(args.engine_dir) / MANIFEST).read_text())
         print(" ".join(polygraphy_tolerance_args(m["precision"], m["config"]["vocab_size"])))
         return 0
     if not args.model:

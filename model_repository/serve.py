@@ -28,13 +28,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from model_repository.supervisor import (
-    Supervisor,
-    enabled,
-    remove_orphans,
-    shm_regions,
-    stub_pids,
-)
+from model_repository.processes import remove_orphans, shm_regions, stub_pids
+from model_repository.supervisor import Supervisor, enabled
 from serving import cancel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

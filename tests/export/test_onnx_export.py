@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export import onnx_export, parity, tensorrt_build
+from export import contract, onnx_export, parity, tensorrt_build
 from export.ort_engine import ort_session
 from tests.conftest import tiny_model
 
@@ -19,8 +19,8 @@ def test_graph_contract(nld_build):
     graph = onnx.load(str(nld_build.out / "denoiser.onnx"))
     onnx.checker.check_model(graph, full_check=True)
     cfg = nld_build.model.cfg
-    assert [i.name for i in graph.graph.input] == list(onnx_export.INPUTS)
-    assert [o.name for o in graph.graph.output] == list(onnx_export.OUTPUTS)  # no logits
+    assert [i.name for i in graph.graph.input] == list(contract.INPUTS)
+    assert [o.name for o in graph.graph.output] == list(contract.OUTPUTS)  # no logits
     summary = onnx_export.check_graph(graph, cfg)
     assert summary["opset"] == 18
     dims = {
@@ -147,5 +147,5 @@ def test_plugin_form_in_bf16_for_tensorrt(tmp_path):
     io = {v.name: v.type.tensor_type.elem_type for v in [*graph.graph.input, *graph.graph.output]}
     assert io["past_k"] == io["new_k"] == onnx.TensorProto.FLOAT
     onnx_export.check_graph(onnx.load(str(tmp_path / "trt.onnx")), model.cfg, plugin=True)
-    used = {i for n in graph.graph.node for i in n.input} | set(onnx_export.OUTPUTS)
+    used = {i for n in graph.graph.node for i in n.input} | set(contract.OUTPUTS)
     assert all(any(o in used for o in n.output) for n in graph.graph.node)  # no dead nodes

@@ -10,7 +10,7 @@ import pytest
 from dlm.engine import TorchEngine
 from dlm.sampling import GenerationRequest, Limits, Scheduler
 from export import tensorrt_build as tb
-from export.onnx_export import INPUTS
+from export.contract import INPUTS
 from tests.conftest import random_prompts, tiny_model
 
 TRT_ABSENT = "TensorRT is absent here: not installable on these machines (ENVIRONMENT.md)"
