@@ -19,9 +19,12 @@ def stub_pids(server_pid: int, proc: str | Path = "/proc") -> dict[str, set[int]
 
 
 def stubs(server_pid: int, proc: str | Path = "/proc") -> list[tuple[str, int, str]]:
-    """(model, pid, shared-memory region) of each live Python backend stub under `server_pid`.
+    """(model, pid, shared-memory region) of each live model-instance stub under `server_pid`.
 
-    A stub's command line is `<stub> <repo>/<model>/<version>/model.py <shm region> ...`."""
+    A stub's command line is `<stub> <repo>/<model>/<version>/model.py <shm region> <size>
+    <growth> <parent pid> <backend dir> <ipc handle> <name> ...`. While a model loads, the
+    backend first runs a stub named after the model itself (it checks the config) that exits by
+    itself (seen here); only the instances' stubs (`<model>_<group>_<index>`) are counted."""
     found = []
     for entry in Path(proc).iterdir():
         if not entry.name.isdigit():
@@ -38,7 +41,33 @@ def stubs(server_pid: int, proc: str | Path = "/proc") -> list[tuple[str, int, s
         if not argv[0].decode(errors="replace").endswith(STUB):
             continue
         model = Path(argv[1].decode(errors="replace")).parent.parent.name
+        if len(argv) > 8 and argv[8].decode(errors="replace") == model:
+            continue  # the model's config-checking stub, not an instance
         found.append((model, int(entry.name), argv[2].decode(errors="replace")))
+    return found
+
+
+def killed_stubs(server_pid: int, proc: str | Path = "/proc") -> list[int]:
+    """Stubs under `server_pid` that died of a signal and are not reaped yet: zombies whose exit
+    code (field 52 of /proc/<pid>/stat) names a signal. A stub that ends by itself exits 0 and is
+    reaped; one killed while its model loads stays such a zombie while the load waits for it
+    for ever (seen here)."""
+    found = []
+    for entry in Path(proc).iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            argv0 = (entry / "cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        signalled = len(fields) > 49 and int(fields[49]) & 0x7F
+        # a zombie's cmdline is empty: its name (comm) is the stub's, cut to 15 characters
+        comm = (entry / "comm").read_text().strip() if not argv0 else ""
+        is_stub = argv0.decode(errors="replace").endswith(STUB) or STUB.startswith(comm or "-")
+        if ppid == server_pid and state == "Z" and signalled and is_stub:
+            found.append(int(entry.name))
     return found
 
 

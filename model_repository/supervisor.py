@@ -46,7 +46,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from model_repository.processes import STUB, alive, remove_orphans, shm_regions, stubs
+from model_repository.processes import (
+    STUB,
+    alive,
+    killed_stubs,
+    remove_orphans,
+    shm_regions,
+    stubs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +159,6 @@ class Supervisor:
         self.order = order + sorted(set(self.expected) - set(order))
         self.owed: set[str] = set(self.expected)  # not yet seen READY since start or unload
         self.failed_loads: dict[str, int] = {}  # model -> loads failed in a row
-        self.loading_stubs: set[int] = set()  # stubs seen before the server first answered
         self.last_stubs: list[int] = []  # pids of the stubs seen in the last poll
         self.regions: set[str] = set()  # shared-memory regions of every stub it has seen
         self.recoveries: list[tuple[str, float]] = []  # (dead models, seconds to recover)
@@ -207,16 +213,13 @@ class Supervisor:
         try:
             states = self.api.states()
         except (urllib.error.URLError, OSError):
-            # Not listening yet: the server is loading its models. A stub that died meanwhile
+            # Not listening yet: the server is loading its models. A stub killed meanwhile
             # holds its model's load for ever (seen here): only a new server gets past it.
-            vanished = self.loading_stubs - set(self.last_stubs)
-            self.loading_stubs |= set(self.last_stubs)
-            if vanished and self.server.poll() is None:
+            if killed_stubs(self.pid) and self.server.poll() is None:
                 self.say("supervisor: a stub died while the server loads its models: restarting")
                 self.terminate()
                 self.restart()
             return []
-        self.loading_stubs = set()
         short = {m for m, n in self.expected.items() if live.get(m, 0) < n}
         dead = {m for m in short if states.get(m) == "READY"}
         self.owed -= {m for m in self.owed if states.get(m) == "READY" and m not in short}
@@ -312,7 +315,7 @@ class Supervisor:
             "regions it left; starting a new one"
         )
         self.restarts.append(now)
-        self.owed, self.loading_stubs = set(self.expected), set()
+        self.owed = set(self.expected)
         self.server = self.start_server()
         try:
             self._wait(
