@@ -17,13 +17,14 @@ in the queue (first come, first served: a large request is not overtaken forever
 that could never fit (alone above the budget), or that arrives when `max_queued` requests
 already wait, gets an immediate error that names the limit (`busy: ...`).
 
-Cancellation is seen two ways before every pass: the request's own `is_cancelled()` (a `dlm`
-request sent directly), and the `inbox` (for ensemble requests, Triton 2.51 marks only the steps
-scheduled after the cancellation, i.e. `postprocessing`, which sends the request's key here:
-`serving.cancel`). Either way its cache is freed before the next pass. So that a request with
-nothing to say still passes through `postprocessing` now and then (a non-streaming one says
-nothing until its end), a `heartbeat` event (no data, dropped there) is emitted for a request
-silent for `heartbeat_s`.
+Cancellation is seen two ways: the `inbox`, drained before every pass (for ensemble requests,
+Triton 2.51 marks only the steps scheduled after the cancellation, i.e. `postprocessing`, which
+sends the request's key here: `serving.cancel`), and the request's own `is_cancelled()` (a `dlm`
+request sent directly), asked every `cancel_check_s`. Either way its cache is freed before the
+next pass. A shutdown notice in the inbox ends streams at once and the rest at its deadline. So
+that a request with nothing to say still passes through `postprocessing` now and then (a non-
+streaming one says nothing until its end), a `heartbeat` event (no data, dropped there) is
+emitted for a request silent for `heartbeat_s`.
 """
 
 from __future__ import annotations
