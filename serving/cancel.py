@@ -34,26 +34,26 @@ def key(seq_id: int, pid: int | None = None) -> int:
     return ((os.getpid() if pid is None else pid) & 0x7FFFFFFF) << 32 | seq_id
 
 
-def send(keys: list[int]) -> list[int]:
-    """Send each key to its instance; returns the keys whose instance is gone."""
+def _post(messages: list[tuple[int, int, int]]) -> list[int]:
+    """Send (pid, kind, value) datagrams; returns the indexes of those whose instance is gone."""
     lost = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for k in keys:
+        for i, (pid, kind, value) in enumerate(messages):
             try:
-                s.sendto(MESSAGE.pack(CANCEL, k), address(k >> 32))
+                s.sendto(MESSAGE.pack(kind, value), address(pid))
             except (ConnectionRefusedError, FileNotFoundError):
-                lost.append(k)
+                lost.append(i)
     return lost
+
+
+def send(keys: list[int]) -> list[int]:
+    """Send each key to its instance; returns the keys whose instance is gone."""
+    return [keys[i] for i in _post([(k >> 32, CANCEL, k) for k in keys])]
 
 
 def shutdown(pids: list[int], grace_s: float) -> None:
     """Tell the `dlm` instances `pids` that the server stops in `grace_s` seconds."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for pid in pids:
-            try:
-                s.sendto(MESSAGE.pack(SHUTDOWN, int(grace_s * 1000)), address(pid))
-            except (ConnectionRefusedError, FileNotFoundError):
-                continue
+    _post([(pid, SHUTDOWN, int(grace_s * 1000)) for pid in pids])
 
 
 class Inbox:
