@@ -51,9 +51,28 @@ def send(keys: list[int]) -> list[int]:
     return [keys[i] for i in _post([(k >> 32, CANCEL, k) for k in keys])]
 
 
-def shutdown(pids: list[int], grace_s: float) -> None:
-    """Tell the `dlm` instances `pids` that the server stops in `grace_s` seconds."""
-    _post([(pid, SHUTDOWN, int(grace_s * 1000)) for pid in pids])
+def shutdown(pids: list[int], grace_s: float, wait_s: float = 5.0) -> int:
+    """Tell the `dlm` instances `pids` that the server stops in `grace_s` seconds, and wait (at
+    most `wait_s`) until each has ended its streams: their error responses must reach Triton
+    before it stops (a stopping Triton stalls them). Returns how many acknowledged."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind("")  # an abstract address of its own: where the acknowledgements come back
+        s.settimeout(wait_s)
+        sent = 0
+        for pid in pids:
+            try:
+                s.sendto(MESSAGE.pack(SHUTDOWN, int(grace_s * 1000)), address(pid))
+                sent += 1
+            except (ConnectionRefusedError, FileNotFoundError):
+                continue
+        acked, deadline = 0, time.monotonic() + wait_s
+        while acked < sent and time.monotonic() < deadline:
+            try:
+                s.recv(MESSAGE.size)
+            except (TimeoutError, BlockingIOError):
+                break
+            acked += 1
+    return acked
 
 
 class Inbox:
@@ -63,6 +82,7 @@ class Inbox:
     def __init__(self, pid: int | None = None) -> None:
         self.pid = os.getpid() if pid is None else pid
         self.deadline: float | None = None
+        self.notified_by: list = []  # senders of shutdown notices not yet acknowledged
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(address(self.pid))
         self.sock.setblocking(False)
@@ -72,14 +92,25 @@ class Inbox:
         got = set()
         while True:
             try:
-                data = self.sock.recv(MESSAGE.size)
+                data, sender = self.sock.recvfrom(MESSAGE.size)
             except BlockingIOError:
                 return got
             kind, k = MESSAGE.unpack(data)
             if kind == SHUTDOWN:
                 self.deadline = time.monotonic() + k / 1000
+                if sender:
+                    self.notified_by.append(sender)
             elif k >> 32 == self.pid & 0x7FFFFFFF:
                 got.add(k & 0xFFFFFFFF)
+
+    def acknowledge(self) -> None:
+        """Tell the senders of shutdown notices that this instance's streams have ended."""
+        for sender in self.notified_by:
+            try:
+                self.sock.sendto(MESSAGE.pack(SHUTDOWN, 0), sender)
+            except OSError:  # that sender gave up waiting
+                continue
+        self.notified_by = []
 
     def close(self) -> None:
         self.sock.close()

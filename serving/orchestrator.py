@@ -46,6 +46,8 @@ from serving import cancel
 
 log = logging.getLogger(__name__)
 
+IDLE_POLL_S = 0.2  # an idle scheduler looks at its inbox this often (a shutdown notice)
+
 
 @dataclass
 class Event:
@@ -196,7 +198,11 @@ class Orchestrator:
                 if not (self._queue or self.jobs or self._stopping):
                     self.metrics.flush()  # idle: report what the last passes counted
                 while not (self._queue or self.jobs or self._stopping):
-                    self._cond.wait()
+                    self._cond.wait(IDLE_POLL_S)
+                    if self.inbox is not None:  # idle: a shutdown notice still wants its answer
+                        self.inbox.drain()
+                        if self.inbox.deadline is not None:
+                            self.inbox.acknowledge()
                 if self._stopping:
                     return
             try:
@@ -265,6 +271,7 @@ class Orchestrator:
             # may still finish until the deadline.
             for job in [j for j in self.jobs.values() if j.stream or time.monotonic() >= deadline]:
                 self._fail(job, "the server is shutting down")
+            self.inbox.acknowledge()  # the streams' errors are sent: the server may stop
             if time.monotonic() >= deadline:
                 self._fail_all("the server is shutting down")
         now = time.monotonic()

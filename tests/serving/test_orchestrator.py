@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from dlm.engine import TorchEngine
+from dlm.engine import HeldEngine, TorchEngine
 from dlm.sampling import GenerationRequest, generate
 from serving import cancel
 from serving.engine import MeteredEngine
@@ -290,7 +290,7 @@ def test_shutdown_notice_ends_what_is_left_after_its_grace(engine):
         for c in (running, queued):
             orch.submit(GenerationRequest([5, 6, 7], mode="ar", max_tokens=40, end_id=END), c)
         orch.run_once()
-        cancel.shutdown([inbox.pid], grace_s=3600)
+        assert cancel.shutdown([inbox.pid], grace_s=3600, wait_s=0) == 0  # nobody ran yet
         orch.run_once()
         assert streamed.final.error == "the server is shutting down"
         assert inbox.deadline is not None and not running.events and not queued.events
@@ -301,4 +301,22 @@ def test_shutdown_notice_ends_what_is_left_after_its_grace(engine):
         for c in (running, queued):
             assert c.final.error == "the server is shutting down"
     finally:
+        inbox.close()
+
+
+def test_shutdown_waits_for_the_instances_to_end_their_streams(model):
+    """The scheduler thread answers a shutdown notice once its streams have ended, idle too.
+    Passes held 10 ms: the 400-token stream is still running when the notice comes."""
+    inbox = cancel.Inbox(pid=2**30 + os.getpid())
+    orch = Orchestrator(MeteredEngine(HeldEngine(TorchEngine(model), 0.01)), inbox=inbox).start()
+    try:
+        c = Client()
+        orch.submit(
+            GenerationRequest([5, 6], mode="ar", max_tokens=400, end_id=END), c, stream=True
+        )
+        assert cancel.shutdown([inbox.pid], grace_s=3600, wait_s=120) == 1
+        assert c.final.error == "the server is shutting down"
+        assert cancel.shutdown([inbox.pid], grace_s=3600, wait_s=120) == 1  # idle now
+    finally:
+        orch.stop()
         inbox.close()
