@@ -31,58 +31,49 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 from benchmarks import perf_analyzer as pa
 from benchmarks.bench import machine, prompts
 from export import engine_dir
+from model_repository.processes import REGION, mapped_paths
 
 MODES = ({"mode": "ar"}, {"mode": "diffusion"}, {"mode": "self_spec"})
-PAGE = 4096
 
 
 def process_tree(root: int) -> dict[int, str]:
-    """{pid: command name} of `root` and all its descendants, from /proc."""
-    parent, name = {}, {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    """{pid: command name} of `root` and all its descendants."""
+    try:
+        top = psutil.Process(root)
+        procs = [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    tree = {}
+    for p in procs:
         try:
-            text = stat.read_text()
-        except OSError:
+            tree[p.pid] = p.name()
+        except psutil.NoSuchProcess:
             continue
-        pid = int(text.split(" ", 1)[0])
-        comm = text[text.index("(") + 1 : text.rindex(")")]
-        ppid = int(text[text.rindex(")") + 2 :].split()[1])
-        parent[pid], name[pid] = ppid, comm
-    tree, frontier = {root: name.get(root, "?")}, [root]
-    while frontier:
-        p = frontier.pop()
-        for child, pp in parent.items():
-            if pp == p and child not in tree:
-                tree[child] = name[child]
-                frontier.append(child)
     return tree
 
 
 def rss_bytes(pid: int) -> int:
     try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-    except (OSError, IndexError):
+        return psutil.Process(pid).memory_info().rss
+    except psutil.NoSuchProcess:
         return 0
 
 
 def shm_usage(pids) -> tuple[int, int]:
     """(regions, bytes allocated) of the Python backend's shared memory mapped by `pids` (other
     servers on the machine have their own regions)."""
-    from model_repository.processes import REGION
-
-    paths = set()
+    procs = []
     for pid in pids:
         try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
             continue
-        for line in maps.splitlines():
-            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
-            if path.startswith("/dev/shm/" + REGION):
-                paths.add(path.split(" (deleted)")[0])
+    paths = {p for p in mapped_paths(procs) if p.startswith("/dev/shm/" + REGION)}
     used = 0
     for p in paths:
         try:

@@ -18,12 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from export import engine_dir
 from model_repository.fill import FillError, fill_text
+from model_repository.processes import poll_until, stop_process
 from model_repository.serve import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,12 +120,14 @@ class Nginx:
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr}{self.tail()}")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not (port_open(address, self.http) and port_open(address, self.grpc)):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nginx did not start:\n{self.tail()}")
-            time.sleep(0.1)
+        listening = poll_until(
+            lambda: port_open(address, self.http) and port_open(address, self.grpc),
+            timeout,
+            give_up=lambda: self.proc.poll() is not None,
+        )
+        if not listening:
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{self.tail()}")
 
     @property
     def error_log(self) -> Path:
@@ -143,12 +145,7 @@ class Nginx:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGQUIT: finish open requests, then exit; SIGKILL past `timeout`."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, timeout, ask=lambda: self.proc.send_signal(signal.SIGQUIT))
 
     def __enter__(self) -> Nginx:
         return self
@@ -196,8 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         ups = [Upstream("127.0.0.1", r.http, r.grpc) for r in replicas]
         lb = Nginx(ups, work / "nginx", args.http_port, args.grpc_port)
         print(f"nginx: HTTP 127.0.0.1:{lb.http}  gRPC 127.0.0.1:{lb.grpc}. Ctrl-C stops.")
-        while lb.proc.poll() is None:
-            time.sleep(1)
+        lb.proc.wait()
         print(f"nginx exited:\n{lb.tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -30,6 +30,7 @@ COPY dlm ./dlm
 COPY plugins ./plugins
 COPY export ./export
 COPY model_repository ./model_repository
+COPY serving ./serving
 COPY client ./client
 COPY models/default ./models/default
 COPY docker/entrypoint.sh ./docker/entrypoint.sh

@@ -8,13 +8,15 @@
 #     prepare  build the engine into $DLM_ENGINE_DIR unless it has manifest.json (under a lock,
 #              so replicas sharing one volume build it once), then fill the model repository
 #              into $DLM_WORKDIR/model_repository (the Helm chart runs this as an init container)
-#     serve    exec the server on that repository; extra arguments go to the server
+#     serve    exec `python -m model_repository.serve` on that repository (extra arguments go
+#              to it: --log-verbose N, or tritonserver flags after --)
 #     other    exec it as given (a shell, python -m client, ...)
 #
 # Environment (defaults set by each Dockerfile):
-#   DLM_SERVER          pytriton: `python -m model_repository.serve` (the nvidia-pytriton wheel's
-#                       tritonserver, with the stub supervisor; the CPU image)
-#                       tritonserver: the NGC image's /opt/tritonserver (the GPU image)
+#   DLM_SERVER          which tritonserver `python -m model_repository.serve` runs, with the
+#                       stub supervisor either way: pytriton, the nvidia-pytriton wheel's (the
+#                       CPU image); tritonserver, the NGC image's /opt/tritonserver (the GPU
+#                       image; DLM_TRITON_HOME overrides the folder)
 #   DLM_ENGINE_BACKEND  onnxruntime | tensorrt | torch (what `prepare` builds)
 #   DLM_MODEL           checkpoint folder          DLM_ENGINE_DIR  engine folder (a volume)
 #   DLM_WORKDIR         writable folder for the filled repository and the backend folder
@@ -77,29 +79,21 @@ serve() {
         echo "error: $REPOSITORY has no ensemble: run '$0 prepare' first" >&2
         exit 2
     fi
+    # Both images run the same `python -m model_repository.serve` (`make serve`): the server and
+    # the stub supervisor that reloads a model whose Python backend stub died. It reads
+    # DLM_ADMIN_KEY itself; DLM_TRITON_HOME names the tritonserver folder it runs.
+    local home
     case $SERVER in
-    pytriton)  # reads DLM_ADMIN_KEY itself
-        run exec "$PYTHON" -m model_repository.serve --repository "$REPOSITORY" \
-            --backend-dir "$WORKDIR/backends" --address "$ADDRESS" --http-port "$HTTP_PORT" \
-            --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" "$@"
-        ;;
-    tritonserver)  # the same flags as model_repository/serve.py command()
-        local key=${DLM_ADMIN_KEY:-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')}
-        run exec tritonserver --model-repository="$REPOSITORY" \
-            --backend-config=python,shm-default-byte-size=33554432 \
-            --model-control-mode=explicit --load-model='*' \
-            --http-restricted-api="model-repository:dlm-admin-key=$key" \
-            --grpc-restricted-protocol="model-repository:dlm-admin-key=$key" \
-            --http-address="$ADDRESS" --http-port="$HTTP_PORT" \
-            --grpc-address="$ADDRESS" --grpc-port="$GRPC_PORT" \
-            --metrics-address="$ADDRESS" --metrics-port="$METRICS_PORT" \
-            --exit-timeout-secs=15 "$@"
-        ;;
+    pytriton) home=${DLM_TRITON_HOME:-} ;;              # the nvidia-pytriton wheel's (empty)
+    tritonserver) home=${DLM_TRITON_HOME:-/opt/tritonserver} ;; # the NGC image's
     *)
         echo "error: DLM_SERVER=$SERVER: must be pytriton or tritonserver" >&2
         exit 2
         ;;
     esac
+    run exec env DLM_TRITON_HOME="$home" "$PYTHON" -m model_repository.serve \
+        --repository "$REPOSITORY" --backend-dir "$WORKDIR/backends" --address "$ADDRESS" \
+        --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" "$@"
 }
 
 case ${1:-run} in

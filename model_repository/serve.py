@@ -1,6 +1,9 @@
-"""Run the real tritonserver (the nvidia-pytriton wheel's binary) in the foreground.
+"""Run the real tritonserver in the foreground, under the stub supervisor.
 
-    python -m model_repository.serve --repository build/model_repository
+    python -m model_repository.serve --repository build/model_repository [-- SERVER FLAGS]
+
+The tritonserver is the nvidia-pytriton wheel's (`make serve`, the CPU image), or the one in
+$DLM_TRITON_HOME (the GPU image: NGC's /opt/tritonserver; a `scripts/pack_triton.py` archive).
 
 Makes the Python backend folder (backend library, utils, the stub for this Python), sets
 LD_LIBRARY_PATH (this Python's libpython, the wheel's libraries) and PATH (this environment's
@@ -23,13 +26,18 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from model_repository.processes import remove_orphans, shm_regions, stub_pids
-from model_repository.supervisor import Supervisor, enabled
+from model_repository.processes import (
+    poll_until,
+    remove_orphans,
+    shm_regions,
+    stop_process,
+    stub_pids,
+)
+from model_repository.supervisor import RepositoryApi, Supervisor, enabled
 from serving import cancel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,19 +71,24 @@ def server_lib_dir() -> Path:
 
 
 def make_backend_dir(dst: str | Path) -> Path:
-    """`dst/python/` with the Python backend and the stub for this interpreter's version."""
+    """`dst/python/` with the Python backend and the stub for this interpreter's version: the
+    wheel's (and a `pack_triton.py` archive's) `python_backend_stubs/<version>/`, else the one
+    in `backends/python/` (an NGC image's /opt/tritonserver, built for the image's Python)."""
     src = pytriton_server_dir()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / f"python_backend_stubs/{version}/triton_python_backend_stub"
+    if not stub.exists():
+        stub = src / "backends/python/triton_python_backend_stub"
     files = [
         src / "backends/python/libtriton_python.so",
         src / "backends/python/triton_python_backend_utils.py",
-        src / f"python_backend_stubs/{version}/triton_python_backend_stub",
+        stub,
     ]
     out = Path(dst) / "python"
     out.mkdir(parents=True, exist_ok=True)
     for f in files:
         if not f.exists():
-            raise FileNotFoundError(f"{f}: missing from the nvidia-pytriton wheel")
+            raise FileNotFoundError(f"{f}: missing from the tritonserver folder {src}")
         target = out / f.name
         if not target.exists() or target.stat().st_size != f.stat().st_size:
             shutil.copy2(f, target)
@@ -85,10 +98,10 @@ def make_backend_dir(dst: str | Path) -> Path:
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for tritonserver: libraries and this Python environment's bin first."""
     env = dict(os.environ if base is None else base)
-    libs = [
-        str(Path(sys.base_prefix) / "lib"),
-        str(server_lib_dir()),
-    ]
+    # this Python's own libpython (pyenv's), never a system /usr/lib ahead of the image's paths
+    own = Path(sys.base_prefix) / "lib"
+    libpython = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    libs = [str(own)] * (own / libpython).exists() + [str(server_lib_dir())]
     env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
     env["PATH"] = ":".join([str(Path(sys.prefix) / "bin"), env.get("PATH", "")])
     env.pop("PYTHONPATH", None)  # ignored by the stubs anyway; models put REPO_ROOT on sys.path
@@ -139,18 +152,8 @@ def terminate(server: subprocess.Popen) -> None:
 def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: float = 180.0) -> bool:
     """True once the ensemble answers ready on `http` (host:port); False once `gone()` (the
     server died and will not come back) or past `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gone():
-            return False
-        try:
-            with urllib.request.urlopen(f"http://{http}/v2/models/ensemble/ready", timeout=2) as r:
-                if r.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.5)
-    return False
+    api = RepositoryApi(http, "", timeout=2.0)
+    return poll_until(lambda: not gone() and api.ready("ensemble"), timeout, 0.5, gone)
 
 
 def ready_text(address: str, http: int, grpc: int, metrics: int) -> str:
@@ -197,6 +200,7 @@ class LocalServer:
         )
         repo = fill.fill(workdir / "model_repository", values)
         self.admin_key = secrets.token_hex(16)
+        self.api = RepositoryApi(f"127.0.0.1:{self.http}", self.admin_key, timeout=5.0)
         cmd = command(
             repo,
             make_backend_dir(workdir / "backends"),
@@ -251,16 +255,12 @@ class LocalServer:
 
     def ready(self, model: str | None = None) -> bool:
         """`/v2/health/ready`, or `/v2/models/<model>/ready` if a model is named."""
-        path = f"/v2/models/{model}/ready" if model else "/v2/health/ready"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=5) as r:
-                return r.status == 200
-        except OSError:  # HTTPError (400: not ready) is an OSError
-            return False
+        return self.api.ready(model)
 
     def metric(self, name: str, **labels) -> float:
         """The sum of a metric's samples whose labels include `labels`. KeyError when the server
-        exports no such sample: a missing metric is an error, never a 0."""
+        exports no such sample: a missing metric is an error, never a 0. (A plain GET of the
+        Prometheus text: tritonclient has no call for the metrics port.)"""
         url = f"http://127.0.0.1:{self.metrics}/metrics"
         total, found = 0.0, False
         for line in urllib.request.urlopen(url, timeout=30).read().decode().splitlines():
@@ -278,12 +278,7 @@ class LocalServer:
         if self.supervisor is not None:
             self.supervisor.stop()
         if self.proc.poll() is None:
-            terminate(self.proc)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, timeout, ask=lambda: terminate(self.proc))
         if self.supervisor is not None:  # what a server it restarted may have left
             remove_orphans(self.supervisor.baseline)
         self._log.close()
@@ -308,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument("server_flags", nargs="*", help="more tritonserver flags, after --")
     return p
 
 
@@ -328,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         args.metrics_port,
         args.address,
         key,
-        [f"--log-verbose={args.log_verbose}"],
+        [f"--log-verbose={args.log_verbose}", *args.server_flags],
     )
 
     def start() -> subprocess.Popen:
@@ -376,8 +372,13 @@ def main(argv: list[str] | None = None) -> int:
             server = supervisor.server
             rc = server.wait()
             # The supervisor restarts a server that died (not one we stopped): wait for it.
-            while not stopping.is_set() and supervisor.alive and supervisor.server is server:
-                time.sleep(0.5)
+            poll_until(
+                lambda server=server: stopping.is_set()
+                or not supervisor.alive
+                or supervisor.server is not server,
+                float("inf"),
+                0.5,
+            )
             if stopping.is_set() or supervisor.server is server:
                 remove_orphans(supervisor.baseline)  # left by a server it restarted, if any
                 return rc

@@ -3,8 +3,8 @@
 A stub process that dies (killed, crashed, out of memory) is not restarted by Triton 2.51: every
 later request to its model fails with `Stub process '<model>_0_0' is not healthy.` while
 readiness still answers 200 (docs: /work/shared/ENVIRONMENT.md). The `Supervisor` thread runs
-from the server's start and polls the stubs (children of the tritonserver process, read from
-/proc: no request, no lock) every `interval` seconds against the instance counts written in the
+from the server's start and polls the stubs (children of the tritonserver process, through
+psutil: no request, no lock) every `interval` seconds against the instance counts written in the
 repository's `config.pbtxt` files, so that no moment is blind: a stub killed during start-up,
 right after ready or during a reload is seen as soon as its model is READY with fewer live stubs
 than its count. All the models found dead in one poll are recovered together: it unloads at
@@ -33,25 +33,28 @@ stuck in the dead stub holds it: seen when `dlm` dies mid-generation). At most
 from __future__ import annotations
 
 import graphlib
-import json
 import logging
 import os
-import re
-import signal
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
+import tritonclient.http as triton_http
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+from tritonclient.utils import InferenceServerException
 
 from model_repository.processes import (
     STUB,
     alive,
     killed_stubs,
+    poll_until,
     remove_orphans,
     shm_regions,
+    stop_process,
     stubs,
 )
 
@@ -79,51 +82,53 @@ def repository_instances(repository: str | Path) -> dict[str, int]:
     """Model -> how many Python backend stubs it runs (its instance count; 0 for a model
     without stubs, the ensemble), for every model of a filled repository."""
     found = {}
-    for config in sorted(Path(repository).glob("*/config.pbtxt")):
-        text = config.read_text()
-        python = re.search(r'^backend:\s*"python"', text, re.M)
-        found[config.parent.name] = config_instance_count(text) if python else 0
+    for path in sorted(Path(repository).glob("*/config.pbtxt")):
+        config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+        found[path.parent.name] = instance_count(config) if config.backend == "python" else 0
     return found
 
 
-def config_instance_count(text: str) -> int:
-    """The instance count in a config.pbtxt's text (1 if none is written)."""
-    m = re.search(r"instance_group\s*\[\s*\{[^}]*?count:\s*(\d+)", text)
-    return int(m.group(1)) if m else 1
+def instance_count(config: model_config_pb2.ModelConfig) -> int:
+    """The instances a model config asks for: each group's count (1 if unset) on each GPU it
+    names (one GPU if none is named)."""
+    if not config.instance_group:
+        return 1
+    return sum((g.count or 1) * max(1, len(g.gpus)) for g in config.instance_group)
 
 
 class RepositoryApi:
-    """The restricted model-repository endpoints over HTTP (header `dlm-admin-key`)."""
+    """The restricted model-repository API (load, unload, index: header `dlm-admin-key`) and
+    readiness, through tritonclient's HTTP client (one per thread: it is not thread-safe)."""
 
     def __init__(self, http: str, admin_key: str, timeout: float = 30.0) -> None:
-        self.base, self.key, self.timeout = f"http://{http}", admin_key, timeout
+        self.url, self.headers, self.timeout = http, {"dlm-admin-key": admin_key}, timeout
+        self._local = threading.local()
 
-    def _post(self, path: str, body: dict | None = None):
-        req = urllib.request.Request(
-            self.base + path,
-            data=json.dumps(body or {}).encode(),
-            headers={"dlm-admin-key": self.key, "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=self.timeout) as r:
-            data = r.read()
-        return json.loads(data) if data else None
+    @property
+    def client(self) -> triton_http.InferenceServerClient:
+        if getattr(self._local, "client", None) is None:
+            self._local.client = triton_http.InferenceServerClient(
+                self.url, connection_timeout=self.timeout, network_timeout=self.timeout
+            )
+        return self._local.client
 
     def load(self, model: str) -> None:
-        self._post(f"/v2/repository/models/{model}/load")
+        """Blocks until loaded; InferenceServerException with Triton's error if it fails."""
+        self.client.load_model(model, headers=self.headers)
 
     def unload(self, model: str) -> None:
-        self._post(f"/v2/repository/models/{model}/unload")
+        self.client.unload_model(model, headers=self.headers)
 
     def states(self) -> dict[str, str]:
         """Model -> state (READY, UNAVAILABLE, LOADING, UNLOADING) from the repository index."""
-        return {m["name"]: m.get("state", "") for m in self._post("/v2/repository/index")}
+        index = self.client.get_model_repository_index(headers=self.headers)
+        return {m["name"]: m.get("state", "") for m in index}
 
-    def ready(self, model: str) -> bool:
+    def ready(self, model: str | None = None) -> bool:
+        """`/v2/models/<model>/ready`, or `/v2/health/ready` if no model is named."""
         try:
-            with urllib.request.urlopen(f"{self.base}/v2/models/{model}/ready", timeout=5) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
+            return self.client.is_model_ready(model) if model else self.client.is_server_ready()
+        except (InferenceServerException, OSError):
             return False
 
 
@@ -212,7 +217,7 @@ class Supervisor:
             live[model] = live.get(model, 0) + 1
         try:
             states = self.api.states()
-        except (urllib.error.URLError, OSError):
+        except OSError:  # refused, reset or timed out
             # Not listening yet: the server is loading its models. A stub killed meanwhile
             # holds its model's load for ever (seen here): only a new server gets past it.
             if killed_stubs(self.pid) and self.server.poll() is None:
@@ -267,13 +272,13 @@ class Supervisor:
                 self.terminate()
                 self.restart()
                 return
-            except urllib.error.HTTPError as e:
+            except InferenceServerException as e:
                 self.failed_loads[m] = self.failed_loads.get(m, 0) + 1
                 if self.failed_loads[m] >= self.max_restarts:
                     self.owed -= set(loads)
                     self.say(
                         f"supervisor: {m} failed to load {self.failed_loads[m]} times: "
-                        f"giving up on {loads} ({e.read().decode(errors='replace')})"
+                        f"giving up on {loads} ({e.message()})"
                     )
                 else:
                     self.say(f"supervisor: {m} failed to load ({e}); retrying at the next poll")
@@ -288,12 +293,7 @@ class Supervisor:
     def terminate(self, timeout: float = 5.0) -> None:
         """SIGTERM the server, SIGKILL past `timeout` (a stuck model would hold it for its
         whole exit timeout; the regions it leaves are removed on restart)."""
-        self.server.send_signal(signal.SIGTERM)
-        try:
-            self.server.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
+        stop_process(self.server, timeout)
 
     def restart(self) -> bool:
         """The server exited: start a new one if allowed (see module doc); False if not."""
@@ -342,25 +342,20 @@ class Supervisor:
         their regions meanwhile (pids checked to still be stubs: no stranger is signalled)."""
         for pid in self.last_stubs:
             try:
-                if STUB.encode() in (Path("/proc") / str(pid) / "cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-            except (OSError, ProcessLookupError):
+                p = psutil.Process(pid)
+                if STUB in " ".join(p.cmdline()):
+                    p.kill()
+            except psutil.Error:
                 continue
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(
-            (Path("/proc") / str(p) / "maps").exists() and alive(p) for p in self.last_stubs
-        ):
-            time.sleep(0.1)
+        # gone or a zombie (what an orphan is until its new parent reaps it): unmapped either way
+        poll_until(lambda: not any(alive(p) for p in self.last_stubs), timeout)
 
     def _wait(
         self, condition: Callable[[], bool], models: list[str], timeout: float | None = None
     ) -> None:
         timeout = self.load_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline or self._stop.is_set():
-                raise TimeoutError(f"supervisor: {models} not settled in {timeout} s")
-            time.sleep(0.2)
+        if not poll_until(condition, timeout, 0.2, give_up=self._stop.is_set):
+            raise TimeoutError(f"supervisor: {models} not settled in {timeout} s")
 
 
 def enabled(environ: dict[str, str] = os.environ) -> bool:

@@ -113,27 +113,34 @@ def dry_serve(server: str, tmp_path, **env) -> str:
     return r.stdout
 
 
-def test_gpu_server_command_keeps_model_control_restricted(tmp_path):
+def test_both_images_run_make_serve(tmp_path):
+    """The GPU image runs NGC's tritonserver through the same `python -m model_repository.serve`
+    as the CPU image and `make serve`: the same stub supervisor, the same server flags."""
     ports = {"DLM_HTTP_PORT": "9000", "DLM_GRPC_PORT": "9001", "DLM_METRICS_PORT": "9002"}
-    cmd = dry_serve("tritonserver", tmp_path, DLM_ADMIN_KEY="k3y", **ports)
-    assert cmd.startswith("exec tritonserver ")
-    assert f"--model-repository={tmp_path}/model_repository" in cmd
+    cpu, gpu = (dry_serve(server, tmp_path, **ports) for server in ("pytriton", "tritonserver"))
+    assert gpu.startswith("exec env DLM_TRITON_HOME=/opt/tritonserver ")
+    assert cpu.startswith("exec env DLM_TRITON_HOME= ")  # empty: the wheel's
+    assert cpu.split(" ", 3)[3] == gpu.split(" ", 3)[3]
+    assert f"{sys.executable} -m model_repository.serve" in cpu
+    assert f"--repository {tmp_path}/model_repository" in cpu
+    assert "--address 0.0.0.0 --http-port 9000 --grpc-port 9001 --metrics-port 9002" in cpu
+    assert cpu.rstrip().endswith("--log-verbose=1"), "extra arguments must reach the server"
+    home = dry_serve("tritonserver", tmp_path, DLM_TRITON_HOME="/srv/triton")
+    assert home.startswith("exec env DLM_TRITON_HOME=/srv/triton ")
+
+
+def test_the_server_command_keeps_model_control_restricted(tmp_path):
+    from model_repository import serve
+
+    cmd = serve.command(
+        tmp_path / "repo", tmp_path / "backends", address="0.0.0.0", admin_key="k3y"
+    )
     assert "--model-control-mode=explicit" in cmd
     assert "--http-restricted-api=model-repository:dlm-admin-key=k3y" in cmd
     assert "--grpc-restricted-protocol=model-repository:dlm-admin-key=k3y" in cmd
-    for flag in ("http-port=9000", "grpc-port=9001", "metrics-port=9002", "http-address=0.0.0.0"):
-        assert f"--{flag}" in cmd
-    assert cmd.rstrip().endswith("--log-verbose=1"), "extra arguments must reach the server"
     # Without a key: a random one per start, so nobody can use the repository API.
     keys = {
-        re.search(r"dlm-admin-key=([0-9a-f]+)", dry_serve("tritonserver", tmp_path)).group(1)
+        re.search(r"dlm-admin-key=([0-9a-f]+)", " ".join(serve.command("r", "b"))).group(1)
         for _ in range(2)
     }
     assert len(keys) == 2 and all(len(k) == 32 for k in keys)
-
-
-def test_cpu_server_command_is_make_serve(tmp_path):
-    cmd = dry_serve("pytriton", tmp_path, DLM_HTTP_PORT="9000")
-    assert f"{sys.executable} -m model_repository.serve" in cmd
-    assert f"--repository {tmp_path}/model_repository" in cmd
-    assert "--address 0.0.0.0 --http-port 9000 --grpc-port 8001 --metrics-port 8002" in cmd

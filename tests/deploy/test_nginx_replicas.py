@@ -16,6 +16,7 @@ import yaml
 
 from client.api import GrpcClient, HttpClient
 from deploy.nginx import Nginx, Upstream, find_nginx
+from model_repository.processes import poll_until
 from model_repository.serve import LocalServer
 
 pytestmark = pytest.mark.slow
@@ -126,21 +127,16 @@ def test_stopping_a_replica_fails_no_request(replicas, lb):
                 error = repr(e)
             results.append((sent, time.monotonic(), error))
 
-    def wait_for(pred, timeout=120.0):
-        deadline = time.monotonic() + timeout
-        while not pred() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
     workers = [threading.Thread(target=send) for _ in range(2)]
     for w in workers:
         w.start()
     try:
-        wait_for(lambda: len(results) >= 4)
+        poll_until(lambda: len(results) >= 4, 120, 0.05)
         survivor_before = served(survivor)
         t_stop = time.monotonic()
         victim.stop()  # SIGTERM: its listeners close at once, open connections are reset
         t_gone = time.monotonic()
-        wait_for(lambda: sum(sent >= t_gone for sent, _, _ in results) >= 8)
+        poll_until(lambda: sum(sent >= t_gone for sent, _, _ in results) >= 8, 120, 0.05)
     finally:
         done.set()
         for w in workers:

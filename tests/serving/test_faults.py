@@ -13,10 +13,11 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 
 from client.api import ClientError, GrpcClient
-from model_repository.processes import shm_regions, stub_pids, stubs
+from model_repository.processes import STUB, poll_until, shm_regions, stub_pids, stubs
 from model_repository.serve import LocalServer
 
 pytestmark = pytest.mark.slow
@@ -51,13 +52,14 @@ def watch_readiness(server, until, timeout=180.0):
     both ready again (after having been not ready) or `timeout` (a hang guard, not a bound on
     how fast)."""
     t0, seen = time.monotonic(), []
-    while time.monotonic() - t0 < timeout:
+
+    def back() -> bool:
         state = (server.ready(), server.ready("ensemble"))
         if not seen or seen[-1][1:] != state:
             seen.append((round(time.monotonic() - t0, 2), *state))
-        if len(seen) > 1 and all(state) and until():
-            break
-        time.sleep(0.1)
+        return len(seen) > 1 and all(state) and until()
+
+    poll_until(back, timeout)
     return seen
 
 
@@ -81,9 +83,7 @@ def left_behind(server) -> set[str]:
 
 def shm_settles(server, timeout=20.0) -> set[str]:
     """`left_behind`, once Triton has finished the unloads it runs in the background."""
-    deadline = time.monotonic() + timeout
-    while left_behind(server) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    poll_until(lambda: not left_behind(server), timeout, 0.5)
     return left_behind(server)
 
 
@@ -135,16 +135,13 @@ def stubs_of(workdir, model: str, name: str) -> list[int]:
     """Pids of the Python backend stubs named `name` of `model` in the repository in `workdir`
     (the model's own name: the stub that checks its config while it loads; `<model>_0_0`: its
     instance)."""
-    prefix = f"{workdir}/model_repository/{model}/".encode()
+    prefix = f"{workdir}/model_repository/{model}/"
     found = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        if len(argv) > 8 and argv[0].endswith(b"triton_python_backend_stub"):
-            if argv[1].startswith(prefix) and argv[8] == name.encode():
-                found.append(int(entry))
+    for p in psutil.process_iter(["cmdline"]):
+        argv = p.info["cmdline"] or []
+        if len(argv) > 8 and argv[0].endswith(STUB):
+            if argv[1].startswith(prefix) and argv[8] == name:
+                found.append(p.pid)
     return found
 
 
@@ -164,21 +161,22 @@ def test_stubs_killed_during_start_up_and_right_after_ready(tiny_checkpoint, tmp
     )
     thread.start()
     killed = []
-    while not killed and thread.is_alive():
+
+    def kill_it() -> list[int]:
         for pid in stubs_of(workdir, "preprocessing", stub):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
-        time.sleep(0.005)
+        return killed
+
+    poll_until(kill_it, float("inf"), 0.005, give_up=lambda: not thread.is_alive())
     thread.join(300)
     assert killed, "the server got ready before its preprocessing stub was seen"
     s = made["server"]
     try:
         if stub.endswith("_0_0"):  # an instance killed: recovered, before or after ready
             # (the config-checking stub may have been done already: nothing to recover then)
-            deadline = time.monotonic() + 180  # a hang guard
-            while not (s.supervisor.recoveries and s.ready("ensemble")):
-                assert time.monotonic() < deadline, s.tail()
-                time.sleep(0.1)
+            back = poll_until(lambda: s.supervisor.recoveries and s.ready("ensemble"), 180)
+            assert back, s.tail()  # 180 s: a hang guard
         print(f"killed {stub} while loading; supervisor: {s.supervisor.recoveries}")
         c = GrpcClient(f"127.0.0.1:{s.grpc}", timeout=60)
         assert c.generate(PROMPT, 6, mode="ar").num_output_tokens == 6

@@ -149,3 +149,21 @@ def test_each_model_is_served_with_its_own_engine(tmp_path):
     finally:
         for name in models:
             shutil.rmtree(engine_dir(tmp_path / name), ignore_errors=True)
+
+
+def test_the_supervisor_reads_each_models_stub_count(tiny_checkpoint, tmp_path):
+    """The instance counts the supervisor expects, parsed from the filled config.pbtxt files
+    (Triton's ModelConfig protobuf): Python models run `count` stubs per GPU named, the
+    ensemble none."""
+    from model_repository.supervisor import repository_instances
+
+    base = ["--model", str(tiny_checkpoint), "--backend", "torch"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--dlm-instances", "2"]) == 0
+    assert repository_instances(tmp_path / "a") == {
+        "dlm": 2,
+        "ensemble": 0,
+        "postprocessing": 1,
+        "preprocessing": 1,
+    }
+    assert main([*base, "--out", str(tmp_path / "b"), "--device", "cuda:1"]) == 0
+    assert repository_instances(tmp_path / "b")["dlm"] == 1

@@ -1,56 +1,125 @@
-"""What the supervisor reads of a server's processes (model_repository.processes), on a fake
-/proc and /dev/shm made here."""
+"""What the supervisor reads of a server's processes (model_repository.processes), on real
+processes made here: children of this test that look like Python backend stubs (killed or not),
+regions mapped by a live process; and the two loops every caller uses."""
 
+import mmap
 import os
+import signal
+import subprocess
+import sys
 import time
 
-from model_repository.processes import killed_stubs, remove_orphans, stubs
+import psutil
+import pytest
 
-STUB = b"/opt/backends/python/triton_python_backend_stub"
-REST = " ".join(["0"] * 45)  # stat fields 7..51
+from model_repository.processes import (
+    STUB,
+    killed_stubs,
+    poll_until,
+    remove_orphans,
+    stop_process,
+    stubs,
+)
 
-
-def process(proc, pid: int, ppid: int, argv: list[bytes], state="S", exit_code=0) -> None:
-    d = proc / str(pid)
-    d.mkdir(parents=True)
-    # "pid (comm) state ppid pgrp session ..."; field 52 (the last) is the exit code
-    (d / "stat").write_text(f"{pid} (triton_python_b) {state} {ppid} 1 1 {REST} {exit_code}")
-    (d / "cmdline").write_bytes(b"\0".join(argv) if state != "Z" else b"")
-    (d / "comm").write_text("triton_python_b\n")
-
-
-def stub_argv(model: str, name: str, region: str) -> list[bytes]:
-    head = [STUB, f"/r/{model}/1/model.py".encode(), region.encode(), b"1", b"1", b"9", b"/b"]
-    return [*head, b"3", name.encode(), b"DEFAULT", b""]
+SLEEP = "import sys; print('up', flush=True); sys.stdin.read()\n"  # exits 0 when stdin closes
 
 
-def test_only_instance_stubs_count(tmp_path):
-    process(tmp_path, 10, 9, stub_argv("dlm", "dlm_0_0", "r_a"))
-    process(tmp_path, 11, 9, stub_argv("dlm", "dlm", "r_b"))  # checks the config, then exits
-    process(tmp_path, 12, 9, stub_argv("preprocessing", "preprocessing_0_0", "r_c"), "Z", 9)
-    process(tmp_path, 13, 8, stub_argv("dlm", "dlm_0_0", "r_d"))  # another server's
-    process(tmp_path, 14, 9, [b"/usr/bin/python3", b"x.py", b"y"])
-    assert stubs(9, tmp_path) == [("dlm", 10, "r_a")]
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(model, name, region): a child of this test with a stub's name and command line
+    (`<stub> <repo>/<model>/1/model.py <region> <size> <growth> <ppid> <backend dir> <ipc>
+    <name> ...`): this Python under a link named like the stub, running a model.py that sleeps."""
+    link = tmp_path / STUB
+    link.symlink_to(os.path.realpath(sys.executable))
+    made: list[subprocess.Popen] = []
+
+    def spawn(model: str, name: str, region: str = "r") -> subprocess.Popen:
+        script = tmp_path / "repo" / model / "1" / "model.py"
+        script.parent.mkdir(parents=True, exist_ok=True)
+        script.write_text(SLEEP)
+        argv = [str(link), str(script), region, "1", "1", "9", "/b", "3", name, "DEFAULT"]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "up\n"
+        made.append(proc)
+        return proc
+
+    yield spawn
+    for proc in made:
+        proc.kill()
+        proc.wait()
 
 
-def test_a_stub_killed_stays_a_zombie_with_its_signal(tmp_path):
-    process(tmp_path, 20, 9, stub_argv("dlm", "dlm", "r"), "Z", 9)  # SIGKILL
-    process(tmp_path, 21, 9, stub_argv("dlm", "dlm", "r"), "Z", 0)  # ended by itself
-    process(tmp_path, 22, 9, stub_argv("dlm", "dlm_0_0", "r"))
-    process(tmp_path, 23, 7, stub_argv("dlm", "dlm", "r"), "Z", 9)  # not this server's
-    assert killed_stubs(9, tmp_path) == [20]
+def test_only_instance_stubs_count(spawn):
+    instance = spawn("dlm", "dlm_0_0", "r_a")
+    spawn("dlm", "dlm", "r_b")  # the stub that checks the config, then exits by itself
+    killed = spawn("preprocessing", "preprocessing_0_0", "r_c")
+    killed.send_signal(signal.SIGKILL)
+    poll_until(lambda: killed.pid in killed_stubs(os.getpid()), 10)  # a zombie: not counted
+    other = subprocess.Popen(
+        [sys.executable, "-c", SLEEP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout.readline() == "up\n"
+        assert stubs(os.getpid()) == [("dlm", instance.pid, "r_a")]
+        assert stubs(other.pid) == []  # another server's: none
+    finally:
+        stop_process(other, 5)
+
+
+def test_a_stub_killed_stays_a_zombie_with_its_signal(spawn):
+    by_signal = spawn("dlm", "dlm")
+    by_itself = spawn("dlm", "dlm")
+    alive = spawn("dlm", "dlm_0_0")
+    by_signal.send_signal(signal.SIGKILL)
+    by_itself.stdin.close()  # exits 0: a zombie too until reaped, but not a killed one
+    assert poll_until(lambda: by_signal.pid in killed_stubs(os.getpid()), 10)
+    assert poll_until(lambda: psutil.Process(by_itself.pid).status() == psutil.STATUS_ZOMBIE, 10)
+    assert killed_stubs(os.getpid()) == [by_signal.pid]
+    assert alive.poll() is None
 
 
 def test_remove_orphans_only_touches_new_unmapped_regions(tmp_path):
-    shm, proc = tmp_path / "shm", tmp_path / "proc"
+    shm = tmp_path / "shm"
     shm.mkdir()
-    (proc / "42").mkdir(parents=True)
     names = [f"triton_python_backend_shm_region_{i}" for i in "abc"]
     for n in names:
-        (shm / n).write_bytes(b"")
+        (shm / n).write_bytes(b"\0" * mmap.PAGESIZE)
         os.utime(shm / n, (time.time() - 60, time.time() - 60))
     (shm / "other_file").write_bytes(b"")
-    (proc / "42" / "maps").write_text(f"7f00-7f01 rw-s 0 00:1a 9 /dev/shm/{names[1]}\n")
-    removed = remove_orphans({names[0]}, shm, proc)
+    code = (
+        "import mmap, sys, time\n"
+        "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0)\n"
+        "print('up', flush=True); time.sleep(1000)\n"
+    )
+    mapper = subprocess.Popen(
+        [sys.executable, "-c", code, str(shm / names[1])], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert mapper.stdout.readline() == "up\n"
+        removed = remove_orphans({names[0]}, shm)
+    finally:
+        stop_process(mapper, 5)
     assert removed == [names[2]]  # a: in the baseline; b: mapped by a live process
     assert sorted(p.name for p in shm.iterdir()) == sorted([names[0], names[1], "other_file"])
+
+
+def test_poll_until_returns_the_value_or_gives_up():
+    calls = []
+    assert poll_until(lambda: calls.append(1) or len(calls) >= 3 and "done", 60, 0) == "done"
+    assert len(calls) == 3
+    assert poll_until(lambda: False, 0) is False  # past its deadline: checked once
+    assert poll_until(lambda: None, float("inf"), 0, give_up=lambda: True) is None
+
+
+def test_stop_process_asks_then_kills():
+    polite = subprocess.Popen(
+        [sys.executable, "-c", SLEEP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert polite.stdout.readline() == "up\n"
+    assert stop_process(polite, 30) == -signal.SIGTERM and polite.returncode == -signal.SIGTERM
+    code = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SLEEP
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert stubborn.stdout.readline() == "up\n"
+    assert stop_process(stubborn, 0.5) == -signal.SIGKILL  # SIGTERM ignored: killed

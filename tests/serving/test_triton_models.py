@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlm.pipeline import Pipeline
+from model_repository.processes import poll_until
 from tests.serving import fake_pb_utils as pb
 from tests.serving.test_preprocessing import inputs
 
@@ -98,10 +99,7 @@ def released(models, timeout: float = 60.0) -> bool:
     """Whether every cache is freed (the dlm thread releases after the final response);
     `timeout` only keeps a broken release from hanging the suite."""
     engine = models["dlm"].orchestrator.engine
-    deadline = time.monotonic() + timeout
-    while engine.live_sequences and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return engine.live_sequences == 0
+    return poll_until(lambda: engine.live_sequences == 0, timeout, 0.01)
 
 
 def text(answers):
@@ -159,9 +157,7 @@ def test_metrics(models):
     assert released(models)
     m = pb.METRICS
     key = ("dlm_engine_passes", (("model", "dlm"),))
-    deadline = time.monotonic() + 60  # reported when the scheduler goes idle
-    while m.get(key, 0) < 20 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until(lambda: m.get(key, 0) >= 20, 60, 0.01)  # reported when the scheduler goes idle
     assert m[("dlm_requests", (("mode", "self_spec"), ("model", "dlm")))] >= 1
     assert m[("dlm_output_tokens", (("mode", "self_spec"), ("model", "dlm")))] >= 20
     assert m[("dlm_self_spec_accepted_tokens", (("model", "dlm"),))] >= 1
