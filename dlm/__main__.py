@@ -1,4 +1,11 @@
-"""`python -m dlm generate ...`: one generation in process, text or JSON out."""
+"""`python -m dlm generate ...`: one generation in process, text or JSON out.
+
+    python -m dlm generate --prompt 'def fib(n):' --mode ar            # the PyTorch engine
+    python -m dlm generate --engine build/engines/default-<hash> ...   # a built engine
+
+`--engine DIR` runs the engine folder `python -m export` built (`make engine`: the one
+`make serve` serves) through the same factory as the server (`dlm.engines.load_engine`), so
+that in-process and served figures (`--json`: seconds, forward passes) can be compared."""
 
 from __future__ import annotations
 
@@ -20,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     k = g.add_argument_group("generation knobs (default: the model's generation_config)")
     schema.add_arguments(k)
+    g.add_argument(
+        "--engine",
+        default=None,
+        help="engine folder with manifest.json (python -m export); default: the PyTorch engine",
+    )
     g.add_argument("--device", default="cpu")
     g.add_argument("--json", action="store_true", help="print one JSON object")
     return p
@@ -28,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        pipe = Pipeline.load(args.model, device=args.device)
+        pipe = Pipeline.load(args.model, device=args.device, engine_dir=args.engine)
         knobs = schema.from_arguments(args)
         stops = knobs.pop("stop_words")
         fields = {schema.BY_NAME[name].field: value for name, value in knobs.items()}
@@ -54,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                     "num_output_tokens": res.num_output_tokens,
                     "finish_reason": res.finish_reason,
                     "mode": req.mode,
+                    "engine": type(pipe.engine).__name__,
                     "seconds": round(seconds, 4),
                 }
             )

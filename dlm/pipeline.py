@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlm import checkpoint
-from dlm.engine import Engine, TorchEngine
+from dlm.engine import Engine
+from dlm.engines import load_engine
 from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
 from dlm.tokenizer import TextTokenizer
 
@@ -32,11 +32,16 @@ class Pipeline:
 
     @classmethod
     def load(
-        cls, folder: str | Path = DEFAULT_MODEL, device: str = "cpu", limits: Limits | None = None
+        cls,
+        folder: str | Path = DEFAULT_MODEL,
+        device: str = "cpu",
+        limits: Limits | None = None,
+        engine_dir: str | Path | None = None,
     ) -> Pipeline:
-        model = checkpoint.load(folder)
+        """The model folder's tokenizer and defaults, and its engine (`dlm.engines.load_engine`):
+        the build in `engine_dir` (`python -m export`: what `make serve` serves), else PyTorch."""
         return cls(
-            TorchEngine(model, device),
+            load_engine(folder, engine_dir, device=device),
             TextTokenizer(folder),
             generation_defaults(folder),
             limits or Limits(),

@@ -6,18 +6,20 @@
 - `ort_engine`: `OrtEngine`, the Engine protocol on ONNX Runtime (CPU);
 - `tensorrt_build`: ONNX -> TensorRT plan (profiles, precision, timing cache) and `TrtEngine`;
 - `parity`: PyTorch vs ONNX Runtime on the same token ids (logits, whole generations);
-- `build`: the `make engine` pipeline and its `manifest.json`; `engines.load_engine` reads it.
+- `build`: the `make engine` pipeline and its `manifest.json`, which names its loader in
+  `engines` (`dlm.engines.load_engine`, the one engine factory, reads it).
 """
 
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
-EXPORTER_VERSION = "2"  # 2: the fork input
+EXPORTER_VERSION = "3"  # 2: the fork input; 3: the manifest names its loader
 
-import hashlib  # noqa: E402  (stdlib only: the Makefile and fill import this without torch)
+import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)
 from pathlib import Path  # noqa: E402
 
+from dlm.engines import MANIFEST  # noqa: E402, F401  (torch-free; the factory reads it)
+
 # The files of a build folder (every step and loader names them from here).
-MANIFEST = "manifest.json"
 ONNX_FILE = "denoiser.onnx"
 TRT_ONNX_FILE = "denoiser.trt.onnx"
 PLAN_FILE = "denoiser.plan"

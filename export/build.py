@@ -16,7 +16,7 @@ Steps, each printed with its time:
 6. write `manifest.json`: source path and hash, shapes, precision, backend, opset, parity figures,
    timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it.
 
-Backend torch writes only the manifest (`engines.load_engine` then serves the checkpoint with
+Backend torch writes only the manifest (`dlm.engines.load_engine` then serves the checkpoint with
 `dlm.engine.TorchEngine`). Backend auto = tensorrt where `import tensorrt` works and CUDA is
 available, else onnxruntime. On these machines TensorRT is absent: step 5 never ran here.
 """
@@ -35,6 +35,7 @@ from pathlib import Path
 
 import export
 from export import MANIFEST, ONNX_FILE, PLAN_FILE, TRT_ONNX_FILE, ParityError
+from export.engines import LOADERS
 
 # torch, onnx and onnxruntime are imported only past the up-to-date check, so that a re-run with
 # nothing changed takes a fraction of a second instead of the seconds their imports cost.
@@ -181,6 +182,7 @@ def build(
     manifest: dict = {
         "format": 1,
         "backend": backend,
+        "loader": LOADERS[backend],  # what dlm.engines.load_engine calls to load it
         "precision": resolved_precision,
         "source": {
             "path": str(model_dir.resolve()),

@@ -1,8 +1,9 @@
 """The engine the `dlm` model serves, and the counts its metrics report.
 
-`load_engine` picks it: the build's (export.engines: ONNX Runtime on CPU, TensorRT on GPU, by the
-manifest) or the PyTorch engine. `MeteredEngine` wraps any engine with what the metrics port
-shows: the sequences whose KV cache it holds, the steps and the passes run.
+`load_engine` picks it by the `dlm` model's BACKEND and ENGINE_DIR, through the one engine factory
+`dlm.engines.load_engine`: the build's (ONNX Runtime on CPU, TensorRT on GPU, by its manifest)
+or the PyTorch engine. `MeteredEngine` wraps any engine with what the metrics port shows: the
+sequences whose KV cache it holds, the steps and the passes run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dlm.engine import Engine, HeldEngine, PassRequest, PassResult, TorchEngine
+from dlm import engines
+from dlm.engine import Engine, HeldEngine, PassRequest, PassResult
 
 log = logging.getLogger(__name__)
 
@@ -54,44 +56,33 @@ def load_engine(
 ) -> Engine:
     """The serving engine of a model folder.
 
-    backend `auto`: `export.engines.load_engine(engine_dir, model_dir)` (ONNX Runtime, TensorRT
-    or PyTorch by the build's manifest; an error that says to run `make engine` if there is no
-    build); where the `export` package is absent, a TorchEngine with a log line saying so.
-    backend `torch`: always the TorchEngine. threads: the engine's intra-op threads (torch and
-    ONNX Runtime; 0 = their default). device: where a PyTorch engine runs ("cpu", "cuda", "cuda:1";
-    the build's ONNX Runtime and TensorRT engines pick their own). pass_delay_s > 0: fault
-    injection for tests, every step held that long (`dlm.engine.HeldEngine`, logged).
+    backend `auto`: the build in `engine_dir` (default: where `make engine` builds it,
+    `export.engine_dir`), by its manifest: ONNX Runtime, TensorRT or PyTorch (an error that says
+    to run `make engine` if there is no build). backend `torch`: always the TorchEngine.
+    threads: the engine's intra-op threads (torch and ONNX Runtime; 0 = their default). device:
+    where a PyTorch engine runs ("cpu", "cuda", "cuda:1"; the build's ONNX Runtime and TensorRT
+    engines pick their own). pass_delay_s > 0: fault injection for tests, every step held that
+    long (`dlm.engine.HeldEngine`, logged).
     """
-    engine = _load(model_dir, engine_dir, backend, threads, say, device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend == "auto" and engine_dir is None:
+        from export import engine_dir as default_engine_dir
+
+        engine_dir = default_engine_dir(model_dir)
+    build = engine_dir if backend == "auto" else None
+    engine = engines.load_engine(model_dir, build, device=device, threads=threads)
+    if build is None:
+        say(f"engine: TorchEngine on {device} for {model_dir} ({describe_threads(device)})")
+    else:
+        say(f"engine: {type(engine).__name__} from {build} (model {model_dir})")
     if pass_delay_s > 0:
         say(f"engine: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
         return HeldEngine(engine, pass_delay_s)
     return engine
 
 
-def _load(model_dir, engine_dir, backend, threads, say, device) -> Engine:
+def describe_threads(device: str) -> str:
     import torch
 
-    from dlm import checkpoint
-
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
-    if threads > 0:
-        torch.set_num_threads(threads)
-    if backend == "auto":
-        try:
-            from export.engines import load_engine as load_built
-        except ModuleNotFoundError as e:
-            if e.name not in ("export", "export.engines"):
-                raise
-            say(
-                "engine: no export.engines package (ONNX/TensorRT export not installed): "
-                f"falling back to the PyTorch engine for {model_dir}"
-            )
-        else:
-            engine = load_built(engine_dir, model_dir, device=device, threads=threads)
-            say(f"engine: {type(engine).__name__} from {engine_dir} (model {model_dir})")
-            return engine
-    where = f"{torch.get_num_threads()} threads" if device == "cpu" else "fp32"
-    say(f"engine: TorchEngine on {device} for {model_dir} ({where})")
-    return TorchEngine(checkpoint.load(model_dir), device)
+    return f"{torch.get_num_threads()} threads" if device == "cpu" else "fp32"

@@ -1,4 +1,5 @@
-"""`python -m export`: the manifest, skipping an unchanged build, and `load_engine`."""
+"""`python -m export`: the manifest, skipping an unchanged build, loading it through the one
+engine factory (`dlm.engines.load_engine`), and `python -m dlm generate --engine` running it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 
 import export
 from dlm.engine import TorchEngine
+from dlm.engines import TORCH_LOADER, EngineError, load_engine
 from export import build as build_mod
-from export.engines import EngineError, load_engine
 from export.ort_engine import OrtEngine
 
 
@@ -23,6 +24,7 @@ def test_manifest(nld_build):
     assert m["source"]["files"] == ["config.json", "model.safetensors"]
     assert m["versions"]["exporter"] == export.EXPORTER_VERSION
     assert m["files"] == {"onnx": "denoiser.onnx"}
+    assert m["loader"] == "export.engines:onnxruntime"
     assert m["io"]["inputs"]["past_k"]["shape"][1] == "batch"
     assert m["io"]["outputs"].keys() == {"token", "confidence", "new_k", "new_v"}
     assert {"load", "export", "check", "parity"} <= m["timings"].keys()
@@ -78,15 +80,20 @@ def test_hash_follows_the_weights(nld_build, tmp_path):
 
 
 def test_load_engine_by_manifest(nld_build, tmp_path):
-    e = load_engine(nld_build.out, nld_build.model_dir, threads=1)
+    e = load_engine(nld_build.model_dir, nld_build.out, threads=1)
     assert isinstance(e, OrtEngine) and e.config == nld_build.model.cfg
+    assert isinstance(load_engine(nld_build.model_dir), TorchEngine)  # no build: PyTorch
     torch_dir = tmp_path / "torch"
     torch_dir.mkdir()
-    m = dict(nld_build.manifest, backend="torch", files={})
+    m = dict(nld_build.manifest, backend="torch", loader=TORCH_LOADER, files={})
     (torch_dir / "manifest.json").write_text(json.dumps(m))
-    assert isinstance(load_engine(torch_dir, nld_build.model_dir), TorchEngine)
+    assert isinstance(load_engine(nld_build.model_dir, torch_dir), TorchEngine)
     with pytest.raises(EngineError, match="no manifest"):
-        load_engine(tmp_path / "nothing", nld_build.model_dir)
+        load_engine(nld_build.model_dir, tmp_path / "nothing")
+    for loader, why in ((None, "older exporter"), ("export.nowhere:load", "cannot be imported")):
+        (torch_dir / "manifest.json").write_text(json.dumps(dict(m, loader=loader)))
+        with pytest.raises(EngineError, match=why):
+            load_engine(nld_build.model_dir, torch_dir)
 
 
 def test_load_engine_refuses_another_model(nld_build, tmp_path):
@@ -96,13 +103,37 @@ def test_load_engine_refuses_another_model(nld_build, tmp_path):
     cfg["dlm"]["num_layers"] = 3
     (other / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(EngineError, match="num_layers"):
-        load_engine(nld_build.out, other)
+        load_engine(other, nld_build.out)
 
 
 def test_torch_backend_writes_only_a_manifest(nld_build, tmp_path):
     m = build_mod.build(nld_build.model_dir, tmp_path / "t", backend="torch", log=lambda s: None)
     assert m["backend"] == "torch" and m["files"] == {} and "parity" not in m
-    assert isinstance(load_engine(tmp_path / "t", nld_build.model_dir), TorchEngine)
+    assert isinstance(load_engine(nld_build.model_dir, tmp_path / "t"), TorchEngine)
+
+
+def dlm_generate(*args: str) -> dict:
+    r = subprocess.run(
+        [sys.executable, "-m", "dlm", "generate", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_dlm_generate_runs_the_built_engine(nld_build):
+    """`python -m dlm generate --engine DIR`: the build `make serve` serves, in process, gives
+    the torch backend's text under greedy ar (same tokens, same forward passes)."""
+    args = ["--model", str(nld_build.model_dir), "--prompt", "def f(x):", "--mode", "ar"]
+    args += ["--max-tokens", "24", "--temperature", "0"]
+    built = dlm_generate(*args, "--engine", str(nld_build.out))
+    reference = dlm_generate(*args)
+    assert (built["engine"], reference["engine"]) == ("OrtEngine", "TorchEngine")
+    assert built["token_ids"] == reference["token_ids"], (built, reference)
+    assert built["text"] == reference["text"] and built["num_output_tokens"] == 24
+    assert built["num_forward_passes"] == reference["num_forward_passes"]
 
 
 def test_bad_backend_and_precision(nld_build, tmp_path):

@@ -1,0 +1,128 @@
+"""`load_engine`: the one engine factory. A model folder's engine: the PyTorch engine, or the
+build an engine folder's manifest describes (`python -m export`, `make engine`).
+
+    engine = load_engine("models/default")                            # TorchEngine
+    engine = load_engine("models/default", "build/engines/default-…")  # what the manifest names
+
+A build names its own loader in its manifest (`"loader": "module:function"`, written by
+export/build.py): `export.ort_engine:from_build` (ONNX Runtime, CPU),
+`export.tensorrt_build:from_build` (TensorRT, CUDA), `dlm.engines:torch_from_build` (the
+checkpoint itself). The function is imported by that name only when a build is loaded, so the
+core library imports nothing from `export/` (docs/serving.md, layering) and a build brings its
+own code. Every loader is called as `loader(build_dir, manifest, model_dir=, config=, device=,
+threads=)` and returns an `Engine`.
+
+The model folder's config.json must describe the model the engine was built from (the manifest
+keeps its config): a mismatch is an error that says to rebuild, never a silent wrong answer.
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dlm.config import ModelConfig
+
+if TYPE_CHECKING:
+    from dlm.engine import Engine
+
+MANIFEST = "manifest.json"  # the file every engine folder holds (export/build.py writes it)
+TORCH_LOADER = "dlm.engines:torch_from_build"
+
+
+class EngineError(ValueError):
+    """An engine folder that cannot serve this model; the message says what to run."""
+
+
+def read_manifest(build_dir: str | Path) -> dict:
+    path = Path(build_dir) / MANIFEST
+    if not path.exists():
+        raise EngineError(
+            f"{path}: no manifest (build the engine: `make engine` or "
+            f"`python -m export --model MODEL --out {build_dir}`)"
+        )
+    return json.loads(path.read_text())
+
+
+def model_config(model_dir: str | Path) -> ModelConfig:
+    """The config of a checkpoint folder, as `checkpoint.load` builds the model from it."""
+    from dlm import checkpoint
+
+    path = Path(model_dir) / "config.json"
+    if not path.exists():
+        raise EngineError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
+    cfg = checkpoint.config_from_hf(json.loads(path.read_text()))
+    cfg.dropout = 0.0  # as checkpoint.load does
+    return cfg
+
+
+def load_engine(
+    model_dir: str | Path,
+    engine_dir: str | Path | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+) -> Engine:
+    """The engine of the model in `model_dir`: the build in `engine_dir` (see module doc), or the
+    PyTorch engine on `device` when `engine_dir` is None.
+
+    device: where a PyTorch engine runs ("cpu", "cuda", "cuda:1"); the ONNX Runtime engine runs
+    on the CPU and the TensorRT engine on "cuda" whatever is given. threads: intra-op threads
+    (torch and ONNX Runtime; 0 = their default)."""
+    if threads < 0:
+        raise ValueError(f"threads={threads}: must be >= 0 (0 = the default)")
+    if engine_dir is None:
+        return _torch_engine(Path(model_dir), device, threads)
+    build_dir, model_dir = Path(engine_dir), Path(model_dir)
+    manifest = read_manifest(build_dir)
+    cfg = model_config(model_dir)
+    built = ModelConfig.from_dict(manifest["config"])
+    built.dropout = cfg.dropout
+    if built != cfg:
+        diff = sorted(k for k, v in cfg.to_dict().items() if built.to_dict().get(k) != v)
+        raise EngineError(
+            f"{build_dir}: built from {manifest['source']['path']}, whose config "
+            f"differs from {model_dir} in {diff}; rebuild with `make engine`"
+        )
+    loader = _loader(build_dir, manifest)
+    return loader(
+        build_dir, manifest, model_dir=model_dir, config=cfg, device=device, threads=threads
+    )
+
+
+def _loader(build_dir: Path, manifest: dict):
+    name = manifest.get("loader")
+    module, _, function = str(name).partition(":")
+    if not name or not function:
+        raise EngineError(
+            f"{build_dir / MANIFEST}: loader={name!r}: must name `module:function` (a build "
+            "from an older exporter: rebuild it with `make engine`)"
+        )
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as e:
+        raise EngineError(
+            f"{build_dir / MANIFEST}: loader={name!r} cannot be imported ({e}): the "
+            f"{manifest.get('backend')} engine needs the package that built it"
+        ) from e
+
+
+def torch_from_build(
+    build_dir: Path, manifest: dict, *, model_dir: Path, config: ModelConfig, device: str,
+    threads: int,
+) -> Engine:  # fmt: skip
+    """A torch build (a manifest, no files): the checkpoint itself on `device`."""
+    return _torch_engine(model_dir, device, threads)
+
+
+def _torch_engine(model_dir: Path, device: str, threads: int) -> Engine:
+    import torch
+
+    from dlm import checkpoint
+    from dlm.engine import TorchEngine
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return TorchEngine(checkpoint.load(model_dir), device)
