@@ -72,3 +72,22 @@ def test_pass_delay_holds_every_step(tiny_checkpoint, monkeypatch):
     assert slept == [0.02] and len(out) == 1 and engine.engine.kv.cached(1) == 3
     engine.release(1)
     assert engine.engine.kv.cached(1) == 0
+
+
+def test_an_ngc_tritonserver_folder_serves(tmp_path, monkeypatch):
+    """The GPU image's DLM_TRITON_HOME=/opt/tritonserver: NGC keeps the stub in backends/python/
+    (no python_backend_stubs/<version>/), built for the image's Python: the backend folder
+    `serve` makes takes it from there."""
+    home = tmp_path / "opt" / "tritonserver"
+    (home / "bin").mkdir(parents=True)
+    (home / "lib").mkdir()
+    (home / "bin" / "tritonserver").write_text("")
+    python = home / "backends" / "python"
+    python.mkdir(parents=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        (python / name).write_text(name)
+    (python / "triton_python_backend_stub").write_text("ngc stub")
+    monkeypatch.setenv("DLM_TRITON_HOME", str(home))
+    made = serve.make_backend_dir(tmp_path / "backends") / "python"
+    assert (made / "triton_python_backend_stub").read_text() == "ngc stub"
+    assert sorted(p.name for p in made.iterdir()) == sorted(p.name for p in python.iterdir())
