@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import machine
-from dlm.pipeline import Pipeline, generation_defaults
+from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, generate
+from dlm.schema import generation_defaults
 from dlm.train.corpus import collect_files, file_context, held_out_prompts
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
 from export import engine_dir

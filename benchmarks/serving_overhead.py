@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from dlm.pipeline import Pipeline, generation_defaults
+from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, Scheduler
+from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 from export import engine_dir
 from serving.engine import load_engine

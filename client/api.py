@@ -141,12 +141,7 @@ class GrpcClient:
         **knobs,
     ) -> Result:
         """`cancel_after=n`: cancel the request after n responses (used by tests)."""
-        inputs = []
-        for name, value in request_values(prompt, max_tokens, **knobs).items():
-            a = _array(name, value)
-            t = self.grpc.InferInput(name, list(a.shape), INPUT_TYPES[name][1])
-            t.set_data_from_numpy(a)
-            inputs.append(t)
+        inputs = grpc_inputs(request_values(prompt, max_tokens, **knobs))
         responses: queue.Queue = queue.Queue()
         got = _Collector(on_update)
         self.client.start_stream(callback=lambda result, error: responses.put((result, error)))
@@ -167,10 +162,10 @@ class GrpcClient:
                     raise ClientError(f"no response within {self.timeout} s") from None
                 if error is not None:
                     raise ClientError(_message(error))
-                response = result.get_response()
-                if response.outputs:
-                    got.add(_update(functools.partial(_grpc_output, result)))
-                if response.parameters["triton_final_response"].bool_param:
+                update, final = grpc_response(result)
+                if update is not None:
+                    got.add(update)
+                if final:
                     break
                 if cancel_after is not None and len(got.updates) >= cancel_after:
                     cancelled = True
@@ -185,6 +180,27 @@ class GrpcClient:
 
 def _message(error) -> str:
     return error.message() if hasattr(error, "message") else str(error)
+
+
+def grpc_inputs(values: dict) -> list:
+    """`request_values`' inputs as tritonclient gRPC InferInputs (sync and asyncio clients)."""
+    from tritonclient.grpc import InferInput
+
+    inputs = []
+    for name, value in values.items():
+        a = _array(name, value)
+        t = InferInput(name, list(a.shape), INPUT_TYPES[name][1])
+        t.set_data_from_numpy(a)
+        inputs.append(t)
+    return inputs
+
+
+def grpc_response(result) -> tuple[Update | None, bool]:
+    """(the Update of a streamed gRPC response, or None for one without outputs: a heartbeat or
+    the empty final response; whether it is the request's last)."""
+    response = result.get_response()
+    update = _update(functools.partial(_grpc_output, result)) if response.outputs else None
+    return update, response.parameters["triton_final_response"].bool_param
 
 
 def _grpc_output(result, name: str):

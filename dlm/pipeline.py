@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dlm.engine import Engine
 from dlm.engines import load_engine
 from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
+from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
-
-
-def generation_defaults(folder: str | Path) -> dict:
-    """`generation_config.json` of a model folder (block_length, threshold, ...), or {}."""
-    path = Path(folder) / "generation_config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 RULE_KNOBS = {"threshold", "factor", "steps"}  # how diffusion picks the tokens it commits

@@ -5,7 +5,9 @@ its Triton data type, whether it is required or a list, the `GenerationRequest` 
 its help. Derived from this table, nowhere else written: the `input [...]` of the ensemble's and
 preprocessing's config.pbtxt and the ensemble's input map (`model_repository.fill`), the inputs
 preprocessing reads and converts (`serving.requests`), the client's tensor types (`client.api`),
-the knob flags of both command lines (`add_arguments`) and perf_analyzer's input data. The bounds
+the knob flags of both command lines (`add_arguments`), perf_analyzer's input data and the fields
+of the OpenAI-compatible front door (`openai`: the standard field a knob answers to, the others
+taken from the body under their own name as extensions). The bounds
 of each value are checked in one place, `GenerationRequest.validate`, whose errors name the input.
 
 Torch-free (and `dlm/__init__` imports nothing), so the client and the fill tool use it as is.
@@ -14,7 +16,9 @@ Torch-free (and `dlm/__init__` imports nothing), so the client and the fill tool
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 MODES = ("ar", "diffusion", "self_spec")
 
@@ -39,10 +43,17 @@ class Knob:
     flag: str | None = None  # command-line flag, if not --name with dashes
     choices: tuple[str, ...] = ()
     cli: bool = True  # a generation knob of both command lines
+    # The OpenAI request field it answers to: "" its own name (an extension field), None not
+    # offered by the front door.
+    openai: str | None = ""
 
     @property
     def option(self) -> str:
         return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def openai_name(self) -> str | None:
+        return self.name if self.openai == "" else self.openai
 
     @property
     def python_type(self) -> type:
@@ -50,7 +61,15 @@ class Knob:
 
 
 KNOBS: tuple[Knob, ...] = (
-    Knob("text_input", "BYTES", "the prompt", required=True, flag="--prompt", cli=False),
+    Knob(
+        "text_input",
+        "BYTES",
+        "the prompt",
+        required=True,
+        flag="--prompt",
+        cli=False,
+        openai="prompt",
+    ),
     Knob("max_tokens", "INT32", "tokens to generate", field="max_tokens", required=True),
     Knob("stream", "BOOL", "one response per newly committed text", cli=False),
     Knob("temperature", "FP32", "0: greedy, else Gumbel-max sampling", field="temperature"),
@@ -60,6 +79,7 @@ KNOBS: tuple[Knob, ...] = (
         "seed of the counter-based sampling noise",
         field="seed",
         flag="--seed",
+        openai="seed",
     ),
     Knob(
         "stop_words",
@@ -68,6 +88,7 @@ KNOBS: tuple[Knob, ...] = (
         field="stop_sequences",
         many=True,
         flag="--stop",
+        openai="stop",
     ),
     Knob("end_id", "INT32", "token that ends the text (default: the model's eos)", field="end_id"),
     Knob("mode", "BYTES", "generation mode", field="mode", choices=MODES),
@@ -92,10 +113,17 @@ KNOBS: tuple[Knob, ...] = (
         "BOOL",
         "TensorRT-LLM's flag, sent by genai-perf: true (the only behaviour here) is accepted",
         cli=False,
+        openai=None,
     ),
 )
 BY_NAME = {k.name: k for k in KNOBS}
 REQUIRED = tuple(k.name for k in KNOBS if k.required)
+
+
+def generation_defaults(folder: str | Path) -> dict:
+    """`generation_config.json` of a model folder (block_length, threshold, ...), or {}."""
+    path = Path(folder) / "generation_config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def pbtxt_inputs(indent: str = "  ") -> str:

@@ -39,22 +39,34 @@ class TextTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
-    def apply_chat_template(self, user_message: str) -> str:
-        """The prompt text for one user turn, through the checkpoint's Jinja chat template."""
-        if not self.chat_template:
+    def apply_chat_template(self, messages: str | list[dict], default: str | None = None) -> str:
+        """The prompt text for a conversation (a list of {"role", "content"}; a string is one user
+        turn) through the checkpoint's Jinja chat template, or `default` if it has none."""
+        template = self.chat_template or default
+        if not template:
             raise ValueError("this tokenizer has no chat_template (tokenizer_config.json)")
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
         import jinja2
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         # Sandboxed, as in Hugging Face transformers: the template comes with the checkpoint;
         # the user's text is only ever a variable's value, never template source.
         env = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined)
-        return env.from_string(self.chat_template).render(
-            messages=[{"role": "user", "content": user_message}],
+        return env.from_string(template).render(
+            messages=messages,
             add_generation_prompt=True,
             bos_token=self.config.get("bos_token", ""),
             eos_token=self.config.get("eos_token", ""),
         )
+
+
+# The chat template of a checkpoint that has none (the front door's chat endpoint): each turn
+# as "<role>: <content>" on a line of its own, then "assistant:" for the reply to follow.
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 class IncrementalDecoder:

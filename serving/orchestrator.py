@@ -333,12 +333,8 @@ class Orchestrator:
 
     def _event(self, job: Job, final: bool, reason: str | None = None) -> Event:
         seq = job.seq
-        view = None
-        if job.block_views and seq.block_view is not None and not final:
-            # The committed prefix of the block is the leading run of unmasked positions.
-            mask = seq.cfg.mask_token_id
-            first = next((i for i, t in enumerate(seq.block_view) if t == mask), None)
-            view = list(seq.block_view[first:]) if first is not None else None
+        # The block being decoded past the committed text (the sampler's view), while there is one.
+        view = list(seq.block_view) if job.block_views and seq.block_view and not final else None
         return Event(
             list(seq.output),
             min(job.shown, len(seq.output)),

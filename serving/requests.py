@@ -17,8 +17,9 @@ import numpy as np
 from dlm import schema
 from dlm.checkpoint import config_from_hf
 from dlm.config import ModelConfig
-from dlm.pipeline import Pipeline, generation_defaults
+from dlm.pipeline import Pipeline
 from dlm.sampling import GenerationRequest, Limits, RequestError
+from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 
 # Request fields that travel as JSON (prompt_ids travel as a tensor).

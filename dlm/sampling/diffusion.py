@@ -59,7 +59,7 @@ def diffusion(seq: Sequence, cache: str = "full") -> Generator[PassRequest, Pass
         flushed = _flush(seq, block, masked, 0)
         passes = 0
         while masked.any() and not seq.done:
-            seq.block_view = block.tolist()
+            seq.block_view = block[flushed:].tolist()  # the block past what was committed
             if read:
                 p = seq.make_pass(cached, block.tolist(), tail=size, write=False, n_out=size)
             else:

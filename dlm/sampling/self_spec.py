@@ -60,6 +60,7 @@ def self_spec(
         lookahead = size if size > 1 else 0
         branch = lookahead if fork and draft else 0  # an empty draft cannot be rejected
         tokens = [pending] + draft + [mask] * (lookahead + branch)
+        seq.block_view = draft + [mask] * (size - 1 - len(draft))  # proposed, then unknown
         out = yield seq.make_pass(
             cached, tokens, tail=lookahead, write=True, n_out=len(tokens), fork=branch
         )
@@ -86,3 +87,4 @@ def self_spec(
         seq.commit(accepted)
         seq.blocks.append(BlockStats(tokens=len(accepted), passes=1))
         pending = accepted[-1]
+    seq.block_view = None

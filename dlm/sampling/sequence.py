@@ -42,7 +42,8 @@ class Sequence:
     done: bool = False
     finish_reason: str | None = None
     blocks: list[BlockStats] = field(default_factory=list)
-    # The block being denoised, mask ids included, for live displays; None outside diffusion.
+    # For live displays: the block being decoded past the committed text (diffusion: decided
+    # tokens and mask ids; self_spec: the draft being verified, then masks); None in ar.
     block_view: list[int] | None = None
     on_commit: Callable[[Sequence, list[int]], None] | None = None
     started: float = field(default_factory=time.perf_counter)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dlm.engine import HeldEngine, TorchEngine
+from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import GenerationRequest, generate
 from serving import cancel
 from serving.engine import MeteredEngine
@@ -115,6 +116,23 @@ def test_block_views_start_at_the_first_mask(engine):
     mask = engine.config.mask_token_id
     views = [e.block_view for e in c.events if e.block_view is not None]
     assert views and all(v[0] == mask for v in views)
+    assert c.final.block_view is None
+
+
+def test_self_spec_views_show_the_draft():
+    # The shipped model (a random one never drafts: its confidence stays under the threshold).
+    pipe = Pipeline.load(DEFAULT_MODEL)
+    orch = Orchestrator(MeteredEngine(pipe.engine))
+    c = Client()
+    req = pipe.request("def fibonacci(n):\n", mode="self_spec", max_tokens=48)
+    orch.submit(req, c, stream=True, block_views=True)
+    drain(orch)
+    mask = pipe.engine.config.mask_token_id
+    views = [e.block_view for e in c.events if e.block_view is not None]
+    assert views and all(len(v) <= req.block_length - 1 for v in views)
+    # drafts (proposed tokens ahead of the masks) are shown, never a mask before a proposal
+    assert any(v[0] != mask for v in views)
+    assert all(set(v[v.index(mask) :]) == {mask} for v in views if mask in v)
     assert c.final.block_view is None
 
 
