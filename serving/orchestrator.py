@@ -201,7 +201,9 @@ class Orchestrator:
                     self._cond.wait(IDLE_POLL_S)
                     if self.inbox is not None:  # idle: a shutdown notice still wants its answer
                         self.inbox.drain()
-                        if self.inbox.deadline is not None:
+                        # still idle (a request may have come during the wait: then the
+                        # next iteration ends its stream first and answers)
+                        if self.inbox.deadline is not None and not self._queue:
                             self.inbox.acknowledge()
                 if self._stopping:
                     return
