@@ -14,12 +14,13 @@ $(VENV)/.installed: requirements.txt
 
 setup: $(VENV)/.installed
 
-# The whole suite: perf_analyzer's libb64 and the nginx for the two-replica tests are installed
-# first (Debian packages; root), so that only TensorRT and GPU tests skip.
-test: setup bench-deps deploy-deps
+# The whole suite: perf_analyzer's libb64, the nginx for the two-replica tests and Chromium for the
+# playground are installed first (Debian packages; root), and genai-perf into a venv of its own,
+# so that only TensorRT and GPU tests skip.
+test: setup bench-deps deploy-deps browser-deps genai-perf-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: setup bench-deps deploy-deps
+test-fast: setup bench-deps deploy-deps browser-deps genai-perf-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
@@ -81,21 +82,30 @@ engine: setup
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+# The OpenAI-compatible front door and the playground (frontend/), on 127.0.0.1 beside the server
+FRONTEND_PORT ?= 9000
 FILL_ARGS ?=
 
 .PHONY: serve bench-serving
 
-# Builds (or checks) the model's engine first; dlm then serves what its manifest names.
+# Builds (or checks) the model's engine first; dlm then serves what its manifest names. The front
+# door starts with the server on 127.0.0.1:$(FRONTEND_PORT) and stops with it.
 # FILL_ARGS="--backend torch" serves the checkpoint with PyTorch instead; `python -m
 # model_repository.fill --help` lists the other settings.
 serve: engine
 	$(PY) -m model_repository.fill --model $(MODEL) $(ENGINE_ARG) \
 		--backend auto --out build/model_repository $(FILL_ARGS)
 	$(PY) -m model_repository.serve --repository build/model_repository \
-		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+		--http-port $(HTTP_PORT) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT) \
+		--frontend-port $(FRONTEND_PORT) --model $(MODEL)
 
 bench-serving: engine
 	$(PY) -m benchmarks.serving_overhead --model $(MODEL) $(ENGINE_ARG)
+
+# The front door's cost: the OpenAI API against direct gRPC at concurrency 1 and 8.
+.PHONY: bench-frontend
+bench-frontend: engine
+	$(PY) -m benchmarks.frontend_overhead --model $(MODEL) $(ENGINE_ARG)
 
 # ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
 CONCURRENCY ?= 1 2 4 8
@@ -103,7 +113,12 @@ MODES ?= ar diffusion diffusion_f1 self_spec self_spec_b8
 OUT ?= build/bench
 BENCH_ARGS ?=
 
-.PHONY: bench bench-deps bench-modes
+.PHONY: bench bench-deps bench-modes browser-deps
+
+# Debian's chromium and chromium-driver for the playground's browser test (needs root).
+browser-deps:
+	@command -v chromedriver >/dev/null || apt-get install -y -q chromium chromium-driver \
+		|| { apt-get update -q && apt-get install -y -q chromium chromium-driver; }
 
 # perf_analyzer links libb64.so.0d (Debian libb64-0d); installed here when missing (needs root).
 bench-deps:
@@ -134,14 +149,23 @@ soak: engine bench-deps
 
 # genai-perf 0.0.16 in its own venv (it wants numpy 2) against a running server: GENAI_ENDPOINT=
 # generate (HTTP generate_stream, GENAI_URL the HTTP port) or kserve (gRPC streaming with
-# TensorRT-LLM's tensor names, GENAI_URL the gRPC port, e.g. 127.0.0.1:8001).
+# TensorRT-LLM's tensor names, GENAI_URL the gRPC port, e.g. 127.0.0.1:8001), or completions /
+# chat (the front door's OpenAI API, GENAI_URL 127.0.0.1:9000).
 GENAI_ENDPOINT ?= generate
 GENAI_URL ?= 127.0.0.1:8000
 GENAI_MODE ?= self_spec
 GENAI_CONCURRENCY ?= 2
+GENAI_REQUESTS ?= 16
+GENAI_OUT ?= build/genai-perf
 GENAI_VENV ?= build/genai-perf-venv
-GENAI_ENDPOINT_ARGS_generate = --endpoint-type generate --endpoint v2/models/ensemble/generate_stream
-GENAI_ENDPOINT_ARGS_kserve = --endpoint-type kserve --backend tensorrtllm
+GENAI_ENDPOINT_ARGS_generate = -m ensemble --endpoint-type generate \
+	--endpoint v2/models/ensemble/generate_stream
+GENAI_ENDPOINT_ARGS_kserve = -m ensemble --endpoint-type kserve --backend tensorrtllm
+GENAI_ENDPOINT_ARGS_completions = -m $(notdir $(abspath $(MODEL))) --endpoint-type completions
+GENAI_ENDPOINT_ARGS_chat = -m $(notdir $(abspath $(MODEL))) --endpoint-type chat
+
+.PHONY: genai-perf-deps
+genai-perf-deps: $(GENAI_VENV)/bin/genai-perf
 
 $(GENAI_VENV)/bin/genai-perf:
 	$(PYTHON) -m venv $(GENAI_VENV)
@@ -151,11 +175,11 @@ $(GENAI_VENV)/bin/genai-perf:
 bench-genai-perf: setup bench-deps $(GENAI_VENV)/bin/genai-perf
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH HF_HUB_OFFLINE=1 \
 	LD_LIBRARY_PATH=$(CURDIR)/$(VENV)/lib/python3.11/site-packages/nvidia/cuda_runtime/lib \
-	$(GENAI_VENV)/bin/genai-perf profile -m ensemble $(GENAI_ENDPOINT_ARGS_$(GENAI_ENDPOINT)) \
+	$(GENAI_VENV)/bin/genai-perf profile $(GENAI_ENDPOINT_ARGS_$(GENAI_ENDPOINT)) \
 		--streaming -u $(GENAI_URL) \
 		--tokenizer $(MODEL) --synthetic-input-tokens-mean 32 --output-tokens-mean 64 \
-		--extra-inputs mode:$(GENAI_MODE) --concurrency $(GENAI_CONCURRENCY) --request-count 16 \
-		--artifact-dir build/genai-perf
+		--extra-inputs mode:$(GENAI_MODE) --concurrency $(GENAI_CONCURRENCY) \
+		--request-count $(GENAI_REQUESTS) --artifact-dir $(GENAI_OUT)
 
 # ---- deployment (docker/, deploy/): images, Helm chart, nginx over replicas -------------------
 # Debian's nginx 1.22 unpacked into build/nginx (apt-get download + dpkg -x: no service started,

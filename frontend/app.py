@@ -22,7 +22,16 @@ from starlette.exceptions import HTTPException
 
 from dlm.schema import MODES, generation_defaults
 from dlm.tokenizer import PLAIN_CHAT_TEMPLATE, TextTokenizer
-from frontend.protocol import Answer, ApiError, Choice, Parsed, StopText, param_of, parse
+from frontend.protocol import (
+    Answer,
+    ApiError,
+    Choice,
+    Parsed,
+    StopText,
+    model_name,
+    param_of,
+    parse,
+)
 from frontend.triton import Triton, TritonError
 
 log = logging.getLogger("frontend")
@@ -42,7 +51,7 @@ class Settings:
 
 def create_app(settings: Settings) -> FastAPI:
     folder = Path(settings.model)
-    name = settings.model_name or folder.resolve().name
+    name = model_name(folder, settings.model_name)
     tokenizer = TextTokenizer(folder)
     defaults = generation_defaults(folder)
     triton = Triton(settings.triton)

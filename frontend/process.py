@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from frontend.protocol import model_name
 from model_repository.processes import poll_until, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,7 @@ class FrontDoor:
             *("-m", "frontend", "--triton", triton, "--port", str(port)),
             *("--model", str(model), *args),
         ]
+        self.model_name = model_name(model, _given_name(args))
         self.log = log
         self.proc: subprocess.Popen | None = None
 
@@ -56,3 +58,8 @@ class FrontDoor:
         if self.proc is None:
             return None
         return stop_process(self.proc, timeout)
+
+
+def _given_name(args: list[str]) -> str | None:
+    args = list(args)
+    return args[args.index("--model-name") + 1] if "--model-name" in args else None

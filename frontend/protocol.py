@@ -15,6 +15,7 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -22,6 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from dlm.schema import KNOBS
 
 MAX_CHOICES = 16  # prompts x n in one request
+
+
+def model_name(folder: str | Path, given: str | None = None) -> str:
+    """The id clients send as `model`: `given`, else the checkpoint folder's name."""
+    return given or Path(folder).resolve().name
+
 
 # OpenAI field -> the schema's input it sets (prompt/messages become text_input).
 BY_OPENAI = {k.openai_name: k for k in KNOBS if k.openai_name}

@@ -156,7 +156,7 @@ def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: flo
     return poll_until(lambda: not gone() and api.ready("ensemble"), timeout, 0.5, gone)
 
 
-def ready_text(address: str, http: int, grpc: int, metrics: int) -> str:
+def ready_text(address: str, http: int, grpc: int, metrics: int, front: str = "") -> str:
     return f"""
 dlm-triton ready: HTTP {address}:{http}  gRPC {address}:{grpc}  metrics {address}:{metrics}
   python -m client --url {address}:{grpc} --prompt 'def fib(n):' --mode diffusion
@@ -164,7 +164,14 @@ dlm-triton ready: HTTP {address}:{http}  gRPC {address}:{grpc}  metrics {address
   curl -s -X POST {address}:{http}/v2/models/ensemble/generate \\
        -d '{{"text_input": "def fib(n):", "max_tokens": 64, "mode": "ar"}}'
   curl -s {address}:{metrics}/metrics | grep ^dlm_
-Stop with Ctrl-C.
+{front}Stop with Ctrl-C.
+"""
+
+
+def frontend_text(url: str, model: str) -> str:
+    return f"""front door: {url}/ (the playground)  {url}/v1 (OpenAI API)
+  curl -s {url}/v1/completions -H 'Content-Type: application/json' \\
+       -d '{{"model": "{model}", "prompt": "def fib(n):", "max_tokens": 64, "mode": "self_spec"}}'
 """
 
 
@@ -303,6 +310,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--log-verbose", type=int, default=0)
+    p.add_argument(
+        "--frontend-port",
+        type=int,
+        help="also run the OpenAI-compatible front door (python -m frontend) on 127.0.0.1:PORT "
+        "against this server, stopped with it",
+    )
+    p.add_argument(
+        "--model",
+        default="models/default",
+        help="checkpoint folder the front "
+        "door reads (tokenizer, chat template, defaults): the one the repository serves",
+    )
     p.add_argument("server_flags", nargs="*", help="more tritonserver flags, after --")
     return p
 
@@ -357,12 +376,17 @@ def main(argv: list[str] | None = None) -> int:
     def gone() -> bool:
         return stopping.is_set() or (not supervisor.alive and supervisor.server.poll() is not None)
 
+    front = None
+    if args.frontend_port:
+        from frontend.process import FrontDoor
+
+        front = FrontDoor(f"127.0.0.1:{args.grpc_port}", args.frontend_port, args.model).start()
+
     def announce():
         if wait_ready(http, gone):
-            print(
-                ready_text(args.address, args.http_port, args.grpc_port, args.metrics_port),
-                flush=True,
-            )
+            more = frontend_text(front.url, front.model_name) if front else ""
+            ports = (args.http_port, args.grpc_port, args.metrics_port)
+            print(ready_text(args.address, *ports, more), flush=True)
 
     if enabled():  # from the start: a stub may die before the server is ready
         supervisor.start()
@@ -381,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             if stopping.is_set() or supervisor.server is server:
                 remove_orphans(supervisor.baseline)  # left by a server it restarted, if any
+                if front is not None:
+                    front.stop()
                 return rc
         except KeyboardInterrupt:  # a second Ctrl-C while waiting: keep waiting for the exit
             continue
