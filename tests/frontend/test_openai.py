@@ -256,3 +256,18 @@ def test_concurrent_requests(oai):
     for t in threads:
         t.join(120)
     assert results["ar"] == results["self_spec"] and len(results) == 3
+
+
+def test_triton_unreachable_is_503(tmp_path):
+    from frontend.process import FrontDoor
+    from model_repository.serve import free_ports
+
+    nobody, port = free_ports(2)
+    f = FrontDoor(f"127.0.0.1:{nobody}", port, MODEL, log=open(tmp_path / "log", "wb")).start()
+    try:
+        assert http(f"{f.url}/health") == (503, {"ready": False})
+        status, r = http(f"{f.url}/v1/completions", {"model": NAME, "prompt": "x"})
+        assert status == 503 and r["error"]["type"] == "server_error", r
+        assert f"127.0.0.1:{nobody}" in r["error"]["message"]
+    finally:
+        f.stop()
