@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MODES = ("ar", "diffusion", "self_spec")
+MODES = ("ar", "diffusion", "self_spec", "auto")
 
 # Triton data type -> (config.pbtxt type, NumPy dtype name, Python type of one value)
 TYPES = {
@@ -92,7 +92,12 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("end_id", "INT32", "token that ends the text (default: the model's eos)", field="end_id"),
     Knob("mode", "BYTES", "generation mode", field="mode", choices=MODES),
-    Knob("block_length", "INT32", "tokens per block (diffusion, self_spec)", field="block_length"),
+    Knob(
+        "block_length",
+        "INT32",
+        "tokens per block (diffusion, self_spec; auto: the largest it may choose)",
+        field="block_length",
+    ),
     Knob(
         "threshold",
         "FP32",

@@ -295,19 +295,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=16, help="TensorRT: largest batch per call")
     p.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = p.parse_args(argv)
+    out = args.out or export.engine_dir(args.model)
     try:
         build(
-            args.model,
-            args.out or export.engine_dir(args.model),
-            args.backend,
-            args.precision,
-            args.force,
-            args.threads,
-            args.max_batch,
+            args.model, out, args.backend, args.precision, args.force, args.threads, args.max_batch
         )
     except (ParityError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    from dlm import cost, engines
+
+    # The engine's pass times on this machine (mode=auto's cost model), cached beside it.
+    engine = engines.load_engine(args.model, out, threads=args.threads)
+    model = cost.load_or_measure(engine, out)
+    print(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")
+    print(model.table())
     return 0
 
 

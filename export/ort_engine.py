@@ -74,7 +74,7 @@ class OrtEngine(CachedEngine):
         path = Path(onnx_path)
         if not path.exists():
             raise FileNotFoundError(f"onnx_path={str(path)!r}: no such file (run `make engine`)")
-        self.config = config
+        self.config, self.threads = config, threads
         self.session = ort_session(path, threads)
         check_session_io(self.session, config)
         self.kv = KVStore(config, lambda shape: np.zeros(shape, np.float32))

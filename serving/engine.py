@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from dlm import engines
+from dlm import cost, engines
 from dlm.engine import Engine, HeldEngine, PassRequest, PassResult
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ def load_engine(
         say(f"engine: TorchEngine on {device} for {model_dir} ({describe_threads(device)})")
     else:
         say(f"engine: {type(engine).__name__} from {build} (model {model_dir})")
+    # mode=auto's cost model: the build's cached one if measured on this machine, else now
+    engine.cost_model = cost.load_or_measure(engine, build, say)
     if pass_delay_s > 0:
         say(f"engine: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
         return HeldEngine(engine, pass_delay_s)

@@ -8,7 +8,10 @@ dlm_requests{mode}                   counter    requests admitted
 dlm_forward_passes{mode}             counter    forward passes run (prefill and commit included)
 dlm_output_tokens{mode}              counter    tokens committed
 dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / passes
-dlm_self_spec_accepted_tokens        histogram  per self-spec verify round: tokens accepted
+dlm_self_spec_accepted_tokens{mode} histogram  per self_spec/auto round: tokens committed
+dlm_self_spec_draft_tokens{mode}    histogram  per self_spec/auto round: draft tokens verified
+                                               (auto: the draft length it chose; 0 = an AR step)
+dlm_engine_pass_seconds{rows,tokens} gauge     the engine's cost model (dlm.cost), as measured
 dlm_sequences_in_flight              gauge      requests in the scheduler
 dlm_engine_live_sequences            gauge      sequences whose KV cache the engine holds
 dlm_engine_steps / _passes           counter    engine calls (steps), and passes run in them
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import time
 
+from dlm import cost
 from dlm.sampling import MODES, GenerationRequest
 from dlm.sampling.sequence import Sequence
 from serving.engine import MeteredEngine
@@ -27,6 +31,8 @@ from serving.engine import MeteredEngine
 FLUSH_S = 0.1
 TPF_BUCKETS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
 ACCEPT_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
+DRAFT_BUCKETS = [0.0, *ACCEPT_BUCKETS]
+SPECULATIVE = ("self_spec", "auto")  # the modes that run self-speculation rounds
 
 
 class _Families:
@@ -69,11 +75,30 @@ class ServingMetrics:
             mf.HISTOGRAM,
             buckets=TPF_BUCKETS,
         )
-        self.accepted = mf(
-            name="dlm_self_spec_accepted_tokens",
-            description="Tokens accepted per self-speculation verify round",
-            kind=mf.HISTOGRAM,
-        ).Metric(labels=label, buckets=ACCEPT_BUCKETS)
+        self.accepted = per_mode(
+            "dlm_self_spec_accepted_tokens",
+            "Tokens committed per self-speculation round (accepted drafts + 1)",
+            mf.HISTOGRAM,
+            buckets=ACCEPT_BUCKETS,
+        )
+        self.drafts = per_mode(
+            "dlm_self_spec_draft_tokens",
+            "Draft tokens verified per self-speculation round (auto: its choice; 0: AR step)",
+            mf.HISTOGRAM,
+            buckets=DRAFT_BUCKETS,
+        )
+        pass_seconds = mf(
+            name="dlm_engine_pass_seconds",
+            description="The engine's measured pass time by rows and tokens per row (dlm.cost)",
+            kind=mf.GAUGE,
+        )
+        model = cost.for_engine(engine)
+        self.pass_seconds = []  # kept: a Metric that is garbage-collected is no longer exported
+        for r, line in zip(model.rows, model.seconds, strict=True):
+            for t, seconds in zip(model.tokens, line, strict=True):
+                labels = {**label, "rows": str(r), "tokens": str(t)}
+                self.pass_seconds.append(pass_seconds.Metric(labels=labels))
+                self.pass_seconds[-1].set(seconds)
         self.inflight = mf(
             name="dlm_sequences_in_flight",
             description="Requests in the dlm scheduler",
@@ -108,9 +133,10 @@ class ServingMetrics:
         mode = seq.request.mode
         if seq.nfe:
             self.tpf[mode].observe(len(seq.output) / seq.nfe)
-        if mode == "self_spec":
+        if mode in SPECULATIVE:
             for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
-                self.accepted.observe(block.tokens)
+                self.accepted[mode].observe(block.tokens)
+                self.drafts[mode].observe(block.draft)
 
     def in_flight(self, n: int) -> None:
         self._inflight_now = n

@@ -8,8 +8,10 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
+from dlm import cost
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling.ar import ar
+from dlm.sampling.auto import auto
 from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
 from dlm.sampling.self_spec import self_spec
@@ -58,9 +60,18 @@ class Scheduler:
         request.validate(self.engine.config, self.limits)
         seq = Sequence(self._next_id, request, self.engine.config, on_commit=on_commit)
         self._next_id += 1
-        gen = self.policies[request.mode](seq)
+        gen = self._policy(request.mode)(seq)
         self.pending[seq.seq_id] = (seq, gen, next(gen))
         return seq
+
+    def _policy(self, mode: str) -> Policy:
+        if mode == "auto" and "auto" not in self.policies:  # the engine's cost model, once
+            self.policies["auto"] = functools.partial(
+                auto,
+                cost=cost.for_engine(self.engine),
+                rows=lambda: min(len(self.pending), self.max_batch),
+            )
+        return self.policies[mode]
 
     def cancel(self, seq: Sequence) -> None:
         """Drop a request between passes and free its cache."""

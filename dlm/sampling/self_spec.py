@@ -26,7 +26,7 @@ its own cache length, so batches need no padding.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 from dlm.engine import PassRequest, PassResult
 from dlm.sampling.sequence import BlockStats, Sequence
@@ -44,8 +44,20 @@ def confident_prefix(tokens, confidence, threshold: float) -> list[int]:
     return out
 
 
+# The block size of a round, given the sequence, the draft ready for it and the largest size
+# allowed (block_length, or what is left of max_tokens); 1 is a plain AR step.
+SizeRule = Callable[[Sequence, list[int], int], int]
+
+
+def fixed_size(seq: Sequence, ready: list[int], limit: int) -> int:
+    return limit
+
+
 def self_spec(
-    seq: Sequence, draft_threshold: float = DRAFT_THRESHOLD, fork: bool = True
+    seq: Sequence,
+    draft_threshold: float = DRAFT_THRESHOLD,
+    fork: bool = True,
+    size_rule: SizeRule = fixed_size,
 ) -> Generator[PassRequest, PassResult, None]:
     r, mask = seq.request, seq.cfg.mask_token_id
     out = yield seq.make_pass(0, r.prompt_ids, tail=0, write=True, n_out=1)
@@ -55,7 +67,7 @@ def self_spec(
     seq.blocks.append(BlockStats(tokens=1, passes=1))
     ready: list[int] = []  # the next draft, from the previous pass's masks
     while not seq.done:
-        size = min(r.block_length, seq.remaining + 1)
+        size = size_rule(seq, ready, min(r.block_length, seq.remaining + 1))
         draft = ready[: size - 1]
         lookahead = size if size > 1 else 0
         branch = lookahead if fork and draft else 0  # an empty draft cannot be rejected
@@ -85,6 +97,6 @@ def self_spec(
                 )
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
-        seq.blocks.append(BlockStats(tokens=len(accepted), passes=1))
+        seq.blocks.append(BlockStats(tokens=len(accepted), passes=1, draft=len(draft)))
         pending = accepted[-1]
     seq.block_view = None

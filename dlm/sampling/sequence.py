@@ -28,6 +28,7 @@ def pass_seed(request_seed: int, pass_index: int) -> int:
 class BlockStats:
     tokens: int  # tokens committed by this block or round
     passes: int  # forward passes it took
+    draft: int = 0  # self_spec: draft tokens the round verified (tokens - 1 of them accepted)
 
 
 @dataclass

@@ -160,7 +160,14 @@ def test_metrics(models):
     poll_until(lambda: m.get(key, 0) >= 20, 60, 0.01)  # reported when the scheduler goes idle
     assert m[("dlm_requests", (("mode", "self_spec"), ("model", "dlm")))] >= 1
     assert m[("dlm_output_tokens", (("mode", "self_spec"), ("model", "dlm")))] >= 20
-    assert m[("dlm_self_spec_accepted_tokens", (("model", "dlm"),))] >= 1
+    assert m[("dlm_self_spec_accepted_tokens", (("mode", "self_spec"), ("model", "dlm")))] >= 1
+    assert ("dlm_self_spec_draft_tokens", (("mode", "self_spec"), ("model", "dlm"))) in m
+    ensemble(models, mode="auto", max_tokens=20)
+    assert released(models)
+    auto = ("dlm_self_spec_accepted_tokens", (("mode", "auto"), ("model", "dlm")))
+    poll_until(lambda: m.get(auto, 0) >= 1, 60, 0.01)
+    pass_time = ("dlm_engine_pass_seconds", (("model", "dlm"), ("rows", "1"), ("tokens", "1")))
+    assert m[pass_time] > 0
     assert m[("dlm_engine_live_sequences", (("model", "dlm"),))] == 0
     assert m[("dlm_engine_passes", (("model", "dlm"),))] >= 20
     assert any("falling back" in line or "TorchEngine" in line for line in pb.Logger.lines)

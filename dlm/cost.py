@@ -1,0 +1,142 @@
+"""The engine's cost model: seconds per pass by rows in the batch and tokens per row, measured on
+this machine and kept beside the engine (`cost_model.json` in the engine folder).
+
+`measure(engine)` prefills `max(ROWS)` sequences with CONTEXT cached positions, then times one
+pass of every (rows, tokens) of the grid (block-bidirectional, reading the cache, writing
+nothing: the shape of a self-speculation round), the median of REPEATS after a warm-up. A pass
+between grid points is interpolated linearly in rows and tokens; past the grid, extrapolated
+from its last two points. `mode=auto` asks it what a round of each draft length would cost at
+the batch in flight (`dlm.sampling.auto`).
+
+The cache is reused while the machine is the same (`machine(engine)`: the engine's class, its
+device and threads, the CPU model and count, the GPU's name), else measured again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dlm.engine import Engine, PassRequest
+
+ROWS = (1, 2, 4, 8)
+TOKENS = (1, 4, 12, 32, 96)  # a self_spec round of block b with a full draft: 3b tokens
+CONTEXT = 128  # cached positions each row reads
+REPEATS = 2
+FILE = "cost_model.json"
+
+
+@dataclass
+class CostModel:
+    rows: list[int]
+    tokens: list[int]
+    seconds: list[list[float]]  # [rows index][tokens index]
+    machine: str
+    context: int = CONTEXT
+
+    def pass_seconds(self, rows: int, tokens: int) -> float:
+        """The time of one pass of `rows` rows of `tokens` tokens each (interpolated)."""
+        per_row = [_interp(self.tokens, line, tokens) for line in self.seconds]
+        return max(1e-6, _interp(self.rows, per_row, rows))
+
+    def table(self) -> str:
+        """The measured grid as text (ms), rows down, tokens across."""
+        head = "rows \\ tokens " + " ".join(f"{t:>7}" for t in self.tokens)
+        lines = [head] + [
+            f"{r:>13} " + " ".join(f"{1000 * s:7.2f}" for s in line)
+            for r, line in zip(self.rows, self.seconds, strict=True)
+        ]
+        return "\n".join(lines)
+
+
+def _interp(xs: list[int], ys: list[float], x: float) -> float:
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def machine(engine: Engine) -> str:
+    """What the figures depend on, as one string."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    inner = engine
+    while hasattr(inner, "engine"):  # through wrappers (metered, held)
+        inner = inner.engine
+    parts = [type(inner).__name__, str(getattr(inner, "device", "cpu"))]
+    parts += [f"threads={getattr(inner, 'threads', None)}", cpu, f"{os.cpu_count()} CPUs"]
+    gpu = getattr(inner, "gpu_name", None)
+    if gpu:
+        parts.append(gpu)
+    return ", ".join(parts)
+
+
+def measure(engine: Engine, rows=ROWS, tokens=TOKENS, context=CONTEXT, repeats=REPEATS):
+    """Time the grid on `engine` (a few seconds); its caches are released afterwards."""
+    cfg = engine.config
+    ids = [-(i + 1) for i in range(max(rows))]  # never a real sequence's id
+    prompt = [i % cfg.vocab_size for i in range(context)]
+    try:
+        engine.step([PassRequest(s, 0, prompt, 0, True, 1) for s in ids])
+        grid = []
+        for r in rows:
+            line = []
+            for t in tokens:
+                passes = [PassRequest(s, context, [5] * t, t, False, t) for s in ids[:r]]
+                engine.step(passes)  # warm-up (allocations, kernel choice)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    engine.step(passes)
+                    times.append(time.perf_counter() - t0)
+                line.append(statistics.median(times))
+            grid.append(line)
+    finally:
+        for s in ids:
+            engine.release(s)
+    return CostModel(list(rows), list(tokens), grid, machine(engine), context)
+
+
+def load_or_measure(engine: Engine, folder: str | Path | None = None, say=None) -> CostModel:
+    """The engine's cost model: `folder`'s cached one if measured on this machine, else measured
+    now (and cached there when the folder is writable)."""
+    path = Path(folder) / FILE if folder is not None else None
+    here = machine(engine)
+    if path is not None and path.exists():
+        cached = CostModel(**json.loads(path.read_text()))
+        if cached.machine == here and cached.rows == list(ROWS) and cached.tokens == list(TOKENS):
+            return cached
+    t0 = time.perf_counter()
+    model = measure(engine)
+    if say is not None:
+        say(f"[cost] pass times measured in {time.perf_counter() - t0:.1f} s on {here}:")
+        say(model.table())
+    if path is not None:
+        try:
+            path.write_text(json.dumps(asdict(model), indent=1) + "\n")
+        except OSError:  # a read-only engine folder: measured again next time
+            pass
+    return model
+
+
+def for_engine(engine: Engine) -> CostModel:
+    """The cost model attached to `engine` or an engine it wraps (by whoever loaded it), else
+    measured once for it."""
+    inner = engine
+    while inner is not None:
+        if getattr(inner, "cost_model", None) is not None:
+            return inner.cost_model
+        inner = getattr(inner, "engine", None)
+    engine.cost_model = measure(engine)
+    return engine.cost_model

@@ -1,0 +1,102 @@
+"""mode=auto and the engine's cost model."""
+
+import json
+
+import pytest
+
+from dlm import cost
+from dlm.engine import TorchEngine
+from dlm.pipeline import DEFAULT_MODEL, Pipeline
+from dlm.sampling import GenerationRequest, generate
+from dlm.sampling.auto import acceptance, best_size
+from dlm.sampling.sequence import BlockStats, Sequence
+from tests.conftest import random_prompts, tiny_model
+
+END = 63
+
+
+def flat(seconds: float = 0.01) -> cost.CostModel:
+    """A machine where a pass costs the same whatever its size (a GPU at a small batch)."""
+    return cost.CostModel([1, 8], [1, 96], [[seconds] * 2] * 2, "flat")
+
+
+def dear() -> cost.CostModel:
+    """One where a pass costs in proportion to its tokens (a busy CPU)."""
+    return cost.CostModel([1, 8], [1, 96], [[0.001, 0.096], [0.008, 0.768]], "dear")
+
+
+def requests(prompts, mode, **kw):
+    return [GenerationRequest(list(p), mode=mode, end_id=END, max_tokens=30, **kw) for p in prompts]
+
+
+@pytest.mark.parametrize("model", ["flat", "dear", "measured"])
+def test_auto_equals_ar_in_ragged_batches(model):
+    engine = TorchEngine(tiny_model(seed=3))
+    engine.model.diffusion_head.weight.data *= 8  # confident drafts, often right
+    if model != "measured":
+        engine.cost_model = flat() if model == "flat" else dear()
+    prompts = random_prompts(10, lo=2, hi=40, seed=4)
+    ar = generate(engine, requests(prompts, "ar"))
+    for block in (8, 32):
+        got = generate(engine, requests(prompts, "auto", block_length=block))
+        assert [g.token_ids for g in got] == [a.token_ids for a in ar]
+    if model == "measured":  # measured once for the engine, on first use
+        assert engine.cost_model.machine == cost.machine(engine)
+
+
+def test_auto_picks_long_drafts_when_passes_are_free_and_ar_when_dear():
+    pipe = Pipeline.load(DEFAULT_MODEL)
+    prompt = "import os\n\n\nclass Cache:\n"
+    runs = {}
+    for name, model in (("flat", flat()), ("dear", dear())):
+        pipe.engine.cost_model = model
+        runs[name] = pipe.generate([pipe.request(prompt, mode="auto", max_tokens=48)])[0]
+    ar = pipe.generate([pipe.request(prompt, mode="ar", max_tokens=48)])[0]
+    spec = pipe.generate([pipe.request(prompt, mode="self_spec", max_tokens=48)])[0]
+    assert runs["flat"].token_ids == runs["dear"].token_ids == ar.token_ids
+    drafts = {k: [b.draft for b in r.blocks] for k, r in runs.items()}
+    # free passes: the longest drafts, as self_spec at its full block (32), in its passes
+    assert max(drafts["flat"]) >= 8, drafts
+    assert runs["flat"].num_forward_passes == spec.num_forward_passes < ar.num_forward_passes
+    assert drafts["dear"] == [0] * len(drafts["dear"])  # AR steps only
+    assert runs["dear"].num_forward_passes == ar.num_forward_passes
+
+
+def test_best_size_follows_cost_batch_and_acceptance():
+    assert best_size(flat(), 1, 0.9, 32) == 32
+    assert best_size(dear(), 1, 0.9, 32) == 1
+    assert best_size(flat(), 1, 0.9, 5) == 5  # block_length is the bound
+    # a pass of 8 rows costs 8x: the same acceptance buys shorter drafts at the larger batch
+    mixed = cost.CostModel([1, 8], [1, 96], [[0.004, 0.010], [0.010, 0.120]], "mixed")
+    assert best_size(mixed, 1, 0.8, 32) > best_size(mixed, 8, 0.8, 32)
+    assert best_size(flat(), 1, 0.0, 32) == 1  # nothing is ever accepted: AR
+
+
+def test_acceptance_follows_the_rounds():
+    seq = Sequence(0, GenerationRequest([1, 2], mode="auto"), None)
+    prior = acceptance(seq)
+    seq.blocks += [BlockStats(tokens=1, passes=1, draft=8)] * 5  # every draft rejected at once
+    assert acceptance(seq) < prior / 2
+    seq.blocks = [BlockStats(tokens=9, passes=1, draft=8)] * 5  # every draft accepted whole
+    assert acceptance(seq) > 0.95
+
+
+def test_cost_model_is_measured_cached_and_reused(tmp_path):
+    engine = TorchEngine(tiny_model())
+    said = []
+    first = cost.load_or_measure(engine, tmp_path, said.append)
+    assert said and "rows \\ tokens" in said[-1]
+    cached = json.loads((tmp_path / cost.FILE).read_text())
+    assert cached["machine"] == cost.machine(engine) and cached["seconds"] == first.seconds
+    assert all(s > 0 for line in first.seconds for s in line)
+    said.clear()
+    again = cost.load_or_measure(engine, tmp_path, said.append)
+    assert again == first and not said  # reused, not measured
+    cached["machine"] = "another machine"
+    (tmp_path / cost.FILE).write_text(json.dumps(cached))
+    third = cost.load_or_measure(engine, tmp_path, said.append)
+    assert said and third.machine == cost.machine(engine)  # measured again
+    m = first
+    assert m.pass_seconds(1, 1) == pytest.approx(m.seconds[0][0])
+    between = m.pass_seconds(3, 20)
+    assert min(min(line) for line in m.seconds) <= between <= max(max(x) for x in m.seconds)
