@@ -17,7 +17,7 @@ from tests.frontend.conftest import KEY, MODEL
 pytestmark = pytest.mark.slow
 NAME = "default"  # the id of models/default: its folder's name
 PROMPT = "def read_config(path):\n"
-MODES = ["ar", "diffusion", "self_spec"]
+MODES = ["ar", "diffusion", "self_spec", "auto"]
 
 
 def http(url, body: bytes | dict | None = None) -> tuple[int, dict]:
@@ -50,11 +50,13 @@ def test_models(oai, front):
     assert http(f"{front.url}/health") == (200, {"ready": True})
 
 
-def test_greedy_self_spec_equals_ar_in_fewer_passes(oai):
-    ar, spec = complete(oai, "ar", 48), complete(oai, "self_spec", 48)
+@pytest.mark.parametrize("mode", ["self_spec", "auto"])
+def test_greedy_self_speculation_equals_ar(oai, mode):
+    ar, spec = complete(oai, "ar", 48), complete(oai, mode, 48)
     assert spec.choices[0].text == ar.choices[0].text and ar.choices[0].text
     assert spec.usage.completion_tokens == ar.usage.completion_tokens
-    assert spec.usage.forward_passes < ar.usage.forward_passes
+    if mode == "self_spec":  # auto may take AR steps where drafting does not pay
+        assert spec.usage.forward_passes < ar.usage.forward_passes
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -255,7 +257,8 @@ def test_concurrent_requests(oai):
         t.start()
     for t in threads:
         t.join(120)
-    assert results["ar"] == results["self_spec"] and len(results) == 3
+    assert len(results) == len(MODES)
+    assert results["ar"] == results["self_spec"] == results["auto"]
 
 
 def test_triton_unreachable_is_503(tmp_path):
