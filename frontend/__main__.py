@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.triton}",
         flush=True,
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # httptools: uvicorn's C HTTP parser; the asyncio loop, which grpc.aio supports
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", http="httptools", loop="asyncio"
+    )
 
 
 if __name__ == "__main__":

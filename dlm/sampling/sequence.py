@@ -13,15 +13,19 @@ from dlm.sampling.request import GenerationRequest
 _M32 = 0xFFFFFFFF
 
 
-def pass_seed(request_seed: int, pass_index: int) -> int:
-    """The noise seed of one pass: a function of the request's seed and the pass number only,
-    so a request samples the same tokens alone or in any batch."""
-    x = (request_seed ^ (request_seed >> 32) ^ (pass_index * 0x9E3779B9)) & _M32
+def pass_seed(request_seed: int, position: int) -> int:
+    """The noise seed of a pass whose first output sits at `position` of the sequence. The op
+    keys output t's noise by hash32(seed + t) (plugins/denoise_step/contract.py), so each
+    position of a request has one noise whichever pass samples it: a self_spec verify slot draws
+    what an `ar` step at that position draws, and self-speculation samples exactly `ar`'s tokens
+    at temperature > 0 too. A function of the request's seed and the position only: a request
+    samples the same tokens alone or in any batch."""
+    x = (request_seed ^ (request_seed >> 32)) & _M32
     x ^= x >> 16
     x = (x * 0x7FEB352D) & _M32
     x ^= x >> 15
     x = (x * 0x846CA68B) & _M32
-    return x ^ (x >> 16)
+    return ((x ^ (x >> 16)) + position) & _M32
 
 
 @dataclass
@@ -67,7 +71,7 @@ class Sequence:
             write,
             n_out,
             float(self.request.temperature),
-            pass_seed(self.request.seed, self.nfe),
+            pass_seed(self.request.seed, start + len(tokens) - n_out),
             fork,
         )
 

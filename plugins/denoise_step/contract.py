@@ -15,7 +15,7 @@ temperature > 0: Gumbel-max sampling with float64 noise drawn from a counter-bas
 implementation draws identical noise without RNG state (float64 because low-precision Gumbel noise
 hurts generation quality: LLaDA, Nie et al. 2025):
 
-    key[b, t]  = hash32((seed[b] + hash32(t)) mod 2**32)
+    key[b, t]  = hash32((seed[b] + t) mod 2**32)
     h[b, t, v] = hash32(key[b, t] xor v)
     u = (h + 0.5) / 2**32                      (float64, strictly inside (0, 1))
     g = -log(-log(u))                          (float64)

@@ -53,7 +53,7 @@ def gumbel_noise_numpy(seed: np.ndarray, t_len: int, v_len: int) -> np.ndarray:
     """g[b, t, v] = -log(-log(u)) with u from the counter hash; float64 [B, T, V]."""
     seed = np.asarray(seed, dtype=np.uint64)
     t = np.arange(t_len, dtype=np.uint64)
-    key = hash32_np((seed[:, None] + hash32_np(t)[None, :]) & np.uint64(MASK32))  # [B, T]
+    key = hash32_np((seed[:, None] + t[None, :]) & np.uint64(MASK32))  # [B, T]
     v = np.arange(v_len, dtype=np.uint64)
     h = hash32_np(key[:, :, None] ^ v[None, None, :])  # [B, T, V]
     u = (h.astype(np.float64) + 0.5) / TWO_POW_32
@@ -125,7 +125,7 @@ def hash32_torch(x: torch.Tensor) -> torch.Tensor:
 def gumbel_noise_torch(seed: torch.Tensor, t_len: int, v_len: int) -> torch.Tensor:
     """Same noise as `gumbel_noise_numpy`: float64 [B, T, V] on seed's device."""
     t = torch.arange(t_len, dtype=torch.int64, device=seed.device)
-    key = hash32_torch((seed[:, None] + hash32_torch(t)[None, :]) & MASK32)  # [B, T]
+    key = hash32_torch((seed[:, None] + t[None, :]) & MASK32)  # [B, T]
     v = torch.arange(v_len, dtype=torch.int64, device=seed.device)
     h = hash32_torch(key[:, :, None] ^ v[None, None, :])  # [B, T, V]
     u = h.to(torch.float64).add_(0.5).mul_(1.0 / TWO_POW_32)  # power-of-two scale: exact

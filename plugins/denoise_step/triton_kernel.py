@@ -106,7 +106,7 @@ def denoise_step_kernel(
     x_tok = tl.full((), 0.0, tl.float32)
     if temp > 0:
         seed = tl.load(seed_ptr + b).to(tl.uint32)
-        key = _hash32(seed + _hash32(t.to(tl.uint32)))  # uint32 add wraps: mod 2**32
+        key = _hash32(seed + t.to(tl.uint32))  # uint32 add wraps: mod 2**32
         temp64 = temp.to(tl.float64)
         best = tl.full((BLOCK_V,), float("-inf"), tl.float64)
         best_idx = tl.zeros((BLOCK_V,), tl.int32)
