@@ -40,6 +40,7 @@ MODES = {
     "diffusion": {"mode": "diffusion"},
     "diffusion_f1": {"mode": "diffusion", "factor": 1.0},
     "self_spec": {"mode": "self_spec"},
+    "self_spec_b4": {"mode": "self_spec", "block_length": 4},
     "self_spec_b8": {"mode": "self_spec", "block_length": 8},
     "self_spec_b16": {"mode": "self_spec", "block_length": 16},
     "auto": {"mode": "auto"},

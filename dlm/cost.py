@@ -3,10 +3,12 @@ this machine and kept beside the engine (`cost_model.json` in the engine folder)
 
 `measure(engine)` prefills `max(ROWS)` sequences with CONTEXT cached positions, then times one
 pass of every (rows, tokens) of the grid (block-bidirectional, reading the cache, writing
-nothing: the shape of a self-speculation round), the median of REPEATS after a warm-up. A pass
+nothing: the shape of a self-speculation round), the fastest of REPEATS after a warm-up. A pass
 between grid points is interpolated linearly in rows and tokens; past the grid, extrapolated
-from its last two points. `mode=auto` asks it what a round of each draft length would cost at
-the batch in flight (`dlm.sampling.auto`).
+from its last two points. A scheduler that uses it reports every step it runs (`observe`), and
+the table is scaled, per rows of the grid, by what the steps actually took there. `mode=auto`
+asks it what a round of each draft length would cost at the batch in flight
+(`dlm.sampling.auto`).
 
 The cache is reused while the machine is the same (`machine(engine)`: the engine's class, its
 device and threads, the CPU model and count, the GPU's name), else measured again.
@@ -16,19 +18,20 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
 import platform
-import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dlm.engine import Engine, PassRequest
 
-ROWS = (1, 2, 4, 8)
+ROWS = (1, 2, 4, 8, 16)
 TOKENS = (1, 4, 12, 32, 96)  # a self_spec round of block b with a full draft: 3b tokens
-CONTEXT = 128  # cached positions each row reads
-REPEATS = 2
+CONTEXT = 32  # cached positions each row reads
+REPEATS = 3
+OBSERVED = 0.05  # weight of one observed step in the correction (about 20 steps of memory)
 FILE = "cost_model.json"
 
 
@@ -40,10 +43,25 @@ class CostModel:
     machine: str
     context: int = CONTEXT
 
-    def pass_seconds(self, rows: int, tokens: int) -> float:
-        """The time of one pass of `rows` rows of `tokens` tokens each (interpolated)."""
+    def __post_init__(self) -> None:
+        # What steps took where the engine serves, against the table, per rows of the grid (an
+        # EMA; 1 until `observe`): the table is measured alone, a scheduler's steps are not.
+        self.ratio = [1.0] * len(self.rows)
+
+    def table_seconds(self, rows: int, tokens: int) -> float:
+        """The measured table at (rows, tokens), interpolated."""
         per_row = [_interp(self.tokens, line, tokens) for line in self.seconds]
         return max(1e-6, _interp(self.rows, per_row, rows))
+
+    def pass_seconds(self, rows: int, tokens: int) -> float:
+        """The time of one pass of `rows` rows of `tokens` tokens each: the table, corrected by
+        what the steps observed at that many rows took."""
+        return self.table_seconds(rows, tokens) * self.ratio[_nearest(self.rows, rows)]
+
+    def observe(self, rows: int, tokens: int, seconds: float) -> None:
+        """A step of `rows` rows padded to `tokens` tokens took `seconds`."""
+        i = _nearest(self.rows, rows)
+        self.ratio[i] += OBSERVED * (seconds / self.table_seconds(rows, tokens) - self.ratio[i])
 
     def table(self) -> str:
         """The measured grid as text (ms), rows down, tokens across."""
@@ -53,6 +71,10 @@ class CostModel:
             for r, line in zip(self.rows, self.seconds, strict=True)
         ]
         return "\n".join(lines)
+
+
+def _nearest(xs: list[int], x: float) -> int:
+    return min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(max(x, 1))))
 
 
 def _interp(xs: list[int], ys: list[float], x: float) -> float:
@@ -100,7 +122,7 @@ def measure(engine: Engine, rows=ROWS, tokens=TOKENS, context=CONTEXT, repeats=R
                     t0 = time.perf_counter()
                     engine.step(passes)
                     times.append(time.perf_counter() - t0)
-                line.append(statistics.median(times))
+                line.append(min(times))  # the pass itself, without interference
             grid.append(line)
     finally:
         for s in ids:
@@ -115,7 +137,8 @@ def load_or_measure(engine: Engine, folder: str | Path | None = None, say=None) 
     here = machine(engine)
     if path is not None and path.exists():
         cached = CostModel(**json.loads(path.read_text()))
-        if cached.machine == here and cached.rows == list(ROWS) and cached.tokens == list(TOKENS):
+        grid = (cached.rows, cached.tokens, cached.context) == (list(ROWS), list(TOKENS), CONTEXT)
+        if cached.machine == here and grid:
             return cached
     t0 = time.perf_counter()
     model = measure(engine)

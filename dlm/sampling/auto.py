@@ -1,20 +1,23 @@
 """`mode=auto`: self-speculation that picks each round's block size from the engine's measured
-cost (`dlm.cost`) at the batch in flight and the request's own acceptance so far.
+cost (`dlm.cost`, corrected by the scheduler's own step times) at the batch in flight and how
+well the model has been drafting.
 
-A round of size s verifies a draft of up to s - 1 tokens and drafts s more (plus the fork's s
-when there is a draft to reject): about 3s tokens in one pass, against 1 token for a plain AR
-step (s = 1). With a per-token acceptance rate a, speculating at size s commits on average
-1 + a + ... + a^(s-1) tokens per round (Leviathan et al. 2023). auto picks the s, up to the
-request's `block_length`, that maximises committed tokens per second,
+A round of size s verifies the draft made by the round before (at most s - 1 tokens) and drafts
+the next with s masks, plus the fork's s when there is a draft to reject; s = 1 is a plain AR
+step. The model drafts only where it is confident (self_spec cuts drafts at confidence 0.2), so
+its drafts have a length L, and a share a of their tokens is accepted. A
+round of size s then commits about 1 + a * min(s - 1, L) tokens and carries about
+1 + min(s - 1, L) + 2s tokens per row, and auto picks the s, up to the request's
+`block_length`, that maximises committed tokens per second:
 
-    (1 + a + ... + a^(s-1)) / pass_seconds(rows in the batch, tokens of the round),
+    (1 + a * min(s - 1, L)) / pass_seconds(rows in the batch, tokens of the round)
 
-so a machine where long passes cost about what short ones do gets long drafts, and one where
-they are dear (a busy CPU, a large batch) gets AR steps. a starts at PRIOR and follows the
-request's rounds: accepted draft tokens against the first rejected one of each round.
+against 1 / pass_seconds(rows, 1) for an AR step. A machine where long passes cost about what
+short ones do gets long drafts; one where they are dear (a busy CPU, a large batch) gets AR
+steps. L and a start at priors and follow the recent rounds of the scheduler's auto requests.
 
-Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so under
-greedy decoding the output equals `ar` token for token (tested over ragged batches).
+Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so the
+output equals `ar` token for token, greedy or with the same seed (tested over ragged batches).
 """
 
 from __future__ import annotations
@@ -25,44 +28,72 @@ from dlm.cost import CostModel
 from dlm.sampling.self_spec import self_spec
 from dlm.sampling.sequence import Sequence
 
-SIZES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
-# Acceptance before a request's first rounds: 3 accepted per rejected (a = 0.75); the shipped
-# model accepts about 0.6 of its drafts (2.5 tokens per round at block 32).
-PRIOR_ACCEPTED, PRIOR_REJECTED = 3.0, 1.0
+SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
+# Before the first rounds: drafts of 3 tokens, 2 in 3 of their tokens accepted (the shipped
+# model drafts 2-3 tokens and accepts about 0.6 of them).
+PRIOR_DRAFT, PRIOR_SHARE = 3.0, 2.0 / 3.0
+MEMORY = 64  # rounds: the statistics follow about this many recent rounds
 
 
-def acceptance(seq: Sequence) -> float:
-    """The request's per-token draft acceptance so far (the prior before any draft)."""
-    accepted, rejected = PRIOR_ACCEPTED, PRIOR_REJECTED
-    for b in seq.blocks:
-        if b.draft:
-            accepted += b.tokens - 1
-            rejected += b.tokens - 1 < b.draft
-    return accepted / (accepted + rejected)
+class Drafting:
+    """How well the model drafts, over the recent speculative rounds of every auto request of a
+    scheduler (one request's first rounds say little; an AR step says nothing, so the figures
+    stay as they were while load keeps every request on AR steps)."""
+
+    def __init__(self) -> None:
+        self.length, self.share = PRIOR_DRAFT, PRIOR_SHARE
+
+    def observe(self, size: int, draft: int, accepted: int, next_draft: int) -> None:
+        w = 1.0 / MEMORY
+        if size > 1:
+            # a draft as long as the round allowed says only "at least": count it twice as
+            # long, so that L (and with it the block size) can grow past the size in use
+            made = next_draft if next_draft < size - 1 else 2 * next_draft
+            self.length += w * (made - self.length)
+        if draft:
+            self.share += w * (accepted / draft - self.share)
 
 
-def round_tokens(size: int) -> int:
-    """Tokens of one row of a round of `size`: the pending token, the draft, the lookahead masks
-    and the fork's (1: a plain AR step)."""
-    return 1 if size == 1 else 3 * size
+def round_tokens(size: int, draft: float) -> float:
+    """Tokens of one row of a round: the pending token, the draft, the lookahead masks and the
+    fork's (1: a plain AR step)."""
+    return 1 if size == 1 else 1 + min(size - 1, draft) + 2 * size
 
 
-def expected_tokens(alpha: float, size: int) -> float:
-    return sum(alpha**j for j in range(size))
+def best_size(cost: CostModel, rows: int, draft: float, share: float, limit: int) -> int:
+    def rate(s: int) -> float:
+        tokens = 1 + share * min(s - 1, draft)
+        return tokens / cost.pass_seconds(rows, round_tokens(s, draft))
+
+    # ties (a flat cost past the drafts' length) go to the larger size: longer drafts may come
+    return max([s for s in SIZES if s < limit] + [limit], key=lambda s: (rate(s), s))
 
 
-def best_size(cost: CostModel, rows: int, alpha: float, limit: int) -> int:
-    sizes = [s for s in SIZES if s < limit] + [limit]
-    return max(
-        sizes,
-        key=lambda s: expected_tokens(alpha, s) / cost.pass_seconds(rows, round_tokens(s)),
-    )
+class Planner:
+    """The block size of every auto round of a scheduler: one decision per engine step (from the
+    cost model at that step's rows and the drafting statistics), bounded by each request's own
+    limit: every auto row of a step runs the same size, so none pads the others' passes."""
+
+    def __init__(self, cost: CostModel, rows: Callable[[], int], step: Callable[[], int]) -> None:
+        self.cost, self.rows, self.step = cost, rows, step
+        self.drafting = Drafting()
+        self._decided: tuple[int, int] | None = None  # (step, size)
+
+    def size(self, limit: int) -> int:
+        step = self.step()
+        if self._decided is None or self._decided[0] != step:
+            d = self.drafting
+            self._decided = (step, best_size(self.cost, self.rows(), d.length, d.share, SIZES[-1]))
+        return min(self._decided[1], limit)
 
 
-def auto(seq: Sequence, cost: CostModel, rows: Callable[[], int]):
-    """The policy generator; `rows()` is the number of requests in the engine's next step."""
+def auto(seq: Sequence, planner: Planner):
+    """The policy generator."""
 
     def size_rule(seq: Sequence, ready: list[int], limit: int) -> int:
-        return best_size(cost, rows(), acceptance(seq), limit)
+        if len(seq.blocks) > 1:  # the round just finished (blocks[0] is the prefill's token)
+            b = seq.blocks[-1]
+            planner.drafting.observe(b.size, b.draft, b.tokens - 1, b.next_draft)
+        return planner.size(limit)
 
     return self_spec(seq, size_rule=size_rule)

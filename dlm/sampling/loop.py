@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from dlm import cost
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling.ar import ar
-from dlm.sampling.auto import auto
+from dlm.sampling.auto import Planner, auto
 from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
 from dlm.sampling.self_spec import self_spec
@@ -54,6 +54,8 @@ class Scheduler:
         if check_cache(cache) != "full":  # the reference samplers: see dlm.sampling.diffusion
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
+        self.cost: cost.CostModel | None = None  # set once an auto request comes
+        self.steps = 0
         self._next_id = 0
 
     def add(self, request: GenerationRequest, on_commit=None) -> Sequence:
@@ -66,11 +68,13 @@ class Scheduler:
 
     def _policy(self, mode: str) -> Policy:
         if mode == "auto" and "auto" not in self.policies:  # the engine's cost model, once
-            self.policies["auto"] = functools.partial(
-                auto,
-                cost=cost.for_engine(self.engine),
+            self.cost = cost.for_engine(self.engine)
+            planner = Planner(
+                self.cost,
                 rows=lambda: min(len(self.pending), self.max_batch),
+                step=lambda: self.steps,
             )
+            self.policies["auto"] = functools.partial(auto, planner=planner)
         return self.policies[mode]
 
     def cancel(self, seq: Sequence) -> None:
@@ -83,7 +87,13 @@ class Scheduler:
     def step(self) -> list[Sequence]:
         """One engine call for up to max_batch requests; returns the requests that finished."""
         ids = list(self.pending)[: self.max_batch]
-        results = self.engine.step([self.pending[i][2] for i in ids])
+        passes = [self.pending[i][2] for i in ids]
+        t0 = time.perf_counter()
+        results = self.engine.step(passes)
+        if self.cost is not None:  # auto's cost model learns what steps cost here
+            rows, tokens = len(passes), max(len(p.tokens) for p in passes)
+            self.cost.observe(rows, tokens, time.perf_counter() - t0)
+        self.steps += 1
         finished = []
         for i, res in zip(ids, results, strict=False):
             seq, gen, _ = self.pending[i]

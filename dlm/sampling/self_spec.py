@@ -97,6 +97,8 @@ def self_spec(
                 )
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
-        seq.blocks.append(BlockStats(tokens=len(accepted), passes=1, draft=len(draft)))
+        seq.blocks.append(
+            BlockStats(len(accepted), 1, draft=len(draft), size=size, next_draft=len(ready))
+        )
         pending = accepted[-1]
     seq.block_view = None

@@ -33,6 +33,8 @@ class BlockStats:
     tokens: int  # tokens committed by this block or round
     passes: int  # forward passes it took
     draft: int = 0  # self_spec: draft tokens the round verified (tokens - 1 of them accepted)
+    size: int = 0  # self_spec: the round's block size (1: an AR step)
+    next_draft: int = 0  # self_spec: the draft it made for the next round
 
 
 @dataclass

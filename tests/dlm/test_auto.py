@@ -8,8 +8,7 @@ from dlm import cost
 from dlm.engine import TorchEngine
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import GenerationRequest, generate
-from dlm.sampling.auto import acceptance, best_size
-from dlm.sampling.sequence import BlockStats, Sequence
+from dlm.sampling.auto import MEMORY, PRIOR_DRAFT, PRIOR_SHARE, Drafting, best_size
 from tests.conftest import random_prompts, tiny_model
 
 END = 63
@@ -23,6 +22,11 @@ def flat(seconds: float = 0.01) -> cost.CostModel:
 def dear() -> cost.CostModel:
     """One where a pass costs in proportion to its tokens (a busy CPU)."""
     return cost.CostModel([1, 8], [1, 96], [[0.001, 0.096], [0.008, 0.768]], "dear")
+
+
+def linear() -> cost.CostModel:
+    """One where a pass costs a little more with every token (a GPU)."""
+    return cost.CostModel([1, 8], [1, 96], [[0.010, 0.011], [0.010, 0.011]], "linear")
 
 
 def requests(prompts, mode, **kw):
@@ -84,23 +88,38 @@ def test_auto_picks_long_drafts_when_passes_are_free_and_ar_when_dear():
     assert runs["dear"].num_forward_passes == ar.num_forward_passes
 
 
-def test_best_size_follows_cost_batch_and_acceptance():
-    assert best_size(flat(), 1, 0.9, 32) == 32
-    assert best_size(dear(), 1, 0.9, 32) == 1
-    assert best_size(flat(), 1, 0.9, 5) == 5  # block_length is the bound
-    # a pass of 8 rows costs 8x: the same acceptance buys shorter drafts at the larger batch
-    mixed = cost.CostModel([1, 8], [1, 96], [[0.004, 0.010], [0.010, 0.120]], "mixed")
-    assert best_size(mixed, 1, 0.8, 32) > best_size(mixed, 8, 0.8, 32)
-    assert best_size(flat(), 1, 0.0, 32) == 1  # nothing is ever accepted: AR
+def test_best_size_follows_cost_batch_and_drafting():
+    assert best_size(flat(), 1, 31.0, 0.9, 32) == 32  # long confident drafts, free passes
+    assert best_size(dear(), 1, 31.0, 0.9, 32) == 1
+    assert best_size(flat(), 1, 31.0, 0.9, 5) == 5  # block_length is the bound
+    assert best_size(linear(), 1, 3.0, 0.9, 32) == 4  # drafts of 3: a larger block buys nothing
+    # a pass of 8 rows costs 8x: the same drafting buys shorter blocks at the larger batch
+    mixed = cost.CostModel([1, 8], [1, 96], [[0.004, 0.010], [0.010, 0.900]], "mixed")
+    assert best_size(mixed, 1, 31.0, 0.8, 32) > best_size(mixed, 8, 31.0, 0.8, 32)
+    assert best_size(linear(), 1, 3.0, 0.0, 32) == 1  # nothing is ever accepted: AR
 
 
-def test_acceptance_follows_the_rounds():
-    seq = Sequence(0, GenerationRequest([1, 2], mode="auto"), None)
-    prior = acceptance(seq)
-    seq.blocks += [BlockStats(tokens=1, passes=1, draft=8)] * 5  # every draft rejected at once
-    assert acceptance(seq) < prior / 2
-    seq.blocks = [BlockStats(tokens=9, passes=1, draft=8)] * 5  # every draft accepted whole
-    assert acceptance(seq) > 0.95
+def test_drafting_statistics_follow_the_rounds():
+    d = Drafting()
+    assert (d.length, d.share) == (PRIOR_DRAFT, PRIOR_SHARE)
+    for _ in range(4 * MEMORY):  # rounds of size 8 whose drafts of 6 lose half their tokens
+        d.observe(size=8, draft=6, accepted=3, next_draft=6)
+    assert d.length == pytest.approx(6, abs=0.1) and d.share == pytest.approx(0.5, abs=0.01)
+    d.observe(size=1, draft=0, accepted=0, next_draft=0)  # an AR step tells nothing
+    assert d.length == pytest.approx(6, abs=0.1)
+    for _ in range(4 * MEMORY):  # drafts as long as size 4 allows: at least 3, taken as 6
+        d.observe(size=4, draft=3, accepted=3, next_draft=3)
+    assert d.length == pytest.approx(6, abs=0.1) and d.share == pytest.approx(1.0, abs=0.01)
+
+
+def test_the_cost_model_learns_from_observed_steps():
+    m = dear()
+    assert m.pass_seconds(8, 1) == pytest.approx(0.008)
+    for _ in range(200):  # steps at 8 rows take half the table's time here
+        m.observe(8, 1, 0.004)
+    assert m.pass_seconds(8, 1) == pytest.approx(0.004, rel=0.01)
+    assert m.pass_seconds(8, 96) == pytest.approx(0.384, rel=0.01)  # the whole row scales
+    assert m.pass_seconds(1, 1) == pytest.approx(0.001)  # other rows as measured
 
 
 def test_cost_model_is_measured_cached_and_reused(tmp_path):
