@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from benchmarks import perf_analyzer as pa
+from dlm.cost import cpu_name
 from export import engine_dir
 
 MODES = {
@@ -70,14 +71,7 @@ def prompts(n: int) -> list[str]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     gpu = ""
     if shutil.which("nvidia-smi"):
         names = subprocess.run(

@@ -83,16 +83,20 @@ def _interp(xs: list[int], ys: list[float], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-def machine(engine: Engine) -> str:
-    """What the figures depend on, as one string."""
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine(engine: Engine) -> str:
+    """What the figures depend on, as one string."""
+    cpu = cpu_name()
     inner = engine
     while hasattr(inner, "engine"):  # through wrappers (metered, held)
         inner = inner.engine

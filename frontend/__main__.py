@@ -19,12 +19,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="models/default",
-        help="checkpoint folder (tokenizer, "
-        "chat template, generation defaults): the one Triton serves",
+        help="checkpoint folder (tokenizer, chat template, generation defaults): the one Triton "
+        "serves",
     )
     p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
     p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (loopback only " "unless given)"
+        "--host", default="127.0.0.1", help="address to listen on (loopback unless given)"
     )
     p.add_argument("--port", type=int, default=PORT)
     p.add_argument(

@@ -319,8 +319,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="models/default",
-        help="checkpoint folder the front "
-        "door reads (tokenizer, chat template, defaults): the one the repository serves",
+        help="checkpoint folder the front door reads (tokenizer, chat template, defaults): the "
+        "one the repository serves",
     )
     p.add_argument("server_flags", nargs="*", help="more tritonserver flags, after --")
     return p
