@@ -5,8 +5,9 @@ this machine and kept beside the engine (`cost_model.json` in the engine folder)
 pass of every (rows, tokens) of the grid (block-bidirectional, reading the cache, writing
 nothing: the shape of a self-speculation round), the fastest of REPEATS after a warm-up. A pass
 between grid points is interpolated linearly in rows and tokens; past the grid, extrapolated
-from its last two points. A scheduler that uses it reports every step it runs (`observe`), and
-the table is scaled, per rows of the grid, by what the steps actually took there. `mode=auto`
+from its last two points. A scheduler that uses it reports how long each of its steps took, from
+one start to the next (`observe`: the pass, the policies, the responses and whatever the server
+does between steps), and what that adds to the table is learnt per rows of the grid. `mode=auto`
 asks it what a round of each draft length would cost at the batch in flight
 (`dlm.sampling.auto`).
 
@@ -31,7 +32,7 @@ ROWS = (1, 2, 4, 8, 16)
 TOKENS = (1, 4, 12, 32, 96)  # a self_spec round of block b with a full draft: 3b tokens
 CONTEXT = 32  # cached positions each row reads
 REPEATS = 3
-OBSERVED = 0.05  # weight of one observed step in the correction (about 20 steps of memory)
+OBSERVED = 0.05  # weight of one observed step in the overhead (about 20 steps of memory)
 FILE = "cost_model.json"
 
 
@@ -44,24 +45,32 @@ class CostModel:
     context: int = CONTEXT
 
     def __post_init__(self) -> None:
-        # What steps took where the engine serves, against the table, per rows of the grid (an
-        # EMA; 1 until `observe`): the table is measured alone, a scheduler's steps are not.
-        self.ratio = [1.0] * len(self.rows)
+        # What a step costs where the engine serves beyond the measured pass (the scheduler's
+        # policies, responses, the server's work between steps), per rows of the grid: an EMA
+        # of observed minus measured, 0 until `observe`.
+        self.overhead = [0.0] * len(self.rows)
 
     def table_seconds(self, rows: int, tokens: int) -> float:
-        """The measured table at (rows, tokens), interpolated."""
-        per_row = [_interp(self.tokens, line, tokens) for line in self.seconds]
-        return max(1e-6, _interp(self.rows, per_row, rows))
+        """The measured table at (rows, tokens), interpolated (between the two lines of rows
+        around `rows`: auto asks this for every candidate size of every step)."""
+        i = _segment(self.rows, rows)
+        lo, hi = (_interp(self.tokens, self.seconds[j], tokens) for j in (i - 1, i))
+        return max(
+            1e-6, lo + (hi - lo) * (rows - self.rows[i - 1]) / (self.rows[i] - self.rows[i - 1])
+        )
 
     def pass_seconds(self, rows: int, tokens: int) -> float:
-        """The time of one pass of `rows` rows of `tokens` tokens each: the table, corrected by
-        what the steps observed at that many rows took."""
-        return self.table_seconds(rows, tokens) * self.ratio[_nearest(self.rows, rows)]
+        """The time of one step of `rows` rows of `tokens` tokens each: the measured pass plus
+        the overhead the steps observed at that many rows."""
+        return max(
+            1e-6, self.table_seconds(rows, tokens) + self.overhead[_nearest(self.rows, rows)]
+        )
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
-        """A step of `rows` rows padded to `tokens` tokens took `seconds`."""
+        """A step of `rows` rows padded to `tokens` tokens took `seconds`, start to next start."""
         i = _nearest(self.rows, rows)
-        self.ratio[i] += OBSERVED * (seconds / self.table_seconds(rows, tokens) - self.ratio[i])
+        extra = seconds - self.table_seconds(rows, tokens)
+        self.overhead[i] += OBSERVED * (extra - self.overhead[i])
 
     def table(self) -> str:
         """The measured grid as text (ms), rows down, tokens across."""
@@ -77,8 +86,13 @@ def _nearest(xs: list[int], x: float) -> int:
     return min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(max(x, 1))))
 
 
+def _segment(xs: list[int], x: float) -> int:
+    """i such that xs[i - 1], xs[i] bracket x (the first or last two past the ends)."""
+    return min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+
+
 def _interp(xs: list[int], ys: list[float], x: float) -> float:
-    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    i = _segment(xs, x)
     x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 

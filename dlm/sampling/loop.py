@@ -56,6 +56,7 @@ class Scheduler:
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
         self.cost: cost.CostModel | None = None  # set once an auto request comes
         self.steps = 0
+        self._last: tuple[int, int, float] | None = None  # the last step: rows, tokens, start
         self._next_id = 0
 
     def add(self, request: GenerationRequest, on_commit=None) -> Sequence:
@@ -88,11 +89,11 @@ class Scheduler:
         """One engine call for up to max_batch requests; returns the requests that finished."""
         ids = list(self.pending)[: self.max_batch]
         passes = [self.pending[i][2] for i in ids]
-        t0 = time.perf_counter()
+        now = time.perf_counter()
+        if self.cost is not None and self._last is not None:  # auto's cost model learns what
+            rows, tokens, start = self._last  # a step costs here, from its start to the next's
+            self.cost.observe(rows, tokens, now - start)
         results = self.engine.step(passes)
-        if self.cost is not None:  # auto's cost model learns what steps cost here
-            rows, tokens = len(passes), max(len(p.tokens) for p in passes)
-            self.cost.observe(rows, tokens, time.perf_counter() - t0)
         self.steps += 1
         finished = []
         for i, res in zip(ids, results, strict=False):
@@ -103,6 +104,9 @@ class Scheduler:
                 del self.pending[i]
                 self._close(seq)
                 finished.append(seq)
+        # back to back unless the scheduler went empty (the next step then starts after a wait)
+        rows, tokens = len(passes), max(len(p.tokens) for p in passes)
+        self._last = (rows, tokens, now) if self.pending else None
         return finished
 
     def _close(self, seq: Sequence) -> None:

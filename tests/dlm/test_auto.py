@@ -20,8 +20,9 @@ def flat(seconds: float = 0.01) -> cost.CostModel:
 
 
 def dear() -> cost.CostModel:
-    """One where a pass costs in proportion to its tokens (a busy CPU)."""
-    return cost.CostModel([1, 8], [1, 96], [[0.001, 0.096], [0.008, 0.768]], "dear")
+    """One where a pass costs 10 ms per token of a row (a busy CPU, much exaggerated: more
+    than any step overhead the scheduler may learn on top of it)."""
+    return cost.CostModel([1, 8], [1, 96], [[0.01, 0.96], [0.08, 7.68]], "dear")
 
 
 def linear() -> cost.CostModel:
@@ -112,14 +113,21 @@ def test_drafting_statistics_follow_the_rounds():
     assert d.length == pytest.approx(6, abs=0.1) and d.share == pytest.approx(1.0, abs=0.01)
 
 
-def test_the_cost_model_learns_from_observed_steps():
+def test_the_cost_model_learns_the_overhead_of_steps():
     m = dear()
-    assert m.pass_seconds(8, 1) == pytest.approx(0.008)
-    for _ in range(200):  # steps at 8 rows take half the table's time here
-        m.observe(8, 1, 0.004)
-    assert m.pass_seconds(8, 1) == pytest.approx(0.004, rel=0.01)
-    assert m.pass_seconds(8, 96) == pytest.approx(0.384, rel=0.01)  # the whole row scales
-    assert m.pass_seconds(1, 1) == pytest.approx(0.001)  # other rows as measured
+    assert m.pass_seconds(8, 1) == pytest.approx(0.08)
+    for _ in range(200):  # steps at 8 rows take 4 ms more than the pass here
+        m.observe(8, 1, 0.084)
+    assert m.pass_seconds(8, 1) == pytest.approx(0.084, rel=0.01)
+    assert m.pass_seconds(8, 96) == pytest.approx(7.684, rel=0.01)  # the same 4 ms per step
+    assert m.pass_seconds(1, 1) == pytest.approx(0.01)  # other rows as measured
+
+
+def test_the_scheduler_reports_its_steps_to_the_cost_model():
+    engine = TorchEngine(tiny_model())
+    engine.cost_model = flat()
+    generate(engine, requests(random_prompts(3, seed=6), "auto"))
+    assert engine.cost_model.overhead[0] != 0.0  # 3 rows: the grid's 1-row cell learnt
 
 
 def test_cost_model_is_measured_cached_and_reused(tmp_path):
