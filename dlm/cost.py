@@ -7,7 +7,7 @@ nothing: the shape of a self-speculation round), the fastest of REPEATS after a 
 between grid points is interpolated linearly in rows and tokens; past the grid, extrapolated
 from its last two points. A scheduler that uses it reports how long each of its steps took, from
 one start to the next (`observe`: the pass, the policies, the responses and whatever the server
-does between steps), and what that adds to the table is learnt per rows of the grid. `mode=auto`
+does between steps), and what that adds to the table is learnt per cell of the grid. `mode=auto`
 asks it what a round of each draft length would cost at the batch in flight
 (`dlm.sampling.auto`).
 
@@ -46,9 +46,10 @@ class CostModel:
 
     def __post_init__(self) -> None:
         # What a step costs where the engine serves beyond the measured pass (the scheduler's
-        # policies, responses, the server's work between steps), per rows of the grid: an EMA
-        # of observed minus measured, 0 until `observe`.
-        self.overhead = [0.0] * len(self.rows)
+        # policies, responses, the server's work between steps, a context longer or shorter
+        # than the table's), per cell of the grid: an EMA of observed minus measured, 0 until
+        # `observe`.
+        self.overhead = [[0.0] * len(self.tokens) for _ in self.rows]
 
     def table_seconds(self, rows: int, tokens: int) -> float:
         """The measured table at (rows, tokens), interpolated (between the two lines of rows
@@ -61,16 +62,15 @@ class CostModel:
 
     def pass_seconds(self, rows: int, tokens: int) -> float:
         """The time of one step of `rows` rows of `tokens` tokens each: the measured pass plus
-        the overhead the steps observed at that many rows."""
-        return max(
-            1e-6, self.table_seconds(rows, tokens) + self.overhead[_nearest(self.rows, rows)]
-        )
+        the overhead the steps observed nearest to it."""
+        extra = self.overhead[_nearest(self.rows, rows)][_nearest(self.tokens, tokens)]
+        return max(1e-6, self.table_seconds(rows, tokens) + extra)
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         """A step of `rows` rows padded to `tokens` tokens took `seconds`, start to next start."""
-        i = _nearest(self.rows, rows)
-        extra = seconds - self.table_seconds(rows, tokens)
-        self.overhead[i] += OBSERVED * (extra - self.overhead[i])
+        cell = self.overhead[_nearest(self.rows, rows)]
+        j = _nearest(self.tokens, tokens)
+        cell[j] += OBSERVED * (seconds - self.table_seconds(rows, tokens) - cell[j])
 
     def table(self) -> str:
         """The measured grid as text (ms), rows down, tokens across."""

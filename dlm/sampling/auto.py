@@ -33,6 +33,7 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block s
 # model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_DRAFT, PRIOR_SHARE = 3.0, 2.0 / 3.0
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
+EXPLORE = 16  # one step in this many takes the other choice (AR or speculation) to measure it
 
 
 class Drafting:
@@ -60,13 +61,16 @@ def round_tokens(size: int, draft: float) -> float:
     return 1 if size == 1 else 1 + min(size - 1, draft) + 2 * size
 
 
-def best_size(cost: CostModel, rows: int, draft: float, share: float, limit: int) -> int:
+def best_size(
+    cost: CostModel, rows: int, draft: float, share: float, limit: int, smallest: int = 1
+) -> int:
     def rate(s: int) -> float:
         tokens = 1 + share * min(s - 1, draft)
         return tokens / cost.pass_seconds(rows, round_tokens(s, draft))
 
     # ties (a flat cost past the drafts' length) go to the larger size: longer drafts may come
-    return max([s for s in SIZES if s < limit] + [limit], key=lambda s: (rate(s), s))
+    sizes = [s for s in SIZES if smallest <= s < limit] + [limit]
+    return max(sizes, key=lambda s: (rate(s), s))
 
 
 class Planner:
@@ -83,7 +87,14 @@ class Planner:
         step = self.step()
         if self._decided is None or self._decided[0] != step:
             d = self.drafting
-            self._decided = (step, best_size(self.cost, self.rows(), d.length, d.share, SIZES[-1]))
+            rows = self.rows()
+            size = best_size(self.cost, rows, d.length, d.share, SIZES[-1])
+            if step % EXPLORE == EXPLORE - 1:  # now and then the other kind of step, so that
+                # the cost model keeps learning what both cost at this batch
+                size = (
+                    1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
+                )
+            self._decided = (step, size)
         return min(self._decided[1], limit)
 
 
