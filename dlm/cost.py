@@ -50,6 +50,7 @@ class CostModel:
         # than the table's), per cell of the grid: an EMA of observed minus measured, 0 until
         # `observe`.
         self.overhead = [[0.0] * len(self.tokens) for _ in self.rows]
+        self.observed = [[0] * len(self.tokens) for _ in self.rows]  # steps seen per cell
 
     def table_seconds(self, rows: int, tokens: int) -> float:
         """The measured table at (rows, tokens), interpolated (between the two lines of rows
@@ -68,9 +69,14 @@ class CostModel:
 
     def observe(self, rows: int, tokens: int, seconds: float) -> None:
         """A step of `rows` rows padded to `tokens` tokens took `seconds`, start to next start."""
-        cell = self.overhead[_nearest(self.rows, rows)]
-        j = _nearest(self.tokens, tokens)
-        cell[j] += OBSERVED * (seconds - self.table_seconds(rows, tokens) - cell[j])
+        i, j = _nearest(self.rows, rows), _nearest(self.tokens, tokens)
+        self.observed[i][j] += 1
+        # the mean of a cell's first steps, then an average over about 1 / OBSERVED steps: a
+        # cell seen rarely (the other choice, once in a while) learns from its first step on
+        w = max(OBSERVED, 1.0 / self.observed[i][j])
+        self.overhead[i][j] += w * (
+            seconds - self.table_seconds(rows, tokens) - self.overhead[i][j]
+        )
 
     def table(self) -> str:
         """The measured grid as text (ms), rows down, tokens across."""
