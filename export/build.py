@@ -231,6 +231,13 @@ def build(
         f"[done] {out / MANIFEST}: backend {backend}, precision {resolved_precision}, "
         f"{sum(timings.values()):.1f} s"
     )
+    # The engine's pass times on this machine (mode=auto's cost model), cached beside it; the
+    # server measures them again on another machine.
+    from dlm import cost, engines
+
+    model = cost.load_or_measure(engines.load_engine(model_dir, out, threads=threads), out)
+    log(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")
+    log(model.table())
     return manifest
 
 
@@ -303,13 +310,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ParityError, ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    from dlm import cost, engines
-
-    # The engine's pass times on this machine (mode=auto's cost model), cached beside it.
-    engine = engines.load_engine(args.model, out, threads=args.threads)
-    model = cost.load_or_measure(engine, out)
-    print(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")
-    print(model.table())
     return 0
 
 

@@ -66,7 +66,8 @@ def test_completions_as_direct_grpc_and_stream_equals_whole(oai, triton, mode):
     choice, usage = whole.choices[0], whole.usage
     assert choice.text == direct.text and choice.finish_reason == "length"
     assert usage.completion_tokens == direct.num_output_tokens == 40
-    assert usage.forward_passes == direct.num_forward_passes
+    if mode != "auto":  # auto's passes depend on what the server has learnt so far
+        assert usage.forward_passes == direct.num_forward_passes
     assert usage.prompt_tokens == len(TextTokenizer(MODEL).encode(PROMPT))
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     chunks = list(complete(oai, mode, stream=True, stream_options={"include_usage": True}))
