@@ -74,7 +74,10 @@ def test_completions_as_direct_grpc_and_stream_equals_whole(oai, triton, mode):
     assert len(chunks) > 3
     assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
     assert chunks[-2].choices[0].finish_reason == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == usage.model_dump()
+    streamed, whole = chunks[-1].usage.model_dump(), usage.model_dump()
+    if mode == "auto":  # (its passes depend on what the server has learnt so far)
+        del streamed["forward_passes"], whole["forward_passes"]
+    assert chunks[-1].choices == [] and streamed == whole
 
 
 @pytest.mark.parametrize("mode", MODES)
