@@ -21,7 +21,7 @@ set -uo pipefail
 DEVICE=${DEVICE:-cuda}
 PY=${PYTHON:-python3}
 MODEL=${MODEL:-models/default}
-MODES=${MODES:-ar diffusion diffusion_f1 self_spec self_spec_b8}
+MODES=${MODES:-ar auto diffusion diffusion_f1 self_spec self_spec_b4 self_spec_b8 self_spec_b16}
 CONCURRENCY=${CONCURRENCY:-1 8}
 REQUESTS=${REQUESTS:-8}
 MAX_TOKENS=${MAX_TOKENS:-64}
