@@ -159,21 +159,35 @@ def mapped_regions() -> set[str]:
     return {Path(p).name for p in mapped_paths(psutil.process_iter())}
 
 
-def remove_orphans(baseline: set[str], shm: str | Path = "/dev/shm") -> list[str]:
+def remove_orphans(
+    baseline: set[str], shm: str | Path = "/dev/shm", ours: set[str] | None = None
+) -> list[str]:
     """Remove the regions made since `baseline` that no live process maps any more (what a
     killed or timed-out server leaves behind); a region made within the last 2 s is left
-    alone (a starting server may not have mapped it yet)."""
+    alone (a starting server may not have mapped it yet). `ours`: only these regions, of a
+    server that has exited, each removed however new (no stub of it can still map one)."""
     candidates = shm_regions(shm) - baseline
+    if ours is not None:
+        candidates &= ours
     if not candidates:
         return []
     removed, mapped = [], mapped_regions()
     for name in sorted(candidates - mapped):
         path = Path(shm) / name
         try:
-            if time.time() - path.stat().st_mtime < 2.0:
+            if ours is None and time.time() - path.stat().st_mtime < 2.0:
                 continue
             path.unlink()
         except FileNotFoundError:
             continue
         removed.append(name)
     return removed
+
+
+def remove_left_by_exited(
+    baseline: set[str], ours: set[str], timeout: float = 10.0, shm: str | Path = "/dev/shm"
+) -> list[str]:
+    """After a server has exited: wait (at most `timeout` s) until no process maps its regions
+    any more (its stubs may outlive it by a moment), then remove those it left, however new."""
+    poll_until(lambda: not (ours & shm_regions(shm) & mapped_regions()), timeout, 0.1)
+    return remove_orphans(baseline, shm, ours=ours)

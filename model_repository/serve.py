@@ -32,6 +32,7 @@ from pathlib import Path
 
 from model_repository.processes import (
     poll_until,
+    remove_left_by_exited,
     remove_orphans,
     shm_regions,
     stop_process,
@@ -286,8 +287,9 @@ class LocalServer:
             self.supervisor.stop()
         if self.proc.poll() is None:
             stop_process(self.proc, timeout, ask=lambda: terminate(self.proc))
-        if self.supervisor is not None:  # what a server it restarted may have left
+        if self.supervisor is not None:  # what this server or one it restarted left
             remove_orphans(self.supervisor.baseline)
+            remove_left_by_exited(self.supervisor.baseline, self.supervisor.regions)
         self._log.close()
 
     def __enter__(self) -> LocalServer:
@@ -405,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if stopping.is_set() or supervisor.server is server:
                 remove_orphans(supervisor.baseline)  # left by a server it restarted, if any
+                remove_left_by_exited(supervisor.baseline, supervisor.regions)  # and this one
                 if front is not None:
                     front.stop()
                 return rc

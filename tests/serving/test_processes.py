@@ -16,6 +16,7 @@ from model_repository.processes import (
     STUB,
     killed_stubs,
     poll_until,
+    remove_left_by_exited,
     remove_orphans,
     stop_process,
     stubs,
@@ -123,3 +124,34 @@ def test_stop_process_asks_then_kills():
     )
     assert stubborn.stdout.readline() == "up\n"
     assert stop_process(stubborn, 0.5) == -signal.SIGKILL  # SIGTERM ignored: killed
+
+
+def test_remove_orphans_of_an_exited_server_ignores_their_age(tmp_path):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    new, old, stranger = (f"triton_python_backend_shm_region_{i}" for i in ("new", "old", "x"))
+    for n in (new, old, stranger):
+        (shm / n).write_bytes(b"\0" * mmap.PAGESIZE)
+    os.utime(shm / old, (time.time() - 60, time.time() - 60))
+    assert remove_orphans(set(), shm) == [old]  # a region of the last 2 s may be a new server's
+    # ... but one of a server that has exited is its own leftover, however new
+    assert remove_orphans(set(), shm, ours={new}) == [new]
+    assert sorted(p.name for p in shm.iterdir()) == [stranger]
+
+
+def test_regions_of_an_exited_server_are_removed_once_its_stubs_let_go(tmp_path):
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    region = "triton_python_backend_shm_region_lingering"
+    (shm / region).write_bytes(b"\0" * mmap.PAGESIZE)
+    code = (  # a stub that outlives its server by a moment
+        "import mmap, sys, time\n"
+        "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0)\n"
+        "print('up', flush=True); time.sleep(0.5)\n"
+    )
+    stub = subprocess.Popen(
+        [sys.executable, "-c", code, str(shm / region)], stdout=subprocess.PIPE, text=True
+    )
+    assert stub.stdout.readline() == "up\n"
+    assert remove_left_by_exited(set(), {region}, timeout=30, shm=shm) == [region]
+    assert stub.wait(30) == 0 and not (shm / region).exists()
