@@ -19,15 +19,22 @@ class FrontDoor:
     answers HTTP (Triton itself may still be loading: /health says when it is ready)."""
 
     def __init__(
-        self, triton: str, port: int, model: str | Path, args: list[str] = (), log=None
+        self,
+        triton: str,
+        port: int,
+        model: str | Path,
+        args: list[str] = (),
+        log=None,
+        name: str | None = None,
     ) -> None:
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.cmd = [
             sys.executable,
             *("-m", "frontend", "--triton", triton, "--port", str(port)),
             *("--model", str(model), *args),
+            *(("--model-name", name) if name else ()),
         ]
-        self.model_name = model_name(model, _given_name(args))
+        self.model_name = model_name(model, name)
         self.log = log
         self.proc: subprocess.Popen | None = None
 
@@ -48,18 +55,7 @@ class FrontDoor:
             return False
         return True
 
-    def ready(self) -> bool:
-        try:
-            return urllib.request.urlopen(f"{self.url}/health", timeout=5).status == 200
-        except OSError:
-            return False
-
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
         return stop_process(self.proc, timeout)
-
-
-def _given_name(args: list[str]) -> str | None:
-    args = list(args)
-    return args[args.index("--model-name") + 1] if "--model-name" in args else None

@@ -27,9 +27,7 @@ def quickstart() -> list[str]:
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint, tmp_path_factory):
     s = LocalServer(tiny_checkpoint, tmp_path_factory.mktemp("readme"), ["--backend", "torch"])
-    front = FrontDoor(
-        f"127.0.0.1:{s.grpc}", free_ports(1)[0], tiny_checkpoint, ["--model-name", "default"]
-    )
+    front = FrontDoor(f"127.0.0.1:{s.grpc}", free_ports(1)[0], tiny_checkpoint, name="default")
     s.front = front.start()
     yield s
     front.stop()

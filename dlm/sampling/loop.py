@@ -105,8 +105,9 @@ class Scheduler:
                 self._close(seq)
                 finished.append(seq)
         # back to back unless the scheduler went empty (the next step then starts after a wait)
-        rows, tokens = len(passes), max(len(p.tokens) for p in passes)
-        self._last = (rows, tokens, now) if self.pending else None
+        if self.cost is not None:
+            tokens = max(len(p.tokens) for p in passes)
+            self._last = (len(passes), tokens, now) if self.pending else None
         return finished
 
     def _close(self, seq: Sequence) -> None:
