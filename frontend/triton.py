@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE
 from tritonclient.utils import InferenceServerException
 
 from client.api import Update, grpc_inputs, grpc_response, request_values
+
+RECONNECT_MS = 500
 
 
 class TritonError(RuntimeError):
@@ -30,8 +33,18 @@ class Triton:
         self.client: grpcaio.InferenceServerClient | None = None
 
     async def open(self) -> None:
-        """The gRPC channel, made on the event loop that will use it."""
-        self.client = grpcaio.InferenceServerClient(self.url)
+        """The gRPC channel, made on the event loop that will use it. The front door may start
+        before Triton listens (`make serve` starts both): reconnect attempts at most RECONNECT_MS
+        apart, not gRPC's default backoff of up to two minutes, so it answers once Triton does."""
+        backoff = [(f"grpc.{k}_reconnect_backoff_ms", RECONNECT_MS) for k in ("initial", "max")]
+        self.client = grpcaio.InferenceServerClient(
+            self.url,
+            channel_args=[
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+                *backoff,
+            ],
+        )
 
     async def ready(self) -> bool:
         try:

@@ -154,7 +154,10 @@ def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: flo
     """True once the ensemble answers ready on `http` (host:port); False once `gone()` (the
     server died and will not come back) or past `timeout`."""
     api = RepositoryApi(http, "", timeout=2.0)
-    return poll_until(lambda: not gone() and api.ready("ensemble"), timeout, 0.5, gone)
+    try:
+        return poll_until(lambda: not gone() and api.ready("ensemble"), timeout, 0.5, gone)
+    finally:
+        api.close()
 
 
 def ready_text(address: str, http: int, grpc: int, metrics: int, front: str = "") -> str:
@@ -285,6 +288,7 @@ class LocalServer:
         """SIGTERM (SIGKILL would leave shared memory in /dev/shm), SIGKILL only past timeout."""
         if self.supervisor is not None:
             self.supervisor.stop()
+        self.api.close()  # (the calling thread's: each thread has its own)
         if self.proc.poll() is None:
             stop_process(self.proc, timeout, ask=lambda: terminate(self.proc))
         if self.supervisor is not None:  # what this server or one it restarted left

@@ -112,6 +112,14 @@ class RepositoryApi:
             )
         return self._local.client
 
+    def close(self) -> None:
+        """Close the calling thread's connection: an idle keep-alive connection holds up
+        Triton's shutdown for its whole exit timeout ("Found 1 HTTP service connections")."""
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+            self._local.client = None
+
     def load(self, model: str) -> None:
         """Blocks until loaded; InferenceServerException with Triton's error if it fails."""
         self.client.load_model(model, headers=self.headers)
@@ -195,15 +203,18 @@ class Supervisor:
             self._thread.join(self.load_timeout)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                if self.server.poll() is not None:
-                    if not self.restart():
-                        return
-                    continue
-                self.check_once()
-            except Exception:  # the supervisor must outlive a failed check: log it, go on
-                log.exception("supervisor check failed")
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    if self.server.poll() is not None:
+                        if not self.restart():
+                            return
+                        continue
+                    self.check_once()
+                except Exception:  # the supervisor must outlive a failed check: log, go on
+                    log.exception("supervisor check failed")
+        finally:
+            self.api.close()  # this thread's connection
 
     def dead(self) -> list[str]:
         """Models to recover: READY with fewer live stubs than their instance count, and the
