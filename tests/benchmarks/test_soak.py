@@ -49,8 +49,10 @@ def test_more_shm_regions_at_the_end_fails():
 
 
 def test_process_tree_finds_children_and_their_memory():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    code = "import time; print('up', flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "up\n"  # its interpreter is loaded (not just forked)
         tree = process_tree(os.getpid())
         assert child.pid in tree and tree[os.getpid()]
         assert rss_bytes(child.pid) > 1_000_000
