@@ -47,13 +47,22 @@ class FrontDoor:
         return self
 
     def _answers(self) -> bool:
+        return self._health() is not None
+
+    def ready(self) -> bool:
+        """True once the front door reaches Triton's ensemble over gRPC (its /health says 200)."""
+        return self._health() == 200
+
+    def _health(self) -> int | None:
+        """/health's status code (503: up, Triton not reachable or not ready yet); None if the
+        front door does not answer HTTP."""
         try:
-            urllib.request.urlopen(f"{self.url}/health", timeout=5)
-        except urllib.error.HTTPError:  # 503: up, Triton not ready yet
-            return True
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
         except OSError:
-            return False
-        return True
+            return None
 
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:

@@ -388,9 +388,15 @@ def main(argv: list[str] | None = None) -> int:
 
         front = FrontDoor(f"127.0.0.1:{args.grpc_port}", args.frontend_port, args.model).start()
 
-    def announce():
-        if wait_ready(http, gone):
-            more = frontend_text(front.url, front.model_name) if front else ""
+    def announce():  # once Triton is ready, and so is the front door's channel to it
+        if not wait_ready(http, gone):
+            return
+        more = ""
+        if front is not None:
+            more = frontend_text(front.url, front.model_name)
+            if not poll_until(front.ready, 60, 0.1, gone):
+                more += f"  (not reaching Triton yet: see {front.url}/health)\n"
+        if not gone():
             ports = (args.http_port, args.grpc_port, args.metrics_port)
             print(ready_text(args.address, *ports, more), flush=True)
 
