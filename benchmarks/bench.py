@@ -65,7 +65,7 @@ COLUMNS = [
 
 def prompts(n: int) -> list[str]:
     """`n` held-out prompts (first lines of functions in held-out stdlib files)."""
-    from dlm.train.corpus import held_out_prompts
+    from dlm.train.prompts import held_out_prompts
 
     return [p.prompt for p in held_out_prompts(n)]
 

@@ -38,8 +38,9 @@ from benchmarks.bench import machine
 from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, generate
 from dlm.schema import generation_defaults
-from dlm.train.corpus import collect_files, file_context, held_out_prompts
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
+from dlm.train.prompts import file_context, held_out_prompts
+from dlm.train.sources import collect_files
 from export import engine_dir
 
 # The reference samplers (`dlm.sampling.diffusion`'s `cache`), run at these settings of ours.

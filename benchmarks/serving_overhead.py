@@ -53,7 +53,7 @@ def random_checkpoint(preset: str, out: Path) -> Path:
     from dlm import checkpoint
     from dlm.config import preset as get_preset
     from dlm.model import DiffusionLM
-    from dlm.train.corpus import stdlib_dir
+    from dlm.train.sources import stdlib_dir
     from dlm.train.tokenizer import save_tokenizer, train_tokenizer
 
     cfg = get_preset(preset)

@@ -9,7 +9,7 @@
 # Base: the Triton release the deployment serves with (24.10 = Triton 2.51, the same server the
 # CPU path runs from PyPI). Its bundled TensorRT is 10.5, which has no ahead-of-time Python
 # plugins (tensorrt.plugin.aot_impl needs >= 10.9), so TensorRT's Python wheels of
-# TENSORRT_VERSION (export/tensorrt_build.py TENSORRT_PIN) are installed on top. The denoiser runs
+# TENSORRT_VERSION (export/tensorrt_engine.py TENSORRT_PIN) are installed on top. The denoiser runs
 # the plan through those wheels (TrtEngine in a Python-backend model), never through Triton's
 # TensorRT backend, so the plan is built and run by the same TensorRT.
 # Unverified: that torch==2.13.0 (requirements.txt) has a wheel for this image's Python.

@@ -4,7 +4,8 @@
 
 - `onnx_export`: the denoiser forward with the fused DenoiseStep at its end, as one ONNX graph;
 - `ort_engine`: `OrtEngine`, the Engine protocol on ONNX Runtime (CPU);
-- `tensorrt_build`: ONNX -> TensorRT plan (profiles, precision, timing cache) and `TrtEngine`;
+- `tensorrt_build`: ONNX -> TensorRT plan (precision, timing cache, validation);
+- `tensorrt_engine`: `TrtEngine` on a plan and its optimization profiles;
 - `parity`: PyTorch vs ONNX Runtime on the same token ids (logits, whole generations);
 - `build`: the `make engine` pipeline and its `manifest.json`, which names its loader in
   `engines` (`dlm.engines.load_engine`, the one engine factory, reads it).

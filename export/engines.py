@@ -38,7 +38,7 @@ def tensorrt(
     build_dir: Path, manifest: dict, *, model_dir: Path, config: ModelConfig, device: str,
     threads: int,
 ) -> Engine:  # fmt: skip
-    from export.tensorrt_build import Profile, TrtEngine
+    from export.tensorrt_engine import Profile, TrtEngine
 
     profiles = [
         Profile(p["name"], {a: tuple(r) for a, r in p["dims"].items()})

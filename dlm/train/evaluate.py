@@ -9,7 +9,8 @@ For each setting (AR; diffusion at a threshold sweep and fixed-step schedules; s
 - valid Python: prompt + completion, cut at its last complete line, parses with `ast`
   (up to 3 trailing lines are dropped to close an unfinished block);
 - agreement: share of positions where the completion equals AR greedy's.
-Prompts are the first lines of functions in held-out stdlib files (`corpus.held_out_prompts`).
+Prompts are the first lines of functions in held-out stdlib files
+(`dlm.train.prompts.held_out_prompts`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
-from dlm.train.corpus import held_out_prompts
+from dlm.train.prompts import held_out_prompts
 
 SETTINGS: list[tuple[str, dict]] = [
     ("ar", {"mode": "ar"}),

@@ -10,17 +10,18 @@ import pytest
 from dlm.engine import TorchEngine
 from dlm.sampling import GenerationRequest, Limits, Scheduler
 from export import tensorrt_build as tb
+from export import tensorrt_engine as te
 from export.contract import INPUTS
 from tests.conftest import random_prompts, tiny_model
 
 TRT_ABSENT = "TensorRT is absent here: not installable on these machines (ENVIRONMENT.md)"
-needs_tensorrt = pytest.mark.skipif(not tb.tensorrt_available(), reason=TRT_ABSENT)
+needs_tensorrt = pytest.mark.skipif(not te.tensorrt_available(), reason=TRT_ABSENT)
 
 
 def test_profiles_are_ordered_and_consistent():
     cfg = tiny_model().cfg  # max_position 512, block 8
     lim = Limits(max_prompt_tokens=100, max_output_tokens=60, max_block_length=16)
-    step, prefill = tb.optimization_profiles(cfg, lim, max_batch=8, opt_batch=4, opt_past=64)
+    step, prefill = te.optimization_profiles(cfg, lim, max_batch=8, opt_batch=4, opt_past=64)
     assert step.name == "step" and prefill.name == "prefill"
     for p in (step, prefill):
         for axis, (lo, opt, hi) in p.dims.items():
@@ -37,20 +38,20 @@ def test_profiles_are_ordered_and_consistent():
 
 def test_profiles_respect_the_model_context():
     cfg = tiny_model(max_position=64).cfg
-    step, prefill = tb.optimization_profiles(cfg, Limits(), max_batch=2, opt_past=256)
+    step, prefill = te.optimization_profiles(cfg, Limits(), max_batch=2, opt_past=256)
     assert step.dims["past"] == (0, 63, 63) and prefill.dims["block"][2] == 64
     assert step.dims["batch"] == (1, 2, 2)  # opt_batch capped at max_batch
 
 
 def test_bidirectional_family_gets_one_profile_without_past():
     cfg = tiny_model(attention="bidirectional").cfg
-    (full,) = tb.optimization_profiles(cfg, Limits(max_prompt_tokens=50, max_output_tokens=30))
+    (full,) = te.optimization_profiles(cfg, Limits(max_prompt_tokens=50, max_output_tokens=30))
     assert full.dims["past"] == (0, 0, 0) and full.dims["block"][2] == 80
 
 
 def test_profile_shapes_per_input():
     cfg = tiny_model().cfg
-    step = tb.optimization_profiles(cfg)[0]
+    step = te.optimization_profiles(cfg)[0]
     shapes = step.shapes(cfg)
     assert set(shapes) == set(INPUTS)
     lo, opt, hi = shapes["past_k"]
@@ -71,7 +72,7 @@ class RecordingEngine(TorchEngine):
         from dlm.engine import pack_batch
 
         feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
-        self.calls.append(tb.pass_dims(feed))
+        self.calls.append(te.pass_dims(feed))
         return super().step(passes)
 
 
@@ -83,7 +84,7 @@ def test_every_sampler_call_fits_a_profile(attention):
     lim = Limits(max_prompt_tokens=40, max_output_tokens=24, max_block_length=8)
     model = tiny_model(attention=attention)
     engine = RecordingEngine(model)
-    profiles = tb.optimization_profiles(model.cfg, lim, max_batch=6)
+    profiles = te.optimization_profiles(model.cfg, lim, max_batch=6)
     modes = ["ar", "diffusion", "self_spec"] if attention == "block_causal" else ["diffusion"]
     prompts = random_prompts(5, lo=1, hi=40, seed=2) + [[5] * 40]
     sched = Scheduler(engine, lim, max_batch=6)
@@ -94,7 +95,7 @@ def test_every_sampler_call_fits_a_profile(attention):
         sched.step()
     assert engine.calls
     for dims in engine.calls:
-        tb.select_profile(profiles, dims)  # raises if none covers it
+        te.select_profile(profiles, dims)  # raises if none covers it
     if attention == "block_causal":  # a prompt of 40 met rows with a cached prefix
         assert any(d["past"] > 0 and d["block"] > 8 for d in engine.calls)
     assert max(d["block"] for d in engine.calls) == 40 + 24 * (attention != "block_causal")
@@ -103,11 +104,11 @@ def test_every_sampler_call_fits_a_profile(attention):
 def test_select_profile_prefers_step_and_names_the_miss():
     cfg = tiny_model().cfg
     lim = Limits(max_prompt_tokens=100, max_block_length=16)
-    profiles = tb.optimization_profiles(cfg, lim, max_batch=4)
-    assert tb.select_profile(profiles, {"batch": 2, "block": 8, "past": 40, "k": 8}) == 0
-    assert tb.select_profile(profiles, {"batch": 2, "block": 90, "past": 0, "k": 1}) == 1
+    profiles = te.optimization_profiles(cfg, lim, max_batch=4)
+    assert te.select_profile(profiles, {"batch": 2, "block": 8, "past": 40, "k": 8}) == 0
+    assert te.select_profile(profiles, {"batch": 2, "block": 90, "past": 0, "k": 1}) == 1
     with pytest.raises(ValueError, match="outside every optimization profile"):
-        tb.select_profile(profiles, {"batch": 5, "block": 8, "past": 0, "k": 8})
+        te.select_profile(profiles, {"batch": 5, "block": 8, "past": 0, "k": 8})
 
 
 @pytest.mark.parametrize(
@@ -149,18 +150,18 @@ def test_validation_tolerances():
 
 def test_dockerfile_pins_the_tensorrt_version_of_the_code():
     dockerfile = (Path(__file__).parents[2] / "docker" / "engine.Dockerfile").read_text()
-    assert f"ARG TENSORRT_VERSION={tb.TENSORRT_PIN}" in dockerfile
-    major, minor = (int(x) for x in tb.TENSORRT_PIN.split(".")[:2])
-    assert tb.TENSORRT_MIN <= (major, minor) < tb.TENSORRT_BELOW
+    assert f"ARG TENSORRT_VERSION={te.TENSORRT_PIN}" in dockerfile
+    major, minor = (int(x) for x in te.TENSORRT_PIN.split(".")[:2])
+    assert te.TENSORRT_MIN <= (major, minor) < te.TENSORRT_BELOW
 
 
 def test_require_tensorrt_says_it_is_absent():
-    if tb.tensorrt_available():
+    if te.tensorrt_available():
         pytest.skip("TensorRT is present: this checks the message where it is absent")
     with pytest.raises(ImportError, match="TensorRT is absent here"):
-        tb.require_tensorrt()
+        te.require_tensorrt()
     with pytest.raises(ImportError, match="TensorRT is absent here"):
-        tb.TrtEngine("missing.plan", tiny_model().cfg)
+        te.TrtEngine("missing.plan", tiny_model().cfg)
 
 
 @pytest.mark.tensorrt

@@ -1,4 +1,5 @@
-"""Tests for the stdlib corpus and the byte-level BPE tokenizer (dlm.train.corpus, .tokenizer).
+"""Tests for the stdlib corpus and the byte-level BPE tokenizer (dlm.train: sources, prompts,
+corpus, tokenizer).
 
 Fast: the tokenizer is trained on a few dozen stdlib files with a 300-token vocabulary.
 """
@@ -14,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dlm.train import corpus
-from dlm.train.corpus import SourceFile
+from dlm.train import corpus, prompts, sources
+from dlm.train.sources import SourceFile
 from dlm.train.tokenizer import (
     BOS_ID,
     EOS_ID,
@@ -48,7 +49,7 @@ TRICKY = [
 
 @pytest.fixture(scope="module")
 def stdlib_files() -> list[SourceFile]:
-    return corpus.collect_files()
+    return sources.collect_files()
 
 
 @pytest.fixture(scope="module")
@@ -115,17 +116,17 @@ def test_vocab_size_validated(stdlib_files):
 
 
 def test_normalize_source():
-    assert corpus.normalize_source("\ufeffa = 1  \r\nb = 2\t\r\rc\n\n\n") == "a = 1\nb = 2\n\nc\n"
-    assert corpus.normalize_source("  \n\t\n") == ""
+    assert sources.normalize_source("\ufeffa = 1  \r\nb = 2\t\r\rc\n\n\n") == "a = 1\nb = 2\n\nc\n"
+    assert sources.normalize_source("  \n\t\n") == ""
 
 
 def test_is_test_path():
-    assert corpus.is_test_path("test/test_os.py")
-    assert corpus.is_test_path("unittest/test/support.py")
-    assert corpus.is_test_path("distutils/tests/test_util.py")
-    assert corpus.is_test_path("foo/test_bar.py")
-    assert not corpus.is_test_path("unittest/case.py")
-    assert not corpus.is_test_path("contest.py")
+    assert sources.is_test_path("test/test_os.py")
+    assert sources.is_test_path("unittest/test/support.py")
+    assert sources.is_test_path("distutils/tests/test_util.py")
+    assert sources.is_test_path("foo/test_bar.py")
+    assert not sources.is_test_path("unittest/case.py")
+    assert not sources.is_test_path("contest.py")
 
 
 def test_scan_exclusions(tmp_path):
@@ -147,11 +148,11 @@ def test_scan_exclusions(tmp_path):
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(content if isinstance(content, bytes) else content.encode())
-    kept, skipped = corpus.scan_sources(tmp_path, max_bytes=500)
+    kept, skipped = sources.scan_sources(tmp_path, max_bytes=500)
     assert [f.path for f in kept] == ["a.py", "lib2to3/tests/real.py", "pkg/b.py", "test/test_a.py"]
     assert kept[0].text == "x = 1\n"
     assert skipped == {"big.py": "too_large", "empty.py": "empty", "latin.py": "not_utf8"}
-    no_tests = corpus.collect_files(tmp_path, include_tests=False, max_bytes=500)
+    no_tests = sources.collect_files(tmp_path, include_tests=False, max_bytes=500)
     assert [f.path for f in no_tests] == ["a.py", "pkg/b.py"]
 
 
@@ -161,14 +162,14 @@ def test_stdlib_collection(stdlib_files):
     assert "os.py" in paths and "asyncio/tasks.py" in paths
     banned = ("site-packages/", "idlelib/", "turtledemo/", "__pycache__", "lib2to3/tests/data/")
     assert not [p for p in paths if any(b in p for b in banned)]
-    no_tests = corpus.collect_files(include_tests=False)
+    no_tests = sources.collect_files(include_tests=False)
     assert 0 < len(no_tests) < len(stdlib_files)
-    assert not [f.path for f in no_tests if corpus.is_test_path(f.path)]
+    assert not [f.path for f in no_tests if sources.is_test_path(f.path)]
 
 
 def test_split_deterministic_and_disjoint(stdlib_files):
-    train, held = corpus.split_files(stdlib_files)
-    train2, held2 = corpus.split_files(list(reversed(stdlib_files)))
+    train, held = sources.split_files(stdlib_files)
+    train2, held2 = sources.split_files(list(reversed(stdlib_files)))
     assert {f.path for f in train} == {f.path for f in train2}
     assert {f.path for f in held} == {f.path for f in held2}
     assert not {f.path for f in train} & {f.path for f in held}
@@ -179,24 +180,24 @@ def test_split_deterministic_and_disjoint(stdlib_files):
 def test_split_is_pinned():
     # The split must be the same on every machine: pin the hash scheme on fixed paths.
     paths = [f"pkg/mod_{i}.py" for i in range(2000)]
-    held = [p for p in paths if corpus.is_held_out(p)]
+    held = [p for p in paths if sources.is_held_out(p)]
     assert len(held) == 57
     assert held[:3] == ["pkg/mod_23.py", "pkg/mod_88.py", "pkg/mod_147.py"]
-    assert not corpus.is_held_out("os.py") and corpus.is_held_out("os.py", fraction=1.0)
+    assert not sources.is_held_out("os.py") and sources.is_held_out("os.py", fraction=1.0)
     with pytest.raises(ValueError, match="fraction=1.5"):
-        corpus.is_held_out("os.py", fraction=1.5)
+        sources.is_held_out("os.py", fraction=1.5)
 
 
 def test_held_out_prompts(stdlib_files):
-    _, held = corpus.split_files(stdlib_files)
-    prompts = corpus.held_out_prompts(64, held)
-    assert prompts == corpus.held_out_prompts(64, list(reversed(held)))
-    assert len(prompts) == 64 and len({p.id for p in prompts}) == 64
+    _, held = sources.split_files(stdlib_files)
+    got = prompts.held_out_prompts(64, held)
+    assert got == prompts.held_out_prompts(64, list(reversed(held)))
+    assert len(got) == 64 and len({p.id for p in got}) == 64
     held_paths = {f.path for f in held}
-    assert len({p.path for p in prompts}) >= 20  # spread over many modules
-    for p in prompts:
+    assert len({p.path for p in got}) >= 20  # spread over many modules
+    for p in got:
         assert p.path in held_paths
-        assert len(p.prompt) <= corpus.PROMPT_MAX_CHARS
+        assert len(p.prompt) <= prompts.PROMPT_MAX_CHARS
         assert p.prompt.startswith(("def ", "async def ")), p.prompt
         assert "(" in p.prompt and "\n" in p.prompt and not p.prompt.endswith("\n")
         assert p.reference.startswith("\n") and p.reference.strip()
@@ -210,27 +211,27 @@ def test_file_context_keeps_whole_top_level_statements():
     text = '"""Doc.\n\nMore.\n"""\nimport os\n\nX = 1\n\n@dec\ndef f():\n    pass\n\nclass A:\n'
     text += "    def g(self):\n        pass\n"
     # Never inside the docstring (its lines start at column 0 too), never past the function.
-    assert corpus.file_context(text, 10, 1000) == '"""Doc.\n\nMore.\n"""\nimport os\n\nX = 1\n\n'
-    assert corpus.file_context(text, 14, 1000).endswith("    pass\n\n")  # before class A
-    assert corpus.file_context(text, 14, 20) == '"""Doc.\n\nMore.\n"""\n'
-    assert corpus.file_context(text, 10, 10) == ""
-    assert corpus.file_context("def (:\n", 5, 100) == ""  # unparsable: no context
+    assert prompts.file_context(text, 10, 1000) == '"""Doc.\n\nMore.\n"""\nimport os\n\nX = 1\n\n'
+    assert prompts.file_context(text, 14, 1000).endswith("    pass\n\n")  # before class A
+    assert prompts.file_context(text, 14, 20) == '"""Doc.\n\nMore.\n"""\n'
+    assert prompts.file_context(text, 10, 10) == ""
+    assert prompts.file_context("def (:\n", 5, 100) == ""  # unparsable: no context
 
 
 def test_file_context_of_held_out_prompts_parses(stdlib_files):
-    _, held = corpus.split_files(stdlib_files)
+    _, held = sources.split_files(stdlib_files)
     text = {f.path: f.text for f in held}
-    for p in corpus.held_out_prompts(64, held):
-        context = corpus.file_context(text[p.path], p.line, 2000)
+    for p in prompts.held_out_prompts(64, held):
+        context = prompts.file_context(text[p.path], p.line, 2000)
         assert len(context) <= 2000 and text[p.path].startswith(context)
         ast.parse(context)  # whole statements only
 
 
 def test_held_out_prompts_errors(stdlib_files):
     with pytest.raises(ValueError, match="n=0"):
-        corpus.held_out_prompts(0, stdlib_files[:3])
+        prompts.held_out_prompts(0, stdlib_files[:3])
     with pytest.raises(ValueError, match="n=100000"):
-        corpus.held_out_prompts(100000, stdlib_files[:3])
+        prompts.held_out_prompts(100000, stdlib_files[:3])
 
 
 def test_encode_corpus_eos_between_documents(tok):
