@@ -3,6 +3,7 @@
 import pytest
 
 from benchmarks import gpu_forward as gf
+from benchmarks import gpu_harness as gh
 
 
 def test_cpu_smoke_run_writes_every_section(tmp_path):
@@ -30,7 +31,7 @@ def test_cpu_smoke_run_writes_every_section(tmp_path):
     ],
 )
 def test_peak_bandwidth_by_device_name(name, bandwidth):
-    assert gf.peak_bandwidth(name)[0] == bandwidth
+    assert gh.peak_bandwidth(name)[0] == bandwidth
 
 
 def test_mode_arithmetic():
@@ -43,8 +44,8 @@ def test_mode_arithmetic():
 
 
 def test_failing_section_is_reported_and_the_run_goes_on(tmp_path, capsys):
-    report = gf.Report(tmp_path / "r.md")
-    budget = gf.Budget(60)
+    report = gh.Report(tmp_path / "r.md")
+    budget = gh.Budget(60)
 
     def broken() -> str:
         raise RuntimeError("out of memory\n  on purpose")
