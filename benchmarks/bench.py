@@ -4,8 +4,8 @@
                                [--modes ar diffusion self_spec] [--out build/bench]
     python -m benchmarks.bench --url 127.0.0.1:8001 ...     # a server already running
 
-Starts a tritonserver for `--model` (model_repository.serve.LocalServer, the build's engine) unless
-`--url` names one, then for every mode and concurrency runs perf_analyzer 2.51 (`-i grpc
+Starts a tritonserver for `--model` (model_repository.local_server.LocalServer, the build's engine)
+unless `--url` names one, then for every mode and concurrency runs perf_analyzer 2.51 (`-i grpc
 --streaming`, `--input-data` made of held-out prompts, count windows of `--requests` requests).
 Writes into `--out`:
 - `commands.txt`: every perf_analyzer command exactly as run;
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = f"server at {args.url}, max_tokens {args.max_tokens}, greedy"
     else:
         from client.api import GrpcClient
-        from model_repository.serve import LocalServer
+        from model_repository.local_server import LocalServer
 
         fill = ["--backend", args.backend, "--engine", args.engine, "--threads", str(args.threads)]
         fill += ["--device", args.device]

@@ -25,7 +25,7 @@ from pathlib import Path
 from client.api import GrpcClient
 from export import engine_dir
 from frontend.process import FrontDoor
-from model_repository.serve import LocalServer, free_ports
+from model_repository.local_server import LocalServer, free_ports
 
 PROMPTS = ["def fibonacci(n):\n", "import os\n\n\ndef walk(path):\n", "class Stack:\n    def "]
 MODES = ("ar", "diffusion", "self_spec")

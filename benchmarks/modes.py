@@ -129,7 +129,7 @@ def compared(side, setting, runs, texts, rows=(), ours=None) -> dict:
 def served(model, fill, cache, settings, scorer, prompts, max_tokens):
     """(setting, runs) through the `ensemble` of a LocalServer whose diffusion keeps `cache`."""
     from client.api import GrpcClient
-    from model_repository.serve import LocalServer
+    from model_repository.local_server import LocalServer
 
     fill = [*fill, "--diffusion-cache", cache]
     with LocalServer(model, Path(tempfile.mkdtemp(prefix="dlm-modes-")), fill) as server:

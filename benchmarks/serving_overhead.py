@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.engine = str(args.engine or engine_dir(args.model))
 
-    from model_repository.serve import LocalServer
+    from model_repository.local_server import LocalServer
 
     torch.set_num_threads(args.threads)
     model = Path(args.model)

@@ -3,13 +3,12 @@ server's memory and shared memory watched the whole time.
 
     python -m benchmarks.soak [--minutes 5] [--concurrency 16] [--out build/soak]
 
-Starts a tritonserver on loopback (model_repository.serve.LocalServer, the build's engine), warms
-it up with a short perf_analyzer run at the same load, then runs perf_analyzer 2.51 (`-i grpc
+Starts a tritonserver on loopback (model_repository.local_server.LocalServer, the build's engine),
+warms it up with a short perf_analyzer run at the same load, then runs perf_analyzer 2.51 (`-i grpc
 --streaming`, three time windows filling `--minutes`) on a mix of held-out prompts in all three
 modes, while sampling every `--every` seconds: the resident memory of tritonserver and of each
-Python-backend stub, and the Python backend's regions in /dev/shm (count and bytes).
-
-Verdict (printed and written to `summary.md`, `soak.json`, `memory.csv`, `memory.png`):
+Python-backend stub, and the Python backend's regions in /dev/shm (count and bytes). Verdict
+(printed and written to `summary.md`, `soak.json`, `memory.csv`, `memory.png`):
 - failed requests: `nv_inference_request_failure` of every model, counted over the soak, and
   perf_analyzer's exit status (it stops at the first failed request);
 - memory flat: the mean resident memory of the last minute within `--tolerance` (10%) of the
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
-    from model_repository.serve import LocalServer
+    from model_repository.local_server import LocalServer
 
     command_line = shlex.join(
         ["python", "-m", "benchmarks.soak", *(sys.argv[1:] if argv is None else argv)]

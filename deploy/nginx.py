@@ -23,8 +23,8 @@ from pathlib import Path
 
 from export import engine_dir
 from model_repository.fill import FillError, fill_text
+from model_repository.local_server import free_ports
 from model_repository.processes import poll_until, stop_process
-from model_repository.serve import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx" / "nginx.conf.template"
@@ -171,7 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model_repository.serve import LocalServer
+    from model_repository.local_server import LocalServer
 
     args = parser().parse_args(argv)
     args.engine = str(args.engine or engine_dir(args.model))

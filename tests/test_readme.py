@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from frontend.process import FrontDoor
-from model_repository.serve import LocalServer, free_ports
+from model_repository.local_server import LocalServer, free_ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import yaml
 
 from client.api import GrpcClient, HttpClient
 from deploy.nginx import Nginx, Upstream, find_nginx
+from model_repository.local_server import LocalServer
 from model_repository.processes import poll_until
-from model_repository.serve import LocalServer
 
 pytestmark = pytest.mark.slow
 PROMPT = "def f(x):\n    return"

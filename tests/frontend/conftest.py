@@ -9,7 +9,7 @@ import pytest
 
 from export import engine_dir
 from frontend.process import FrontDoor
-from model_repository.serve import LocalServer, free_ports
+from model_repository.local_server import LocalServer, free_ports
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "default"
 HOLD_MS = 5

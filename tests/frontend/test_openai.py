@@ -267,7 +267,7 @@ def test_concurrent_requests(oai):
 
 def test_triton_unreachable_is_503(tmp_path):
     from frontend.process import FrontDoor
-    from model_repository.serve import free_ports
+    from model_repository.local_server import free_ports
 
     nobody, port = free_ports(2)
     f = FrontDoor(f"127.0.0.1:{nobody}", port, MODEL, log=open(tmp_path / "log", "wb")).start()

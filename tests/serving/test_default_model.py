@@ -8,7 +8,7 @@ import pytest
 
 from client.api import GrpcClient, HttpClient
 from export import engine_dir
-from model_repository.serve import LocalServer
+from model_repository.local_server import LocalServer
 
 pytestmark = pytest.mark.slow
 MODEL = Path(__file__).resolve().parents[2] / "models" / "default"

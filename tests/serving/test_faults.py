@@ -17,8 +17,8 @@ import psutil
 import pytest
 
 from client.api import ClientError, GrpcClient
+from model_repository.local_server import LocalServer
 from model_repository.processes import STUB, poll_until, shm_regions, stub_pids, stubs
-from model_repository.serve import LocalServer
 
 pytestmark = pytest.mark.slow
 PROMPT = "def f(x):\n    return"

@@ -5,7 +5,7 @@ import pytest
 
 from client.api import GrpcClient
 from dlm.pipeline import Pipeline
-from model_repository.serve import LocalServer
+from model_repository.local_server import LocalServer
 
 pytestmark = pytest.mark.slow
 

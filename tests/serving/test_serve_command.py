@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from model_repository import fill
+from model_repository.local_server import free_ports
 from model_repository.processes import poll_until, stop_process
-from model_repository.serve import free_ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import pytest
 
 from client.api import ClientError, GrpcClient, HttpClient
 from dlm.pipeline import Pipeline
+from model_repository.local_server import LocalServer
 from model_repository.processes import poll_until
-from model_repository.serve import LocalServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
