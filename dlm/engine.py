@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 
 from dlm.config import ModelConfig
 from dlm.model import DiffusionLM
+from dlm.passes import NO_PENALTIES, run_pass
 
 
 @dataclass
@@ -31,6 +32,9 @@ class PassRequest:
     With `fork` > 0 the last `fork` tokens are a second path off the first token instead (see
     `dlm.model`): positions right after it, seeing only the cache, that token and each other;
     `tail` then counts the tokens before them, and a write keeps only the first path.
+
+    `penalties` (repetition, frequency, presence; `dlm.passes`) count the first
+    `penalty_len[k]` tokens of `history` for output k (an empty `penalty_len`: none counts).
     """
 
     seq_id: int
@@ -42,6 +46,9 @@ class PassRequest:
     temperature: float = 0.0
     seed: int = 0
     fork: int = 0
+    penalties: tuple[float, float, float] = NO_PENALTIES
+    history: list[int] = field(default_factory=list)
+    penalty_len: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -81,16 +88,24 @@ def check_pass(p: PassRequest, cached: int, max_position: int) -> None:
 
 
 def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.ndarray]:
-    """The padded int64 inputs of one engine call (every engine builds them the same way)."""
+    """The padded inputs of one engine call (every engine builds them the same way)."""
     b, t = len(passes), max(len(p.tokens) for p in passes)
     k = max(p.n_out for p in passes)
+    h = max(1, *(len(p.history) for p in passes))  # never an empty axis
     ids = np.zeros((b, t), np.int64)
     out_index = np.zeros((b, k), np.int64)
+    penalty_ids = np.zeros((b, h), np.int64)
+    penalty_len = np.zeros((b, k), np.int64)  # padding outputs count nothing
     for i, p in enumerate(passes):
         n = len(p.tokens)
         ids[i, :n] = p.tokens
         # Positions of the last n_out tokens, padded by repeating the last one.
         out_index[i] = np.minimum(np.arange(n - p.n_out, n - p.n_out + k), n - 1)
+        penalty_ids[i, : len(p.history)] = p.history
+        penalty_len[i, : len(p.penalty_len)] = p.penalty_len
+    repetition, frequency, presence = (
+        np.array(v, np.float32) for v in zip(*(p.penalties for p in passes), strict=True)
+    )
     return {
         "input_ids": ids,
         "past_len": np.array([p.start for p in passes], np.int64),
@@ -100,6 +115,11 @@ def pack_batch(passes: list[PassRequest], cached: list[int]) -> dict[str, np.nda
         "out_index": out_index,
         "temperature": np.array([p.temperature for p in passes], np.float32),
         "seed": np.array([p.seed for p in passes], np.int64),
+        "penalty_ids": penalty_ids,
+        "penalty_len": penalty_len,
+        "repetition_penalty": repetition,
+        "frequency_penalty": frequency,
+        "presence_penalty": presence,
     }
 
 
@@ -218,17 +238,9 @@ class TorchEngine(CachedEngine):
         from plugins.denoise_step.reference import denoise_step_torch
 
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
-        logits, new_k, new_v = self.model(
-            x["input_ids"],
-            past_k,
-            past_v,
-            x["past_len"],
-            x["n_new"],
-            x["tail"],
-            x["fork"],
-            x["out_index"],
-        )
-        tokens, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
+        x.update(past_k=past_k, past_v=past_v)
+        penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
+        tokens, conf, new_k, new_v, _ = run_pass(self.model, x, denoise_step_torch, penalties)
         return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v
 
 

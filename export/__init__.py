@@ -13,7 +13,8 @@
 
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
-EXPORTER_VERSION = "4"  # 2: the fork input; 3: the manifest names its loader; 4: noise by position
+# 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties
+EXPORTER_VERSION = "5"
 
 import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)
 from pathlib import Path  # noqa: E402

@@ -22,6 +22,12 @@ INPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "out_index": ("int64", ("batch", "k")),
     "temperature": ("float32", ("batch",)),
     "seed": ("int64", ("batch",)),
+    # the request's penalties (dlm/passes.py): generated tokens, how many count per output
+    "penalty_ids": ("int64", ("batch", "history")),
+    "penalty_len": ("int64", ("batch", "k")),
+    "repetition_penalty": ("float32", ("batch",)),
+    "frequency_penalty": ("float32", ("batch",)),
+    "presence_penalty": ("float32", ("batch",)),
 }
 OUTPUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "token": ("int64", ("batch", "k")),

@@ -14,13 +14,18 @@ inputs
     out_index    [B, K]             int64    new positions whose token is chosen
     temperature  [B]                float32  0 = argmax
     seed         [B]                int64    noise seed, in [0, 2**32)
+    penalty_ids  [B, H]             int64    generated tokens the penalties count, in order
+    penalty_len  [B, K]             int64    how many of them count for each chosen position
+    repetition_penalty, frequency_penalty, presence_penalty
+                 [B]                float32  1, 0, 0 = off (dlm/passes.py)
 outputs
     token        [B, K]             int64
     confidence   [B, K]             float32
     new_k/v      [L, B, Hkv, T, D]  float32  keys/values of the new tokens (the engine keeps them)
 
-B, T, P, K are dynamic (axes named batch, block, past, k); L, Hkv, D come from the config.
-(`dlm.model.DiffusionLM.forward` and `plugins/denoise_step/contract.py` define the semantics.)
+B, T, P, K, H are dynamic (axes named batch, block, past, k, history; H >= 1); L, Hkv, D come
+from the config. (`dlm.passes.run_pass`, `dlm.model.DiffusionLM.forward` and
+`plugins/denoise_step/contract.py` define the semantics.)
 Logits [B, K, V] are computed inside and consumed by DenoiseStep: they never leave the deployed
 graph. The parity graph (`export_parity_graph`) is the same export with logits as a fifth output,
 used only to compare against PyTorch; `deployment_graph` drops that output.
@@ -53,6 +58,7 @@ from torch import nn
 
 from dlm.config import ModelConfig
 from dlm.model import DiffusionLM, rope_frequencies
+from dlm.passes import run_pass
 from export.contract import INPUTS, OUTPUTS, static_axes
 from plugins.denoise_step.onnx_op import (
     DEFAULT_OPSET,
@@ -63,34 +69,32 @@ from plugins.denoise_step.onnx_op import (
 from plugins.denoise_step.reference import denoise_step_torch
 
 PARITY_OUTPUT = "logits"  # [B, K, V]: only in the parity graph
-DYNAMIC_AXES = ("batch", "block", "past", "k")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUSTOM_OP = ("dlm", "DenoiseStep")
 
 
 class DenoiserGraph(nn.Module):
-    """What is exported: model forward -> DenoiseStep; KV cast to float32 at the edges."""
+    """What is exported: `dlm.passes.run_pass` on the inputs of INPUTS, in their order; KV cast
+    to float32 at the edges."""
 
     def __init__(self, model: DiffusionLM, plugin: bool = False, with_logits: bool = False):
         super().__init__()
         self.model, self.plugin, self.with_logits = model, plugin, with_logits
 
-    def forward(
-        self, input_ids, past_k, past_v, past_len, n_new, tail, fork, out_index, temperature, seed
-    ):
-        logits, new_k, new_v = self.model(
-            input_ids, past_k, past_v, past_len, n_new, tail, fork, out_index
-        )
+    def forward(self, *inputs: torch.Tensor):
         step = denoise_step_op if self.plugin else denoise_step_torch
-        token, confidence = step(logits, temperature, seed)
+        token, confidence, new_k, new_v, logits = run_pass(
+            self.model, dict(zip(INPUTS, inputs, strict=True)), step
+        )
         out = (token, confidence, new_k.float(), new_v.float())
         return out + (logits.float(),) if self.with_logits else out
 
 
 def example_inputs(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
     """Inputs to trace with: every dynamic size > 1 and distinct (no 0/1 specialisation, no
-    accidental equality of two axes), rows ragged (past_len, n_new, tail, fork differ)."""
-    b, t, p, _k = 3, 7, 5, 6
+    accidental equality of two axes), rows ragged (past_len, n_new, tail, fork, penalties
+    differ)."""
+    b, t, p, _k, h = 3, 7, 5, 6, 4
     g = torch.Generator().manual_seed(0)
     kv = (cfg.num_layers, b, cfg.num_kv_heads, p, cfg.head_dim)
     return (
@@ -104,20 +108,28 @@ def example_inputs(cfg: ModelConfig) -> tuple[torch.Tensor, ...]:
         torch.stack([torch.arange(1, 7), torch.arange(0, 6), torch.zeros(6, dtype=torch.long)]),
         torch.tensor([0.0, 0.7, 1.3]),
         torch.tensor([11, 12, 13]),
+        torch.randint(0, cfg.vocab_size, (b, h), generator=g),
+        torch.tensor([[0, 1, 2, 3, 4, 4], [0] * 6, [2] * 6]),
+        torch.tensor([1.3, 1.0, 0.8]),
+        torch.tensor([0.5, 0.0, -0.2]),
+        torch.tensor([0.0, 0.0, 0.4]),
     )
 
 
-def _dynamic_shapes() -> dict[str, dict[int, torch.export.Dim]]:
+def _dynamic_shapes() -> dict[str, tuple[dict[int, torch.export.Dim], ...]]:
     dim = torch.export.Dim
     dims = {
         "batch": dim("batch", min=1),
         "block": dim("block", min=1),
         "past": dim("past", min=0),
         "k": dim("k", min=1),
+        "history": dim("history", min=1),
     }
+    # DenoiserGraph.forward(*inputs): one entry, the inputs' shapes in INPUTS order
     return {
-        name: {i: dims[a] for i, a in enumerate(axes) if a in dims}
-        for name, (_, axes) in INPUTS.items()
+        "inputs": tuple(
+            {i: dims[a] for i, a in enumerate(axes) if a in dims} for _, axes in INPUTS.values()
+        )
     }
 
 

@@ -1,9 +1,10 @@
 """Parity between stages on the same token ids: PyTorch vs the exported graph, pass and generation.
 
 Two checks (STYLE.md practice 3):
-1. `pass_parity`: one graph run vs `DiffusionLM.forward` + `denoise_step_torch` on random inputs
-   of several shapes (`PASS_CASES`: prefill, ragged denoise over a cached prefix, AR steps,
-   mixed causal/bidirectional rows, sampling rows). The parity graph's logits must agree within
+1. `pass_parity`: one graph run vs `dlm.passes.run_pass` (forward, penalties,
+   `denoise_step_torch`) on random inputs of several shapes (`PASS_CASES`: prefill, ragged
+   denoise over a cached prefix, AR steps, mixed causal/bidirectional rows, sampling rows; every
+   other row penalized). The parity graph's logits must agree within
    `logits_tolerance` (LOGITS_ATOL x max(1, max |logits|)); tokens at temperature 0 must be equal
    where the top-2 logit gap exceeds that tolerance (a closer tie may legitimately flip).
 2. `generation_parity`: whole generations through `dlm.sampling.generate` on a reference engine
@@ -22,6 +23,7 @@ import torch
 from dlm.config import ModelConfig
 from dlm.engine import Engine
 from dlm.model import DiffusionLM
+from dlm.passes import run_pass
 from dlm.sampling import GenerationRequest, generate
 from plugins.denoise_step.reference import denoise_step_torch
 
@@ -95,24 +97,30 @@ def case_inputs(cfg: ModelConfig, case: PassCase, seed: int = 0) -> dict[str, np
         "out_index": out_index,
         "temperature": np.array(temps, np.float32),
         "seed": rng.integers(0, 2**32, b, dtype=np.int64),
+        **penalty_inputs(cfg, case, rng),
+    }
+
+
+def penalty_inputs(cfg: ModelConfig, case: PassCase, rng) -> dict[str, np.ndarray]:
+    """Penalties on every other row (the others off), counting ragged prefixes of a random
+    history that repeats tokens."""
+    b, k, h = len(case.past_len), max(case.n_out), 6
+    on = np.arange(b) % 2 == 0
+    lens = np.minimum(np.arange(k)[None, :] + rng.integers(0, h, (b, 1)), h)
+    return {
+        "penalty_ids": rng.integers(0, min(cfg.vocab_size, 8), (b, h)).astype(np.int64),
+        "penalty_len": np.where(on[:, None], lens, 0).astype(np.int64),
+        "repetition_penalty": np.where(on, 1.4, 1.0).astype(np.float32),
+        "frequency_penalty": np.where(on, 0.6, 0.0).astype(np.float32),
+        "presence_penalty": np.where(on, -0.3, 0.0).astype(np.float32),
     }
 
 
 @torch.inference_mode()
 def torch_pass(model: DiffusionLM, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The reference for one graph run: forward + denoise_step_torch, float32 outputs."""
+    """The reference for one graph run (`dlm.passes.run_pass`), float32 outputs."""
     x = {k: torch.from_numpy(v) for k, v in feed.items()}
-    logits, new_k, new_v = model(
-        x["input_ids"],
-        x["past_k"],
-        x["past_v"],
-        x["past_len"],
-        x["n_new"],
-        x["tail"],
-        x["fork"],
-        x["out_index"],
-    )
-    token, conf = denoise_step_torch(logits, x["temperature"], x["seed"])
+    token, conf, new_k, new_v, logits = run_pass(model, x, denoise_step_torch)
     return {
         "token": token.numpy(),
         "confidence": conf.numpy(),
@@ -171,6 +179,12 @@ GEN_SETTINGS: dict[str, dict] = {
     "diffusion-low-threshold": {"mode": "diffusion", "threshold": 0.3},
     "diffusion-steps": {"mode": "diffusion", "steps": 4},
     "self_spec": {"mode": "self_spec"},
+    "self_spec-penalties": {
+        "mode": "self_spec",
+        "repetition_penalty": 1.3,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.3,
+    },
 }
 
 

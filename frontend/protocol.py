@@ -32,14 +32,14 @@ def model_name(folder: str | Path, given: str | None = None) -> str:
 
 # OpenAI field -> the schema's input it sets (prompt/messages become text_input).
 BY_OPENAI = {k.openai_name: k for k in KNOBS if k.openai_name}
-STANDARD = ("prompt", "max_tokens", "stream", "temperature", "seed", "stop")
+# OpenAI's own fields among them; CHECKED ones are declared by hand in _Common, with checks.
+CHECKED = ("prompt", "max_tokens", "stream", "temperature", "seed", "stop")
+STANDARD = (*CHECKED, "frequency_penalty", "presence_penalty")
 EXTENSIONS = {name: k for name, k in BY_OPENAI.items() if name not in STANDARD}
 
 # Standard OpenAI fields this server does not implement, accepted only at these values.
 NEUTRAL: dict[str, tuple] = {
     "top_p": (1, 1.0),
-    "presence_penalty": (0, 0.0),
-    "frequency_penalty": (0, 0.0),
     "logprobs": (False,),
     "top_logprobs": (0,),
     "echo": (False,),
@@ -130,7 +130,11 @@ _Common = create_model(
     stream=(bool | None, False),
     stream_options=(StreamOptions | None, None),
     user=(str | None, None),
-    **{name: (_extension_type(k) | None, None) for name, k in EXTENSIONS.items()},
+    **{
+        name: (_extension_type(k) | None, None)
+        for name, k in BY_OPENAI.items()
+        if name not in STANDARD[:6]
+    },
 )
 
 

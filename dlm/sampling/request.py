@@ -13,6 +13,7 @@ from dlm.config import ModelConfig
 from dlm.schema import MODES
 
 MAX_FACTOR = 16.0  # the factor rule commits a whole 128-token block at 99% sure well below it
+MAX_PENALTY = 10.0  # repetition_penalty: 10 already all but bans a token (transformers uses ~1.2)
 
 
 class RequestError(ValueError):
@@ -51,6 +52,13 @@ class GenerationRequest:
     seed: int = 0
     stop_sequences: list[list[int]] = field(default_factory=list)
     end_id: int | None = None  # None: the model's eos
+    repetition_penalty: float = 1.0  # dlm.passes: on the request's own generated tokens
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+
+    @property
+    def penalties(self) -> tuple[float, float, float]:
+        return (self.repetition_penalty, self.frequency_penalty, self.presence_penalty)
 
     def validate(self, cfg: ModelConfig, limits: Limits | None = None) -> GenerationRequest:
         """Fill defaults from the model config and check every field; returns self."""
@@ -106,6 +114,14 @@ class GenerationRequest:
                 )
         if not (_number(self.temperature) and 0.0 <= self.temperature <= 100.0):
             raise bad("temperature", self.temperature, "a number in [0, 100]")
+        if not (_number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= MAX_PENALTY):
+            raise bad(
+                "repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_PENALTY:g}]"
+            )
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not (_number(value) and -2.0 <= value <= 2.0):
+                raise bad(name, value, "a number in [-2, 2]")
         if not _int(self.seed) or not 0 <= self.seed < 2**64:
             raise bad("random_seed", self.seed, "an integer in [0, 2**64)")
         if self.end_id is None:

@@ -74,7 +74,7 @@ def self_spec(
         tokens = [pending] + draft + [mask] * (lookahead + branch)
         seq.block_view = draft + [mask] * (size - 1 - len(draft))  # proposed, then unknown
         out = yield seq.make_pass(
-            cached, tokens, tail=lookahead, write=True, n_out=len(tokens), fork=branch
+            cached, tokens, tail=lookahead, write=True, n_out=len(tokens), fork=branch, known=draft
         )
         n = 1 + len(draft)
         verified = [int(t) for t in out.tokens[:n]]  # verified[j]: next token after j

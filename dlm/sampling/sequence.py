@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from dlm.config import ModelConfig
 from dlm.engine import PassRequest
+from dlm.passes import NO_PENALTIES
 from dlm.sampling.request import GenerationRequest
 
 _M32 = 0xFFFFFFFF
@@ -61,10 +62,25 @@ class Sequence:
         return self.request.max_tokens - len(self.output)
 
     def make_pass(
-        self, start: int, tokens: list[int], tail: int, write: bool, n_out: int, fork: int = 0
+        self,
+        start: int,
+        tokens: list[int],
+        tail: int,
+        write: bool,
+        n_out: int,
+        fork: int = 0,
+        known: list[int] = (),
     ) -> PassRequest:
-        """A pass of this sequence; counts it (every pass counts, prefill and commit included)."""
+        """A pass of this sequence; counts it (every pass counts, prefill and commit included).
+        Penalties count the committed output and, for output k, `known[:k]`: the tokens this
+        pass carries past the output that precede what output k predicts (self_spec's draft)."""
         self.nfe += 1
+        r = self.request
+        history, penalty_len = [], []
+        if r.penalties != NO_PENALTIES:
+            history = self.output + list(known)
+            n = len(self.output)
+            penalty_len = [n + min(k, len(known)) for k in range(n_out)]
         return PassRequest(
             self.seq_id,
             start,
@@ -72,9 +88,12 @@ class Sequence:
             tail,
             write,
             n_out,
-            float(self.request.temperature),
-            pass_seed(self.request.seed, start + len(tokens) - n_out),
+            float(r.temperature),
+            pass_seed(r.seed, start + len(tokens) - n_out),
             fork,
+            r.penalties,
+            history,
+            penalty_len,
         )
 
     def commit(self, tokens: list[int]) -> None:

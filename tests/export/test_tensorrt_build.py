@@ -32,6 +32,7 @@ def test_profiles_are_ordered_and_consistent():
         "block": (1, 8, 16),
         "past": (0, 64, 159),
         "k": (1, 8, 16),
+        "history": (1, 1, 60),
     }
     assert prefill.dims["block"] == (1, 128, 160) and prefill.dims["past"] == (0, 0, 159)
 
@@ -105,10 +106,11 @@ def test_select_profile_prefers_step_and_names_the_miss():
     cfg = tiny_model().cfg
     lim = Limits(max_prompt_tokens=100, max_block_length=16)
     profiles = te.optimization_profiles(cfg, lim, max_batch=4)
-    assert te.select_profile(profiles, {"batch": 2, "block": 8, "past": 40, "k": 8}) == 0
-    assert te.select_profile(profiles, {"batch": 2, "block": 90, "past": 0, "k": 1}) == 1
+    one = {"history": 1}
+    assert te.select_profile(profiles, {"batch": 2, "block": 8, "past": 40, "k": 8, **one}) == 0
+    assert te.select_profile(profiles, {"batch": 2, "block": 90, "past": 0, "k": 1, **one}) == 1
     with pytest.raises(ValueError, match="outside every optimization profile"):
-        te.select_profile(profiles, {"batch": 5, "block": 8, "past": 0, "k": 8})
+        te.select_profile(profiles, {"batch": 5, "block": 8, "past": 0, "k": 8, **one})
 
 
 @pytest.mark.parametrize(

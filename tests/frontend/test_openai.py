@@ -141,10 +141,20 @@ def test_seed_and_n(oai):
     assert texts.choices[0].text == texts.choices[1].text != texts.choices[2].text
 
 
+def test_penalties_are_openai_fields_and_keep_self_spec_lossless(oai):
+    """frequency_penalty and presence_penalty as the client sends them, repetition_penalty as an
+    extension: every mode applies them, and self_spec and auto still write ar's text."""
+    knobs = {"frequency_penalty": 1.2, "presence_penalty": 0.5}
+    extra = {"repetition_penalty": 1.3}
+    texts = {m: complete(oai, m, 32, extra_body=extra, **knobs).choices[0].text for m in MODES}
+    assert texts["ar"] == texts["self_spec"] == texts["auto"]
+    assert texts["ar"] != complete(oai, "ar", 32).choices[0].text
+
+
 BAD = [
     ({"top_p": 0.5}, "top_p", "top_p=0.5 is not supported"),
     ({"logprobs": 2}, "logprobs", "logprobs=2 is not supported"),
-    ({"presence_penalty": 1.0}, "presence_penalty", "not supported"),
+    ({"presence_penalty": 3.0}, "presence_penalty", "presence_penalty=3.0: must be a number in"),
     ({"echo": True}, "echo", "not supported"),
     ({"extra_body": {"tools": [{"type": "function"}]}}, "tools", "not supported"),
     ({"extra_body": {"banana": 1}}, "banana", "banana: unknown field (supported: model, prompt"),

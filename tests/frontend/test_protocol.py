@@ -20,9 +20,11 @@ def test_extensions_are_the_schema_knobs_openai_lacks():
         "threshold",
         "steps",
         "factor",
+        "repetition_penalty",
         "return_block_text",
     }
-    standard = {"max_tokens", "stream", "temperature"}  # OpenAI's own names
+    # OpenAI's own names
+    standard = {"max_tokens", "stream", "temperature", "frequency_penalty", "presence_penalty"}
     assert {k.name for k in schema.KNOBS if k.openai == ""} == set(EXTENSIONS) | standard
 
 

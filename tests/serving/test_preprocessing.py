@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from dlm import schema
 from dlm.pipeline import Pipeline
 from dlm.sampling import RequestError
 from serving.requests import Preprocessor, from_inputs, from_wire, to_wire
@@ -23,21 +24,7 @@ def pipe(tiny_checkpoint):
 
 def inputs(text="def f(x):", max_tokens=16, **knobs):
     """Ensemble-style input arrays, [1, 1] each (batch of one)."""
-    types = {
-        "text_input": object,
-        "max_tokens": np.int32,
-        "stream": bool,
-        "temperature": np.float32,
-        "random_seed": np.uint64,
-        "end_id": np.int32,
-        "mode": object,
-        "block_length": np.int32,
-        "threshold": np.float32,
-        "steps": np.int32,
-        "factor": np.float32,
-        "return_block_text": bool,
-        "exclude_input_in_output": bool,
-    }
+    types = {k.name: np.dtype(schema.TYPES[k.dtype][1]) for k in schema.KNOBS}  # as a client
     values = {"text_input": text, "max_tokens": max_tokens, **knobs}
     out = {}
     for k, v in values.items():
@@ -138,6 +125,9 @@ BAD = [
     ({"temperature": -1.0}, "temperature=-1.0"),
     ({"end_id": 100000}, "end_id=100000"),
     ({"stop_words": [""]}, "stop_words"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty=0.0: must be a number in (0, 10]"),
+    ({"frequency_penalty": 2.5}, "frequency_penalty=2.5: must be a number in [-2, 2]"),
+    ({"presence_penalty": -9.0}, "presence_penalty=-9.0: must be a number in [-2, 2]"),
 ]
 
 

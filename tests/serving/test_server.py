@@ -51,6 +51,8 @@ MODES = [
     ("diffusion", {"steps": 4, "threshold": 0.5}),
     ("diffusion", {"factor": 1.5}),
     ("self_spec", {"block_length": 4}),
+    ("ar", {"repetition_penalty": 1.2, "frequency_penalty": 1.0}),
+    ("self_spec", {"block_length": 4, "frequency_penalty": 0.5, "presence_penalty": 0.8}),
 ]
 PROMPT = "def f(x):\n    return"
 
