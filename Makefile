@@ -52,8 +52,11 @@ WARMUP ?= 50
 TRAIN_OUT ?= build/model
 EVAL_PROMPTS ?= 64
 
+# CORPUS_ARGS=--packages adds the installed packages under permissive licences (the corpus of
+# the next recipe; models/default/README.md lists them).
+CORPUS_ARGS ?=
 $(CORPUS)/train.npy: | setup
-	$(PY) -m dlm.train.corpus --out $(CORPUS)
+	$(PY) -m dlm.train.corpus --out $(CORPUS) $(CORPUS_ARGS)
 
 corpus: $(CORPUS)/train.npy
 

@@ -1,11 +1,13 @@
 """Training corpus for the default code model: the running interpreter's standard library source
-(dlm/train/sources.py reads and splits the files, dlm/train/prompts.py picks held-out prompts),
-tokenized with a BPE trained on the train split.
+and, with `--packages`, the installed packages under permissive licences (dlm/train/sources.py
+reads and splits the files, dlm/train/packages.py reads the licences, dlm/train/prompts.py picks
+held-out prompts), tokenized with a BPE trained on the train split.
 
 CLI (builds the tokenizer and the token arrays):
-    python -m dlm.train.corpus --out build/corpus [--vocab-size 4096] [--no-tests]
+    python -m dlm.train.corpus --out build/corpus [--vocab-size 4096] [--no-tests] [--packages]
 writes DIR/tokenizer.json, DIR/tokenizer_config.json, DIR/train.npy, DIR/heldout.npy (uint16
-token ids, each document followed by EOS), DIR/prompts.jsonl and DIR/corpus.json (statistics).
+token ids, each document followed by EOS), DIR/prompts.jsonl, DIR/corpus.json (statistics) and,
+with --packages, DIR/packages.md (every package found, its licence, kept or why not).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from dlm.train.packages import Package, licence_table, scan_packages
 from dlm.train.prompts import held_out_prompts
 from dlm.train.sources import (
     HELDOUT_FRACTION,
     MAX_FILE_BYTES,
     SourceFile,
+    dedupe,
     scan_sources,
     split_files,
     stdlib_dir,
@@ -87,16 +91,19 @@ def build(
     fraction: float = HELDOUT_FRACTION,
     num_prompts: int = 64,
     root: Path | None = None,
+    packages: bool = False,
+    site: Path | None = None,
 ) -> dict[str, object]:
     """Build the tokenizer and token arrays into `out`; returns the corpus.json statistics.
 
-    `root` defaults to stdlib_dir(); tests pass a small folder.
+    `root` defaults to stdlib_dir(); tests pass a small folder. `packages`: add the permissive
+    packages installed in `site` (dlm/train/packages.py; default this environment's), listed
+    with their licences in corpus.json and DIR/packages.md; every text kept once.
     """
     root = stdlib_dir() if root is None else Path(root)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files, skipped = scan_sources(root, include_tests=include_tests)
-    train, held = split_files(files, fraction)
     log.info(
         "read %d files (%d skipped) from %s in %.1fs",
         len(files),
@@ -104,6 +111,20 @@ def build(
         root,
         time.perf_counter() - t0,
     )
+    report: list[Package] = []
+    duplicates = 0
+    if packages:
+        more, report = scan_packages(site, include_tests=include_tests)
+        files, duplicates = dedupe(files + more)
+        (out / "packages.md").write_text(licence_table(report), encoding="utf-8")
+        log.info(
+            "read %d files of %d permissive packages (%d left out); %d duplicate texts dropped",
+            len(more),
+            sum(p.kept for p in report),
+            sum(not p.kept for p in report),
+            duplicates,
+        )
+    train, held = split_files(files, fraction)
     log.info(
         "split: train %d files / %d bytes, held out %d files / %d bytes",
         len(train),
@@ -163,6 +184,8 @@ def build(
             r: sum(1 for v in skipped.values() if v == r) for r in sorted(set(skipped.values()))
         },
         "prompts": len(prompts),
+        "duplicates_dropped": duplicates,
+        "packages": [asdict(p) for p in report],
         "file_list_sha256": hashlib.sha256("\n".join(f.path for f in files).encode()).hexdigest(),
         "seconds": {
             "tokenizer_train": round(train_s, 1),
@@ -189,6 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--root", type=Path, default=None, help="source folder (default: this interpreter's stdlib)"
     )
+    ap.add_argument(
+        "--packages",
+        action="store_true",
+        help="add the installed packages under permissive licences (listed in packages.md)",
+    )
+    ap.add_argument("--site", type=Path, default=None, help="their site-packages (default: ours)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     stats = build(
@@ -198,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.heldout_fraction,
         args.num_prompts,
         args.root,
+        args.packages,
+        args.site,
     )
     print(json.dumps(stats, indent=2))
     return 0

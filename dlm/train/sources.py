@@ -61,6 +61,18 @@ def normalize_source(text: str) -> str:
     return body + "\n" if body else ""
 
 
+def read_source(path: Path, max_bytes: int = MAX_FILE_BYTES) -> tuple[str, str]:
+    """(normalised text, "") of a source file, or ("", why it is skipped): "too_large" (over
+    max_bytes on disk), "not_utf8", "empty" (blank after normalisation)."""
+    if path.stat().st_size > max_bytes:
+        return "", "too_large"
+    try:
+        text = normalize_source(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        return "", "not_utf8"
+    return (text, "") if text else ("", "empty")
+
+
 def scan_sources(
     root: Path | None = None, include_tests: bool = True, max_bytes: int = MAX_FILE_BYTES
 ) -> tuple[list[SourceFile], dict[str, str]]:
@@ -85,20 +97,11 @@ def scan_sources(
                 continue
             if not include_tests and is_test_path(rel):
                 continue
-            full = Path(dirpath, name)
-            if full.stat().st_size > max_bytes:
-                skipped[rel] = "too_large"
-                continue
-            try:
-                raw = full.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                skipped[rel] = "not_utf8"
-                continue
-            text = normalize_source(raw)
-            if not text:
-                skipped[rel] = "empty"
-                continue
-            files.append(SourceFile(rel, text))
+            text, reason = read_source(Path(dirpath, name), max_bytes)
+            if reason:
+                skipped[rel] = reason
+            else:
+                files.append(SourceFile(rel, text))
     files.sort(key=lambda f: f.path)
     return files, skipped
 
@@ -127,3 +130,16 @@ def split_files(
     for f in files:
         (held if is_held_out(f.path, fraction) else train).append(f)
     return train, held
+
+
+def dedupe(files: Sequence[SourceFile]) -> tuple[list[SourceFile], int]:
+    """The files in path order, each text once (the first path that has it); and how many
+    copies were dropped (packages vendor each other's modules, and the stdlib's)."""
+    seen: set[bytes] = set()
+    kept: list[SourceFile] = []
+    for f in sorted(files, key=lambda f: f.path):
+        digest = hashlib.sha256(f.text.encode("utf-8")).digest()
+        if digest not in seen:
+            seen.add(digest)
+            kept.append(f)
+    return kept, len(files) - len(kept)
