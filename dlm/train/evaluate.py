@@ -2,12 +2,15 @@
 
     python -m dlm.train.evaluate [--model models/default] [--prompts 64] [--max-tokens 64]
 
-For each setting (AR; diffusion at a threshold sweep and fixed-step schedules; self-speculation):
+For each setting (AR; diffusion at a threshold sweep and fixed-step schedules; self-speculation;
+a few with penalties):
 - TPF: generated tokens / forward passes, every pass counted (prefill and commit passes too);
 - tokens/s in process, one request at a time (batch 1), on this machine;
 - generative perplexity: the completion scored by the same model in AR mode (teacher-forced);
 - valid Python: prompt + completion, cut at its last complete line, parses with `ast`
   (up to 3 trailing lines are dropped to close an unfinished block);
+- distinct 4-grams: distinct token 4-grams over all 4-grams of a completion, averaged (1: no
+  repeats; a completion stuck in a loop scores near 0);
 - agreement: share of positions where the completion equals AR greedy's.
 Prompts are the first lines of functions in held-out stdlib files
 (`dlm.train.prompts.held_out_prompts`).
@@ -38,7 +41,20 @@ SETTINGS: list[tuple[str, dict]] = [
     ("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8}),
     ("self_spec", {"mode": "self_spec"}),
     ("self_spec block=8", {"mode": "self_spec", "block_length": 8}),
+    # penalties (off by default): what they do to loops and to validity
+    ("ar rep=1.2", {"mode": "ar", "repetition_penalty": 1.2}),
+    ("ar freq=0.5", {"mode": "ar", "frequency_penalty": 0.5}),
+    ("ar pres=0.5", {"mode": "ar", "presence_penalty": 0.5}),
+    ("self_spec freq=0.5", {"mode": "self_spec", "frequency_penalty": 0.5}),
+    ("diffusion t=0.9 freq=0.5", {"mode": "diffusion", "threshold": 0.9, "frequency_penalty": 0.5}),
 ]
+
+
+def distinct_share(tokens: list[int], n: int = 4) -> float:
+    """Distinct n-grams over all n-grams of a completion (1.0: no n-gram repeats; loops drive it
+    towards 0); 1.0 for completions shorter than n."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 def valid_python(prompt: str, completion: str) -> bool:
@@ -80,7 +96,7 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
     for name, knobs in settings:
         tokens = passes = 0
         seconds = 0.0
-        ppl, valid, agree, agree_n = [], 0, 0, 0
+        ppl, valid, agree, agree_n, distinct = [], 0, 0, 0, 0.0
         for i, p in enumerate(prompts):
             req = pipe.request(p.prompt, max_tokens=max_tokens, **knobs)
             t0 = time.perf_counter()
@@ -90,6 +106,7 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
             passes += res.num_forward_passes
             text = pipe.tokenizer.decode(res.token_ids)
             valid += valid_python(p.prompt, text)
+            distinct += distinct_share(res.token_ids)
             ppl.append(ar_perplexity(pipe, req.prompt_ids, res.token_ids))
             if name == "ar":
                 ar_tokens[i] = res.token_ids
@@ -106,6 +123,7 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
                 "tokens_per_s": tokens / max(seconds, 1e-9),
                 "gen_ppl": math.exp(sum(map(math.log, finite)) / max(len(finite), 1)),
                 "valid_python": valid / len(prompts),
+                "distinct_4grams": distinct / len(prompts),
                 "agreement_with_ar": (agree / agree_n) if agree_n else 1.0,
                 "tokens": tokens,
                 "passes": passes,
@@ -115,6 +133,7 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
         print(
             f"{name:22s} TPF {r['tpf']:5.2f}  {r['tokens_per_s']:7.1f} tok/s  "
             f"gen-ppl {r['gen_ppl']:6.2f}  valid {r['valid_python']:.2f}  "
+            f"distinct-4 {r['distinct_4grams']:.2f}  "
             f"agree {r['agreement_with_ar']:.2f}",
             flush=True,
         )
@@ -124,14 +143,15 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
 def markdown(rows: list[dict], ar_speed: float) -> str:
     out = [
         "| setting | tokens/forward | tokens/s | speed-up vs AR | gen. perplexity | "
-        "valid Python | agreement with AR |",
-        "|---|---|---|---|---|---|---|",
+        "valid Python | distinct 4-grams | agreement with AR |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['setting']} | {r['tpf']:.2f} | {r['tokens_per_s']:.1f} | "
             f"{r['tokens_per_s'] / ar_speed:.2f}x | {r['gen_ppl']:.2f} | "
-            f"{100 * r['valid_python']:.0f}% | {100 * r['agreement_with_ar']:.0f}% |"
+            f"{100 * r['valid_python']:.0f}% | {r['distinct_4grams']:.2f} | "
+            f"{100 * r['agreement_with_ar']:.0f}% |"
         )
     return "\n".join(out) + "\n"
 
