@@ -74,12 +74,15 @@ eval: setup
 # unless ENGINE_DIR is given; a build whose manifest matches the checkpoint is skipped in about
 # a second, so serve, bench, soak and serve-lb run it every time: MODEL=dir always serves dir.
 BACKEND ?= auto
+# PRECISION=int8: the ONNX Runtime engine in per-row int8 (export/quantize.py; CPU)
+PRECISION ?=
 ENGINE_DIR ?=
 ENGINE_ARG = $(if $(ENGINE_DIR),--engine $(ENGINE_DIR))
 
 .PHONY: engine
 engine: setup
-	$(PY) -m export --model $(MODEL) --backend $(BACKEND) $(if $(ENGINE_DIR),--out $(ENGINE_DIR))
+	$(PY) -m export --model $(MODEL) --backend $(BACKEND) $(if $(ENGINE_DIR),--out $(ENGINE_DIR)) \
+		$(if $(PRECISION),--precision $(PRECISION))
 
 # ---- serving (model_repository/, client/): a real tritonserver from the nvidia-pytriton wheel
 HTTP_PORT ?= 8000
@@ -89,7 +92,7 @@ METRICS_PORT ?= 8002
 FRONTEND_PORT ?= 9000
 FILL_ARGS ?=
 
-.PHONY: serve bench-serving
+.PHONY: serve bench-serving bench-cpu-precision
 
 # Builds (or checks) the model's engine first; dlm then serves what its manifest names. The front
 # door starts with the server on 127.0.0.1:$(FRONTEND_PORT) and stops with it.
@@ -104,6 +107,12 @@ serve: engine
 
 bench-serving: engine
 	$(PY) -m benchmarks.serving_overhead --model $(MODEL) $(ENGINE_ARG)
+
+# The CPU engine's precisions side by side: fp32 against per-row int8 (its own engine folder).
+INT8_DIR ?= build/engines/$(notdir $(MODEL))-int8
+bench-cpu-precision: engine
+	$(PY) -m export --model $(MODEL) --backend onnxruntime --precision int8 --out $(INT8_DIR)
+	$(PY) -m benchmarks.cpu_precision --model $(MODEL) $(if $(ENGINE_DIR),--fp32 $(ENGINE_DIR)) --int8 $(INT8_DIR)
 
 # The front door's cost: the OpenAI API against direct gRPC at concurrency 1 and 8.
 .PHONY: bench-frontend

@@ -23,6 +23,7 @@ from dlm.engines import MANIFEST  # noqa: E402, F401  (torch-free; the factory r
 
 # The files of a build folder (every step and loader names them from here).
 ONNX_FILE = "denoiser.onnx"
+ONNX_INT8_FILE = "denoiser.int8.onnx"  # export/quantize.py
 TRT_ONNX_FILE = "denoiser.trt.onnx"
 PLAN_FILE = "denoiser.plan"
 TIMING_CACHE_FILE = "timing.cache"

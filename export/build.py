@@ -34,13 +34,14 @@ from importlib import metadata
 from pathlib import Path
 
 import export
-from export import MANIFEST, ONNX_FILE, PLAN_FILE, TRT_ONNX_FILE, ParityError
+from export import MANIFEST, ONNX_FILE, ONNX_INT8_FILE, PLAN_FILE, TRT_ONNX_FILE, ParityError
 from export.engines import LOADERS
 
 # torch, onnx and onnxruntime are imported only past the up-to-date check, so that a re-run with
 # nothing changed takes a fraction of a second instead of the seconds their imports cost.
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+ORT_PRECISIONS = ("auto", "fp32", "int8")  # int8: export/quantize.py; auto is fp32
 GEN_MAX_TOKENS_BLOCKS = 2  # generation parity: this many blocks per prompt
 
 
@@ -137,8 +138,11 @@ def build(
     """Run the steps of the module doc; returns the manifest (raises ParityError on failure)."""
     model_dir, out = Path(model_dir), Path(out_dir)
     backend = resolve_backend(backend)
-    if backend != "tensorrt" and precision not in ("auto", "fp32"):
-        raise ValueError(f"--precision={precision}: the {backend} backend runs fp32 only")
+    allowed = {"onnxruntime": ORT_PRECISIONS, "torch": ("auto", "fp32")}.get(backend)
+    if allowed is not None and precision not in allowed:
+        raise ValueError(
+            f"--precision={precision}: the {backend} backend runs {' | '.join(allowed)}"
+        )
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -157,7 +161,7 @@ def build(
 
         require_tensorrt()
         trt_precision = choose_precision(precision, torch.cuda.get_device_capability())
-    resolved_precision = trt_precision or "fp32"
+    resolved_precision = trt_precision or ("int8" if precision == "int8" else "fp32")
     options = {"max_batch": max_batch} if backend == "tensorrt" else {}
     if not force:
         manifest = up_to_date(out, source_hash, backend, resolved_precision, options)
@@ -216,6 +220,15 @@ def build(
             f"{manifest['parity']['pass']['logits_max_abs_diff']:.2e}, tokens identical "
             "in every mode at temperature 0",
         )
+    if resolved_precision == "int8":
+        from export import quantize
+
+        onnx_export.save(quantize.per_row_int8(graph), out / ONNX_INT8_FILE)
+        manifest["files"]["onnx"] = ONNX_INT8_FILE  # what the loader runs
+        manifest["files"]["onnx_fp32"] = ONNX_FILE
+        manifest["parity"]["int8"] = check_int8(out, cfg, model_dir, threads, log)
+        agree = manifest["parity"]["int8"]["agreement_with_fp32"]
+        done("int8", f"{out / ONNX_INT8_FILE}: self_spec == ar; greedy agreement with fp32 {agree}")
     if backend == "tensorrt":
         from export import tensorrt_build
 
@@ -262,12 +275,7 @@ def check_parity(
             + "\n".join(parity.format_pass_parity(passes))
         )
     cfg = model.cfg
-    tokenizer = None
-    if (model_dir / "tokenizer.json").exists():
-        from dlm.tokenizer import TextTokenizer
-
-        tokenizer = TextTokenizer(model_dir)
-    prompts = parity.parity_prompts(cfg, tokenizer)
+    prompts = parity.parity_prompts(cfg, _tokenizer(model_dir))
     max_tokens = GEN_MAX_TOKENS_BLOCKS * cfg.block_length
     reference, engine = TorchEngine(model), OrtEngine(onnx_path, cfg, threads=threads)
     gen = parity.generation_parity(reference, engine, prompts, max_tokens, temperature=0.0)
@@ -280,6 +288,34 @@ def check_parity(
             + "\n".join(parity.format_generation_parity(gen))
         )
     return {"pass": passes, "generation": gen}
+
+
+def check_int8(out: Path, cfg, model_dir: Path, threads: int, log: Callable[[str], None]) -> dict:
+    """The int8 graph's generations: every mode's greedy agreement with the fp32 graph (reported:
+    int8 rounds the logits), and self_spec == ar token for token within int8 (required: a
+    ParityError otherwise, as for fp32)."""
+    from export import parity
+    from export.ort_engine import OrtEngine
+
+    prompts = parity.parity_prompts(cfg, _tokenizer(model_dir))
+    max_tokens = GEN_MAX_TOKENS_BLOCKS * cfg.block_length
+    fp32 = OrtEngine(out / ONNX_FILE, cfg, threads=threads)
+    int8 = OrtEngine(out / ONNX_INT8_FILE, cfg, threads=threads)
+    gen = parity.generation_parity(fp32, int8, prompts, max_tokens, temperature=0.0)
+    agreement = {name: m["agreement"] for name, m in gen["modes"].items()}
+    log(f"  int8 vs fp32, greedy token agreement per setting: {agreement}")
+    lossless = parity.lossless(int8, prompts, max_tokens)
+    if not lossless["ok"]:
+        raise ParityError(f"int8: self_spec differs from ar: {lossless}")
+    return {"agreement_with_fp32": agreement, "self_spec_equals_ar": lossless}
+
+
+def _tokenizer(model_dir: Path):
+    if not (model_dir / "tokenizer.json").exists():
+        return None
+    from dlm.tokenizer import TextTokenizer
+
+    return TextTokenizer(model_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--precision",
         default="auto",
-        help="TensorRT: auto | fp32 | bf16 | fp16 (ONNX Runtime: fp32)",
+        help="TensorRT: auto | fp32 | bf16 | fp16; ONNX Runtime: auto (fp32) | fp32 | int8",
     )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = per core)")
     p.add_argument("--max-batch", type=int, default=16, help="TensorRT: largest batch per call")

@@ -193,6 +193,33 @@ def generation_modes(cfg: ModelConfig) -> list[str]:
     return [n for n, s in GEN_SETTINGS.items() if cfg.uses_kv_cache or s["mode"] == "diffusion"]
 
 
+def agreement(ref, got) -> float:
+    """Share of positions where two runs' tokens are equal (over the longer of each pair)."""
+    same = sum(
+        sum(x == y for x, y in zip(a.token_ids, b.token_ids, strict=False))
+        for a, b in zip(ref, got, strict=True)
+    )
+    total = sum(max(len(a.token_ids), len(b.token_ids)) for a, b in zip(ref, got, strict=True))
+    return same / max(total, 1)
+
+
+def lossless(engine: Engine, prompts: list[list[int]], max_tokens: int) -> dict:
+    """self_spec against ar on one engine, greedy, one ragged batch: {"ok", ...} (auto runs the
+    same verification)."""
+    runs = {
+        mode: [
+            r.token_ids
+            for r in generate(
+                engine,
+                [GenerationRequest(list(p), mode=mode, max_tokens=max_tokens) for p in prompts],
+            )
+        ]
+        for mode in ("ar", "self_spec")
+    }
+    same = {"self_spec": runs["self_spec"] == runs["ar"]}
+    return {"ok": all(same.values()), **same, "prompts": len(prompts)}
+
+
 def generation_parity(
     reference: Engine,
     engine: Engine,
@@ -248,6 +275,7 @@ def generation_parity(
             }
         modes[name] = {
             "identical": not mismatch,
+            "agreement": round(agreement(ref, got), 4),
             "prompts": len(prompts),
             "tokens": sum(r.num_output_tokens for r in ref),
             "passes": sum(r.num_forward_passes for r in ref),

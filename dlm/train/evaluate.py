@@ -90,7 +90,15 @@ def ar_perplexity(pipe: Pipeline, prompt_ids: list[int], completion: list[int]) 
     return math.exp(float(nll))
 
 
-def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS) -> list[dict]:
+def evaluate(
+    pipe: Pipeline,
+    n_prompts: int,
+    max_tokens: int,
+    settings=SETTINGS,
+    scorer: Pipeline | None = None,
+) -> list[dict]:
+    """The table's rows; perplexities scored by `scorer` (a PyTorch pipeline; default `pipe`)."""
+    scorer = scorer or pipe
     prompts = held_out_prompts(n_prompts)
     rows, ar_tokens = [], {}
     for name, knobs in settings:
@@ -107,7 +115,7 @@ def evaluate(pipe: Pipeline, n_prompts: int, max_tokens: int, settings=SETTINGS)
             text = pipe.tokenizer.decode(res.token_ids)
             valid += valid_python(p.prompt, text)
             distinct += distinct_share(res.token_ids)
-            ppl.append(ar_perplexity(pipe, req.prompt_ids, res.token_ids))
+            ppl.append(ar_perplexity(scorer, req.prompt_ids, res.token_ids))
             if name == "ar":
                 ar_tokens[i] = res.token_ids
             else:
@@ -159,6 +167,9 @@ def markdown(rows: list[dict], ar_speed: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m dlm.train.evaluate", description=__doc__)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
+    ap.add_argument(
+        "--engine", default=None, help="a build of the model (python -m export); default PyTorch"
+    )
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("build/eval"))
@@ -171,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"--settings {unknown}: unknown; known: {known}")
     settings = [(n, k) for n, k in SETTINGS if n == "ar" or not args.settings or n in args.settings]
-    pipe = Pipeline.load(args.model)
-    rows = evaluate(pipe, args.prompts, args.max_tokens, settings)
+    pipe = Pipeline.load(args.model, engine_dir=args.engine)
+    scorer = Pipeline.load(args.model) if args.engine else pipe  # PyTorch scores perplexity
+    rows = evaluate(pipe, args.prompts, args.max_tokens, settings, scorer)
     args.out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows, rows[0]["tokens_per_s"])
     (args.out / "eval.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -1,0 +1,129 @@
+"""The CPU engine's precisions side by side: ONNX Runtime fp32 against per-row int8
+(export/quantize.py), same model, same machine, one run.
+
+    python -m benchmarks.cpu_precision [--model models/default]     (make bench-cpu-precision)
+
+1. one pass over 128 cached positions at 1, 8, 32 and 64 tokens (median of --iters, the engines
+   alternating), against the time it takes to read the graph's weights once at the memory
+   bandwidth measured here (a large copy): the floor of a pass;
+2. tokens/s per mode on held-out prompts (64 tokens, greedy, batch 1, alternating), with tokens
+   per forward and whether self_spec still equals ar.
+Both builds must exist: `make bench-cpu-precision` makes them (`make engine`, and `make engine
+PRECISION=int8` into its own folder). A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dlm import engines
+from dlm.engine import PassRequest
+from dlm.sampling import GenerationRequest, generate
+from dlm.tokenizer import TextTokenizer
+from dlm.train.prompts import held_out_prompts
+
+TOKENS = (1, 8, 32, 64)
+CACHED = 128
+MODES = ("ar", "self_spec", "diffusion")
+
+
+def weight_bytes(build: Path) -> int:
+    """Bytes of the graph's initializers (what a pass reads once)."""
+    manifest = engines.read_manifest(build)
+    graph = onnx.load(build / manifest["files"]["onnx"])
+    return sum(onnx.numpy_helper.to_array(i).nbytes for i in graph.graph.initializer)
+
+
+def copy_bandwidth(mib: int = 512) -> float:
+    """Bytes/s a large copy moves, read plus write: what the memory gives here."""
+    src = np.ones(mib << 20, np.uint8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best
+
+
+def pass_ms(engine, tokens: int, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        engine.step(
+            [PassRequest(1, CACHED, [7] * tokens, tokens if tokens > 1 else 0, False, tokens)]
+        )
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cpu_precision", description=__doc__)
+    p.add_argument("--model", default="models/default")
+    p.add_argument("--fp32", default=None, help="the fp32 build (default: the model's)")
+    p.add_argument("--int8", required=True, help="the int8 build (make engine PRECISION=int8)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=8)
+    args = p.parse_args(argv)
+    from export import engine_dir
+
+    builds = {"fp32": Path(args.fp32 or engine_dir(args.model)), "int8": Path(args.int8)}
+    eng = {k: engines.load_engine(args.model, b, threads=args.threads) for k, b in builds.items()}
+    for e in eng.values():
+        e.step([PassRequest(1, 0, list(range(5, 5 + CACHED)), 0, True, 1)])  # the cached prefix
+    bandwidth = copy_bandwidth()
+    print(f"# CPU precisions: {args.model}, ONNX Runtime, {args.threads} threads")
+    print(f"memory bandwidth (a 512 MiB copy, read + write): {bandwidth / 1e9:.1f} GB/s\n")
+    print("## one pass over 128 cached positions (ms, median)")
+    print("| precision | weights | weight read | " + " | ".join(f"{t} tok" for t in TOKENS), end="")
+    print(" | 1 tok / weight read | 32 tok / 1 tok |")
+    print("|---|---|---|" + "---|" * len(TOKENS) + "---|---|")
+    times = {k: {t: [] for t in TOKENS} for k in eng}
+    for r in range(3):  # alternate the engines: a drifting machine weighs on both
+        for k in eng if r % 2 == 0 else reversed(eng):
+            for t in TOKENS:
+                times[k][t].append(pass_ms(eng[k], t, args.iters))
+    ms = {k: {t: statistics.median(v) for t, v in row.items()} for k, row in times.items()}
+    for k in eng:
+        w = weight_bytes(builds[k])
+        floor = w / bandwidth * 1e3
+        cells = " | ".join(f"{ms[k][t]:.2f}" for t in TOKENS)
+        print(
+            f"| {k} | {w / 1e6:.1f} MB | {floor:.2f} | {cells} | {ms[k][1] / floor:.2f} | "
+            f"{ms[k][32] / ms[k][1]:.2f} |"
+        )
+    ratio = " | ".join(f"{ms['fp32'][t] / ms['int8'][t]:.2f}" for t in TOKENS)
+    print(f"| fp32 / int8 | | | {ratio} | | |")
+
+    tok = TextTokenizer(args.model)
+    prompts = [tok.encode(x.prompt) for x in held_out_prompts(args.prompts)]
+    print(f"\n## tokens/s per mode ({args.prompts} held-out prompts, 64 tokens, batch 1)")
+    print("| mode | fp32 tok/s | int8 tok/s | int8 / fp32 | tokens per forward fp32 / int8 |")
+    print("|---|---|---|---|---|")
+    outputs: dict[tuple[str, str], list[list[int]]] = {}
+    for mode in MODES:
+        stats = {}
+        for k in eng:
+            t0, runs = time.perf_counter(), []
+            for x in prompts:
+                runs += generate(eng[k], [GenerationRequest(list(x), mode=mode, max_tokens=64)])
+            seconds = time.perf_counter() - t0
+            n, f = sum(r.num_output_tokens for r in runs), sum(r.num_forward_passes for r in runs)
+            stats[k] = (n / seconds, n / f)
+            outputs[k, mode] = [r.token_ids for r in runs]
+        (a, ta), (b, tb) = stats["fp32"], stats["int8"]
+        print(f"| {mode} | {a:.1f} | {b:.1f} | {b / a:.2f} | {ta:.2f} / {tb:.2f} |")
+    for k in eng:
+        print(f"{k}: self_spec == ar: {outputs[k, 'self_spec'] == outputs[k, 'ar']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The per-row int8 CPU engine (export/quantize.py): a token's result does not depend on the rest
+of its pass, its logits stay near fp32's, and `make engine PRECISION=int8` builds, checks and
+serves it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlm import engines
+from dlm.sampling import GenerationRequest, generate
+from export import ONNX_FILE, ONNX_INT8_FILE, onnx_export, parity, quantize
+from export.build import build
+from export.ort_engine import ort_session
+from tests.conftest import random_prompts
+from tests.export.conftest import confident_nld_model
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    model = confident_nld_model()
+    fp32 = onnx_export.export_parity_graph(model)  # with logits as an output
+    return model, ort_session(fp32, 1), ort_session(quantize.per_row_int8(fp32), 1)
+
+
+def run(session, feed) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed), strict=True))
+
+
+def rows(feed: dict, keep: list[int]) -> dict:
+    """The same inputs for some rows only (every input has the batch on axis 0 but the KV)."""
+    kv = {"past_k", "past_v"}
+    return {k: (v[:, keep] if k in kv else v[keep]) for k, v in feed.items()}
+
+
+def test_a_row_gets_the_same_logits_alone_or_batched(graphs):
+    """What keeps self-speculation lossless in int8: per-row scales, exact integer sums."""
+    model, _, int8 = graphs
+    case = parity.PassCase("ragged", (12, 3, 30), (8, 8, 3), (-1, -1, 0), (8, 8, 3))
+    feed = parity.case_inputs(model.cfg, case)
+    batched = run(int8, feed)["logits"]
+    for i in range(3):
+        alone = run(int8, rows(feed, [i]))["logits"][0]
+        k = case.n_out[i]
+        np.testing.assert_array_equal(alone[:k], batched[i, :k])
+
+
+def test_int8_logits_stay_near_fp32(graphs):
+    model, fp32, int8 = graphs
+    for case in parity.pass_cases(model.cfg.block_length):
+        feed = parity.case_inputs(model.cfg, case)
+        a, b = run(fp32, feed)["logits"], run(int8, feed)["logits"]
+        diff = np.abs(a - b).max() / np.abs(a).max()
+        assert diff < 0.05, (case.name, diff)
+
+
+def test_every_weight_matmul_is_quantized(graphs):
+    model, _, _ = graphs
+    fp32 = onnx_export.export_parity_graph(model)
+    weights = {i.name for i in fp32.graph.initializer}
+    n = sum(1 for x in fp32.graph.node if x.op_type == "MatMul" and x.input[1] in weights)
+    int8 = quantize.per_row_int8(fp32)
+    assert sum(1 for x in int8.graph.node if x.op_type == "MatMulInteger") == n > 0
+    assert not any(x.op_type == "MatMul" and x.input[1] in weights for x in int8.graph.node)
+
+
+@pytest.fixture(scope="module")
+def int8_build(nld_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("int8") / "engine"
+    log: list[str] = []
+    return out, build(nld_build.model_dir, out, "onnxruntime", "int8", log=log.append), log
+
+
+def test_build_int8_engine(nld_build, int8_build):
+    out, manifest, log = int8_build
+    assert manifest["precision"] == "int8"
+    assert (
+        manifest["files"]["onnx"] == ONNX_INT8_FILE and manifest["files"]["onnx_fp32"] == ONNX_FILE
+    )
+    checks = manifest["parity"]["int8"]
+    assert checks["self_spec_equals_ar"]["ok"]
+    assert set(checks["agreement_with_fp32"]) == set(parity.generation_modes(nld_build.model.cfg))
+    assert manifest["parity"]["generation"]["ok"]  # the fp32 graph is checked as always
+    engine = engines.load_engine(nld_build.model_dir, out, threads=1)
+    cfg = engine.config
+    prompts = random_prompts(4, vocab=cfg.vocab_size, lo=2, hi=30, seed=9)
+
+    def tokens(mode):
+        reqs = [GenerationRequest(list(p), mode=mode, max_tokens=16) for p in prompts]
+        return [r.token_ids for r in generate(engine, reqs)]
+
+    assert tokens("self_spec") == tokens("ar")
+    again = build(nld_build.model_dir, out, "onnxruntime", "int8", log=log.append)
+    assert again == manifest and "[skip]" in log[-1]
+
+
+def test_the_precision_benchmark_runs_both_builds(nld_build, int8_build, capsys):
+    from benchmarks import cpu_precision
+
+    argv = ["--model", str(nld_build.model_dir), "--fp32", str(nld_build.out)]
+    assert (
+        cpu_precision.main([*argv, "--int8", str(int8_build[0]), "--iters", "2", "--prompts", "2"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "| fp32 / int8 |" in out and "| self_spec |" in out
+    assert "int8: self_spec == ar: True" in out
+
+
+def test_precision_the_backend_cannot_run_is_refused(nld_build, tmp_path):
+    with pytest.raises(ValueError, match="--precision=bf16: the onnxruntime backend runs auto"):
+        build(nld_build.model_dir, tmp_path, "onnxruntime", "bf16")
