@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import random
+import os
+
+# OpenAI Triton kernels run in Triton's interpreter in this suite (CPU). Set before any test
+# module imports triton: transformers (tests/dlm/test_gemma.py) imports it too, and a triton
+# first imported without it keeps compiled-mode helpers that the interpreter cannot call.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import random  # noqa: E402
 
 import pytest
 import torch
