@@ -1,11 +1,12 @@
-"""The CPU engine's precisions side by side: ONNX Runtime fp32 against per-row int8
-(export/quantize.py), same model, same machine, one run.
+"""The CPU engine's precisions side by side: ONNX Runtime fp32 (the default), ONNX Runtime in
+per-row int8 (export/quantize.py) and the PyTorch engine in bf16, same model, same machine,
+one run.
 
     python -m benchmarks.cpu_precision [--model models/default]     (make bench-cpu-precision)
 
 1. one pass over 128 cached positions at 1, 8, 32 and 64 tokens (median of --iters, the engines
    alternating), against the time it takes to read the graph's weights once at the memory
-   bandwidth measured here (a large copy): the floor of a pass;
+   bandwidth measured here (a large copy): the floor of a pass; ratios against ORT fp32;
 2. tokens/s per mode on held-out prompts (64 tokens, greedy, batch 1, alternating), with tokens
    per forward and whether self_spec still equals ar.
 Both builds must exist: `make bench-cpu-precision` makes them (`make engine`, and `make engine
@@ -33,11 +34,14 @@ CACHED = 128
 MODES = ("ar", "self_spec", "diffusion")
 
 
-def weight_bytes(build: Path) -> int:
-    """Bytes of the graph's initializers (what a pass reads once)."""
-    manifest = engines.read_manifest(build)
-    graph = onnx.load(build / manifest["files"]["onnx"])
+def build_weight_bytes(build: Path) -> int:
+    """Bytes of a build's graph initializers (what a pass reads once)."""
+    graph = onnx.load(build / engines.read_manifest(build)["files"]["onnx"])
     return sum(onnx.numpy_helper.to_array(i).nbytes for i in graph.graph.initializer)
+
+
+def model_weight_bytes(engine) -> int:
+    return sum(p.numel() * p.element_size() for p in engine.model.parameters())
 
 
 def copy_bandwidth(mib: int = 512) -> float:
@@ -74,39 +78,50 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from export import engine_dir
 
-    builds = {"fp32": Path(args.fp32 or engine_dir(args.model)), "int8": Path(args.int8)}
-    eng = {k: engines.load_engine(args.model, b, threads=args.threads) for k, b in builds.items()}
+    fp32, int8 = Path(args.fp32 or engine_dir(args.model)), Path(args.int8)
+    eng = {
+        "ORT fp32": engines.load_engine(args.model, fp32, threads=args.threads),
+        "ORT int8": engines.load_engine(args.model, int8, threads=args.threads),
+        "PyTorch bf16": engines.load_engine(args.model, threads=args.threads, dtype="bf16"),
+    }
+    weights = {
+        "ORT fp32": build_weight_bytes(fp32),
+        "ORT int8": build_weight_bytes(int8),
+        "PyTorch bf16": model_weight_bytes(eng["PyTorch bf16"]),
+    }
+    base = "ORT fp32"  # the default CPU engine: every ratio is against it
     for e in eng.values():
         e.step([PassRequest(1, 0, list(range(5, 5 + CACHED)), 0, True, 1)])  # the cached prefix
     bandwidth = copy_bandwidth()
-    print(f"# CPU precisions: {args.model}, ONNX Runtime, {args.threads} threads")
+    print(f"# CPU precisions: {args.model}, {args.threads} threads")
     print(f"memory bandwidth (a 512 MiB copy, read + write): {bandwidth / 1e9:.1f} GB/s\n")
     print("## one pass over 128 cached positions (ms, median)")
-    print("| precision | weights | weight read | " + " | ".join(f"{t} tok" for t in TOKENS), end="")
+    print("| engine | weights | weight read | " + " | ".join(f"{t} tok" for t in TOKENS), end="")
     print(" | 1 tok / weight read | 32 tok / 1 tok |")
     print("|---|---|---|" + "---|" * len(TOKENS) + "---|---|")
     times = {k: {t: [] for t in TOKENS} for k in eng}
-    for r in range(3):  # alternate the engines: a drifting machine weighs on both
-        for k in eng if r % 2 == 0 else reversed(eng):
+    for r in range(3):  # alternate the engines: a drifting machine weighs on all of them
+        for k in list(eng) if r % 2 == 0 else reversed(eng):
             for t in TOKENS:
                 times[k][t].append(pass_ms(eng[k], t, args.iters))
     ms = {k: {t: statistics.median(v) for t, v in row.items()} for k, row in times.items()}
     for k in eng:
-        w = weight_bytes(builds[k])
-        floor = w / bandwidth * 1e3
+        floor = weights[k] / bandwidth * 1e3
         cells = " | ".join(f"{ms[k][t]:.2f}" for t in TOKENS)
         print(
-            f"| {k} | {w / 1e6:.1f} MB | {floor:.2f} | {cells} | {ms[k][1] / floor:.2f} | "
-            f"{ms[k][32] / ms[k][1]:.2f} |"
+            f"| {k} | {weights[k] / 1e6:.1f} MB | {floor:.2f} | {cells} | "
+            f"{ms[k][1] / floor:.2f} | {ms[k][32] / ms[k][1]:.2f} |"
         )
-    ratio = " | ".join(f"{ms['fp32'][t] / ms['int8'][t]:.2f}" for t in TOKENS)
-    print(f"| fp32 / int8 | | | {ratio} | | |")
+    for k in list(eng)[1:]:
+        ratio = " | ".join(f"{ms[base][t] / ms[k][t]:.2f}" for t in TOKENS)
+        print(f"| speed-up of {k} | | | {ratio} | | |")
 
     tok = TextTokenizer(args.model)
     prompts = [tok.encode(x.prompt) for x in held_out_prompts(args.prompts)]
     print(f"\n## tokens/s per mode ({args.prompts} held-out prompts, 64 tokens, batch 1)")
-    print("| mode | fp32 tok/s | int8 tok/s | int8 / fp32 | tokens per forward fp32 / int8 |")
-    print("|---|---|---|---|---|")
+    print("| mode | " + " | ".join(f"{k} tok/s (x {base})" for k in eng), end="")
+    print(" | tokens per forward |")
+    print("|---|" + "---|" * len(eng) + "---|")
     outputs: dict[tuple[str, str], list[list[int]]] = {}
     for mode in MODES:
         stats = {}
@@ -118,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             n, f = sum(r.num_output_tokens for r in runs), sum(r.num_forward_passes for r in runs)
             stats[k] = (n / seconds, n / f)
             outputs[k, mode] = [r.token_ids for r in runs]
-        (a, ta), (b, tb) = stats["fp32"], stats["int8"]
-        print(f"| {mode} | {a:.1f} | {b:.1f} | {b / a:.2f} | {ta:.2f} / {tb:.2f} |")
+        cells = " | ".join(f"{v:.1f} ({v / stats[base][0]:.2f})" for v, _ in stats.values())
+        tpf = " / ".join(f"{t:.2f}" for _, t in stats.values())
+        print(f"| {mode} | {cells} | {tpf} |")
     for k in eng:
         print(f"{k}: self_spec == ar: {outputs[k, 'self_spec'] == outputs[k, 'ar']}")
     return 0

@@ -15,6 +15,7 @@ import sys
 import time
 
 from dlm import schema
+from dlm.engines import DTYPES
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import RequestError
 
@@ -33,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         help="engine folder with manifest.json (python -m export); default: the PyTorch engine",
     )
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPES,
+        help="the PyTorch engine's weights and KV (auto: bf16 on a GPU, fp32 on the CPU)",
+    )
     g.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -40,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        pipe = Pipeline.load(args.model, device=args.device, engine_dir=args.engine)
+        pipe = Pipeline.load(args.model, args.device, engine_dir=args.engine, dtype=args.dtype)
         knobs = schema.from_arguments(args)
         stops = knobs.pop("stop_words")
         fields = {schema.BY_NAME[name].field: value for name, value in knobs.items()}

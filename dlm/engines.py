@@ -10,7 +10,7 @@ export/build.py): `export.ort_engine:from_build` (ONNX Runtime, CPU),
 checkpoint itself). The function is imported by that name only when a build is loaded, so the
 core library imports nothing from `export/` (docs/serving.md, layering) and a build brings its
 own code. Every loader is called as `loader(build_dir, manifest, model_dir=, config=, device=,
-threads=)` and returns an `Engine`.
+threads=, dtype=)` and returns an `Engine`.
 
 The model folder's config.json must describe the model the engine was built from (the manifest
 keeps its config): a mismatch is an error that says to rebuild, never a silent wrong answer.
@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"  # the file every engine folder holds (export/build.py writes it)
 TORCH_LOADER = "dlm.engines:torch_from_build"
+# The PyTorch engine's weight and KV dtypes (torch's names; torch is imported only to load one).
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+DTYPES = ("auto", *TORCH_DTYPES)
 
 
 class EngineError(ValueError):
@@ -64,19 +67,30 @@ def load_engine(
     engine_dir: str | Path | None = None,
     device: str = "cpu",
     threads: int = 0,
+    dtype: str = "auto",
 ) -> Engine:
     """The engine of the model in `model_dir`: the build in `engine_dir` (see module doc), or the
     PyTorch engine on `device` when `engine_dir` is None.
 
     device: where a PyTorch engine runs ("cpu", "cuda", "cuda:1"); the ONNX Runtime engine runs
     on the CPU and the TensorRT engine on "cuda" whatever is given. threads: intra-op threads
-    (torch and ONNX Runtime; 0 = their default)."""
+    (torch and ONNX Runtime; 0 = their default). dtype: the PyTorch engine's weights and KV
+    (DTYPES; auto: bf16 on a GPU, fp32 on the CPU); a built engine has the precision it was
+    built with, and another one asked of it is an error."""
     if threads < 0:
         raise ValueError(f"threads={threads}: must be >= 0 (0 = the default)")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: must be one of {', '.join(DTYPES)}")
     if engine_dir is None:
-        return _torch_engine(Path(model_dir), device, threads)
+        return _torch_engine(Path(model_dir), device, threads, dtype)
     build_dir, model_dir = Path(engine_dir), Path(model_dir)
     manifest = read_manifest(build_dir)
+    backend, precision = manifest.get("backend"), manifest.get("precision")
+    if backend != "torch" and dtype not in ("auto", precision):
+        raise EngineError(
+            f"dtype={dtype}: the build in {build_dir} ({backend}) runs {precision}; its "
+            "precision is chosen when it is built (make engine PRECISION=...)"
+        )
     cfg = model_config(model_dir)
     built = ModelConfig.from_dict(manifest["config"])
     built.dropout = cfg.dropout
@@ -88,7 +102,13 @@ def load_engine(
         )
     loader = _loader(build_dir, manifest)
     return loader(
-        build_dir, manifest, model_dir=model_dir, config=cfg, device=device, threads=threads
+        build_dir,
+        manifest,
+        model_dir=model_dir,
+        config=cfg,
+        device=device,
+        threads=threads,
+        dtype=dtype,
     )
 
 
@@ -111,13 +131,20 @@ def _loader(build_dir: Path, manifest: dict):
 
 def torch_from_build(
     build_dir: Path, manifest: dict, *, model_dir: Path, config: ModelConfig, device: str,
-    threads: int,
+    threads: int, dtype: str,
 ) -> Engine:  # fmt: skip
     """A torch build (a manifest, no files): the checkpoint itself on `device`."""
-    return _torch_engine(model_dir, device, threads)
+    return _torch_engine(model_dir, device, threads, dtype)
 
 
-def _torch_engine(model_dir: Path, device: str, threads: int) -> Engine:
+def torch_dtype(dtype: str, device: str) -> str:
+    """The PyTorch engine's dtype name for a request of `dtype` on `device` (auto resolved)."""
+    if dtype != "auto":
+        return dtype
+    return "fp32" if str(device) == "cpu" else "bf16"
+
+
+def _torch_engine(model_dir: Path, device: str, threads: int, dtype: str) -> Engine:
     import torch
 
     from dlm import checkpoint
@@ -125,4 +152,5 @@ def _torch_engine(model_dir: Path, device: str, threads: int) -> Engine:
 
     if threads > 0:
         torch.set_num_threads(threads)
-    return TorchEngine(checkpoint.load(model_dir), device)
+    name = torch_dtype(dtype, device)
+    return TorchEngine(checkpoint.load(model_dir), device, getattr(torch, TORCH_DTYPES[name]))

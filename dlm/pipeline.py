@@ -31,11 +31,13 @@ class Pipeline:
         device: str = "cpu",
         limits: Limits | None = None,
         engine_dir: str | Path | None = None,
+        dtype: str = "auto",
     ) -> Pipeline:
         """The model folder's tokenizer and defaults, and its engine (`dlm.engines.load_engine`):
-        the build in `engine_dir` (`python -m export`: what `make serve` serves), else PyTorch."""
+        the build in `engine_dir` (`python -m export`: what `make serve` serves), else PyTorch
+        (in `dtype`)."""
         return cls(
-            load_engine(folder, engine_dir, device=device),
+            load_engine(folder, engine_dir, device=device, dtype=dtype),
             TextTokenizer(folder),
             generation_defaults(folder),
             limits or Limits(),

@@ -1,6 +1,7 @@
 """The loaders a build's manifest names (`"loader"`, written by export/build.py), called by the
 one engine factory `dlm.engines.load_engine` once it has read the manifest and checked that the
-model folder's config is the one the engine was built from:
+model folder's config is the one the engine was built from (and that no other precision than the
+build's was asked: `dtype` is the PyTorch engine's):
 
     onnxruntime -> export.engines:onnxruntime  OrtEngine(denoiser.onnx), CPU
     tensorrt    -> export.engines:tensorrt     TrtEngine(denoiser.plan), CUDA (not run here)
@@ -27,7 +28,7 @@ LOADERS = {
 
 def onnxruntime(
     build_dir: Path, manifest: dict, *, model_dir: Path, config: ModelConfig, device: str,
-    threads: int,
+    threads: int, dtype: str,
 ) -> Engine:  # fmt: skip
     from export.ort_engine import OrtEngine
 
@@ -36,7 +37,7 @@ def onnxruntime(
 
 def tensorrt(
     build_dir: Path, manifest: dict, *, model_dir: Path, config: ModelConfig, device: str,
-    threads: int,
+    threads: int, dtype: str,
 ) -> Engine:  # fmt: skip
     from export.tensorrt_engine import Profile, TrtEngine
 

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dlm import schema
+from dlm.engines import DTYPES
 from export import engine_dir
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -87,6 +88,8 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         raise FillError(f"BACKEND={args.backend!r}: must be auto or torch")
     if not DEVICE.fullmatch(args.device):
         raise FillError(f"DEVICE={args.device!r}: must be cpu, cuda or cuda:N")
+    if args.dtype not in DTYPES:
+        raise FillError(f"DTYPE={args.dtype!r}: must be one of {', '.join(DTYPES)}")
     if args.diffusion_cache not in CACHES:
         raise FillError(
             f"DIFFUSION_CACHE={args.diffusion_cache!r}: must be one of {', '.join(CACHES)}"
@@ -96,6 +99,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "ENGINE_DIR": str(Path(args.engine or engine_dir(model)).resolve()),
         "BACKEND": args.backend,
         "DEVICE": args.device,
+        "DTYPE": args.dtype,
         "REPO_ROOT": str(Path(args.repo_root).resolve()),
         "MAX_BATCH_SIZE": positive("MAX_BATCH_SIZE", args.max_batch_size),
         "MAX_PASSES_PER_STEP": positive("MAX_PASSES_PER_STEP", args.max_passes_per_step),
@@ -133,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where dlm's engine runs: cpu (KIND_CPU) | cuda (KIND_GPU, an instance per GPU) | "
         "cuda:N (GPU N); the build's ONNX Runtime engine runs on the CPU, TensorRT on the GPU",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="the PyTorch engine's weights and KV: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | "
+        "bf16 | fp16; a build runs the precision it was built with (make engine PRECISION=...)",
     )
     p.add_argument("--out", default="build/model_repository")
     p.add_argument("--repo-root", default=str(REPO_ROOT), help="put on sys.path by the models")

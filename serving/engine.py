@@ -53,6 +53,7 @@ def load_engine(
     say: Callable[[str], None] = log.info,
     device: str = "cpu",
     pass_delay_s: float = 0.0,
+    dtype: str = "auto",
 ) -> Engine:
     """The serving engine of a model folder.
 
@@ -61,7 +62,8 @@ def load_engine(
     to run `make engine` if there is no build). backend `torch`: always the TorchEngine.
     threads: the engine's intra-op threads (torch and ONNX Runtime; 0 = their default). device:
     where a PyTorch engine runs ("cpu", "cuda", "cuda:1"; the build's ONNX Runtime and TensorRT
-    engines pick their own). pass_delay_s > 0: fault injection for tests, every step held that
+    engines pick their own). dtype: the PyTorch engine's (`dlm.engines.DTYPES`; a build has its
+    own precision). pass_delay_s > 0: fault injection for tests, every step held that
     long (`dlm.engine.HeldEngine`, logged).
     """
     if backend not in BACKENDS:
@@ -71,9 +73,10 @@ def load_engine(
 
         engine_dir = default_engine_dir(model_dir)
     build = engine_dir if backend == "auto" else None
-    engine = engines.load_engine(model_dir, build, device=device, threads=threads)
+    engine = engines.load_engine(model_dir, build, device=device, threads=threads, dtype=dtype)
     if build is None:
-        say(f"engine: TorchEngine on {device} for {model_dir} ({describe_threads(device)})")
+        name = engines.torch_dtype(dtype, device)
+        say(f"engine: TorchEngine on {device} for {model_dir}, {name}{cpu_threads(device)}")
     else:
         say(f"engine: {type(engine).__name__} from {build} (model {model_dir})")
     # mode=auto's cost model: the build's cached one if measured on this machine, else now
@@ -84,7 +87,7 @@ def load_engine(
     return engine
 
 
-def describe_threads(device: str) -> str:
+def cpu_threads(device: str) -> str:
     import torch
 
-    return f"{torch.get_num_threads()} threads" if device == "cpu" else "fp32"
+    return f", {torch.get_num_threads()} threads" if device == "cpu" else ""

@@ -96,6 +96,36 @@ def test_load_engine_by_manifest(nld_build, tmp_path):
             load_engine(nld_build.model_dir, torch_dir)
 
 
+def test_the_pytorch_engine_in_a_dtype(nld_build, tmp_path):
+    """dtype is the PyTorch engine's (auto: fp32 on the CPU); a build has its own precision."""
+    import torch
+
+    for dtype, want in (("auto", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        e = load_engine(nld_build.model_dir, dtype=dtype)
+        assert next(e.model.parameters()).dtype == want
+    assert load_engine(nld_build.model_dir, nld_build.out, dtype="fp32").config  # its own
+    with pytest.raises(EngineError, match=r"dtype=bf16: the build in .* \(onnxruntime\) runs fp32"):
+        load_engine(nld_build.model_dir, nld_build.out, dtype="bf16")
+    with pytest.raises(ValueError, match="dtype='int4': must be one of auto, fp32, bf16, fp16"):
+        load_engine(nld_build.model_dir, dtype="int4")
+
+
+def test_bf16_self_speculation_equals_bf16_ar():
+    """Lossless within bf16 as in fp32 (the shipped model, a ragged batch of held-out prompts)."""
+    from dlm.pipeline import DEFAULT_MODEL, Pipeline
+    from dlm.train.prompts import held_out_prompts
+
+    pipe = Pipeline.load(DEFAULT_MODEL, dtype="bf16")
+    prompts = [p.prompt for p in held_out_prompts(6)]
+
+    def run(mode):
+        out = pipe.generate([pipe.request(p, mode=mode, max_tokens=32) for p in prompts])
+        return [r.token_ids for r in out], sum(r.num_forward_passes for r in out)
+
+    (ar, _), (spec, passes) = run("ar"), run("self_spec")
+    assert spec == ar and passes < sum(map(len, ar))
+
+
 def test_load_engine_refuses_another_model(nld_build, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(nld_build.model_dir, other)

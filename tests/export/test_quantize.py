@@ -110,8 +110,8 @@ def test_the_precision_benchmark_runs_both_builds(nld_build, int8_build, capsys)
         == 0
     )
     out = capsys.readouterr().out
-    assert "| fp32 / int8 |" in out and "| self_spec |" in out
-    assert "int8: self_spec == ar:" in out
+    assert "| speed-up of ORT int8 |" in out and "| self_spec |" in out
+    assert "ORT int8: self_spec == ar:" in out and "PyTorch bf16: self_spec == ar:" in out
 
 
 def test_precision_the_backend_cannot_run_is_refused(nld_build, tmp_path):

@@ -58,6 +58,8 @@ def test_engine_device(tiny_checkpoint, device):
     )
     assert isinstance(engine, TorchEngine) and f"TorchEngine on {device}" in said[0]
     assert {p.device.type for p in engine.model.parameters()} == {device}
+    want = torch.float32 if device == "cpu" else torch.bfloat16  # dtype auto
+    assert {p.dtype for p in engine.model.parameters()} == {want}
     assert engine.kv.zeros((1,)).device.type == device
 
 

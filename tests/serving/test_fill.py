@@ -59,6 +59,7 @@ def test_device_reaches_dlm(tiny_checkpoint, tmp_path, device, kind, gpus):
         model_config(out / model / "config.pbtxt")
     config = model_config(out / "dlm" / "config.pbtxt")
     assert config.parameters["DEVICE"].string_value == device
+    assert config.parameters["DTYPE"].string_value == "auto"  # bf16 on a GPU, fp32 on the CPU
     (group,) = config.instance_group
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) == kind
     assert list(group.gpus) == gpus
@@ -91,6 +92,7 @@ def test_diffusion_cache_reaches_the_orchestrator(tiny_checkpoint, tmp_path):
         (["--dlm-instances", "two"], "DLM_INSTANCES='two'"),
         (["--device", "gpu"], "DEVICE='gpu': must be cpu, cuda or cuda:N"),
         (["--diffusion-cache", "kv"], "DIFFUSION_CACHE='kv': must be one of full, prefix, none"),
+        (["--dtype", "int8"], "DTYPE='int8': must be one of auto, fp32, bf16, fp16"),
     ],
 )
 def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):

@@ -15,8 +15,8 @@ back here (serving.cancel). A request sent to dlm directly is asked `is_cancelle
 CANCEL_CHECK_MS. The last response always carries the FINAL flag; a cancelled request gets the
 FINAL flag alone.
 Engine: serving.engine.load_engine (ENGINE_DIR's manifest: ONNX Runtime on CPU, TensorRT on GPU;
-BACKEND=torch: the PyTorch engine on DEVICE). One instance per device: KIND_CPU, or KIND_GPU
-(one per GPU, the engine on the instance's GPU). THREADS: the engine's intra-op threads.
+BACKEND=torch: the PyTorch engine on DEVICE, in DTYPE). One instance per device: KIND_CPU, or
+KIND_GPU (one per GPU, the engine on the instance's GPU). THREADS: the engine's intra-op threads.
 PASS_DELAY_MS > 0: fault injection for tests, every step held that long (0 when served).
 Limits: requests in flight share a KV budget of KV_BUDGET_TOKENS cached positions (each needs
 prompt + max_tokens + one block); the others wait, at most MAX_QUEUED of them.
@@ -60,6 +60,7 @@ class TritonPythonModel:
                 say=pb_utils.Logger.log_info,
                 device=device,
                 pass_delay_s=int(params["PASS_DELAY_MS"]) / 1000,
+                dtype=params["DTYPE"],
             )
         )
         self.inbox = Inbox()
