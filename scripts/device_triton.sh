@@ -10,7 +10,7 @@
 #   here, the same path on the CPU:
 #          DEVICE=cpu PYTHON=.venv/bin/python MODES=self_spec CONCURRENCY=1 \
 #            bash scripts/device_triton.sh
-# Settings (environment): DEVICE (cuda), PYTHON (python3), MODEL (models/default), MODES,
+# Settings (environment): DEVICE (cuda), DTYPE (auto: bf16 on a GPU), PYTHON (python3), MODEL (models/default), MODES,
 # CONCURRENCY, REQUESTS, MAX_TOKENS, THREADS, PACK, WORK (/tmp/dlm-triton), OUT (build/device_triton),
 # HTTP_PORT (18000; gRPC and metrics on the next two), BENCH_TIMEOUT (seconds, 360), PROMPTS (8) and MODES_TIMEOUT (seconds per benchmarks.modes
 # run, 240; 0 skips them).
@@ -19,6 +19,7 @@
 # and modes_files.tar.gz (benchmarks.modes at MAX_TOKENS and the reference at 256 tokens).
 set -uo pipefail
 DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-auto}
 PY=${PYTHON:-python3}
 MODEL=${MODEL:-models/default}
 MODES=${MODES:-ar auto diffusion diffusion_f1 self_spec self_spec_b4 self_spec_b8 self_spec_b16}
@@ -95,9 +96,9 @@ fi
 "$PY" -c "import tritonclient.grpc, rapidjson; print('tritonclient from', tritonclient.__path__[0])" \
   || fail "client packages"
 
-log "fill the model repository: $MODEL, PyTorch engine on $DEVICE"
+log "fill the model repository: $MODEL, PyTorch engine on $DEVICE in $DTYPE"
 "$PY" -m model_repository.fill --model "$MODEL" --backend torch --device "$DEVICE" \
-  --threads "$THREADS" --out "$WORK/model_repository" || fail "fill"
+  --dtype "$DTYPE" --threads "$THREADS" --out "$WORK/model_repository" || fail "fill"
 
 log "start tritonserver"
 "$PY" -m model_repository.serve --repository "$WORK/model_repository" \
