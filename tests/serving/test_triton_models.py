@@ -45,6 +45,7 @@ def models(tiny_checkpoint):
                 "BACKEND": "torch",
                 "THREADS": 0,
                 "DEVICE": "cpu",
+                "DTYPE": "auto",
                 "PASS_DELAY_MS": 0,
                 "MAX_PASSES_PER_STEP": 64,
                 "HEARTBEAT_MS": 0,
