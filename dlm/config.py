@@ -9,7 +9,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
+
+from dlm.schema import MODES
 
 Family = Literal["nld", "llada", "dream"]
 Attention = Literal["block_causal", "bidirectional"]
@@ -102,10 +104,17 @@ class ModelConfig:
             raise ValueError(f"config.yarn.factor={self.yarn.factor}: must be >= 1")
         return self
 
+    penalties: ClassVar[bool] = True  # repetition/frequency/presence (dlm.passes)
+
     @property
     def uses_kv_cache(self) -> bool:
         """Block-causal models reuse committed K/V; fully bidirectional ones recompute all."""
         return self.attention == "block_causal"
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The generation modes it serves: fully bidirectional models have no causal passes."""
+        return MODES if self.uses_kv_cache else ("diffusion",)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -55,6 +55,9 @@ class PassRequest:
 class PassResult:
     tokens: np.ndarray  # [n_out] int64: argmax (temperature 0) or Gumbel-max sample
     confidence: np.ndarray  # [n_out] float32: softmax probability of that token
+    # Canvas steps only (dlm.gemma.engine): the argmax, and the entropy at the pass's temperature.
+    argmax: np.ndarray | None = None
+    entropy: np.ndarray | None = None
 
 
 class Engine(Protocol):

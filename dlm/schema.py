@@ -72,7 +72,12 @@ KNOBS: tuple[Knob, ...] = (
     ),
     Knob("max_tokens", "INT32", "tokens to generate", field="max_tokens", required=True),
     Knob("stream", "BOOL", "one response per newly committed text", cli=False),
-    Knob("temperature", "FP32", "0: greedy, else Gumbel-max sampling", field="temperature"),
+    Knob(
+        "temperature",
+        "FP32",
+        "0: greedy, else Gumbel-max sampling (canvas diffusion follows t_max -> t_min instead)",
+        field="temperature",
+    ),
     Knob(
         "random_seed",
         "UINT64",
@@ -95,7 +100,8 @@ KNOBS: tuple[Knob, ...] = (
     Knob(
         "block_length",
         "INT32",
-        "tokens per block (diffusion, self_spec; auto: the largest it may choose)",
+        "tokens per block (diffusion, self_spec; auto: the largest it may choose; "
+        "DiffusionGemma: its canvas)",
         field="block_length",
     ),
     Knob(
@@ -129,6 +135,33 @@ KNOBS: tuple[Knob, ...] = (
         "FP32",
         "subtract this from the logit of every token generated so far, in [-2, 2]; 0: off",
         field="presence_penalty",
+    ),
+    Knob(
+        "max_denoising_steps",
+        "INT32",
+        "canvas diffusion (DiffusionGemma): the most denoising steps per canvas",
+        field="max_denoising_steps",
+    ),
+    Knob(
+        "entropy_bound",
+        "FP32",
+        "canvas: each step accepts the k lowest-entropy tokens whose entropy sum, less the "
+        "largest, is at most this",
+        field="entropy_bound",
+    ),
+    Knob("t_min", "FP32", "canvas: the temperature of the last step", field="t_min"),
+    Knob("t_max", "FP32", "canvas: the temperature of the first step", field="t_max"),
+    Knob(
+        "stability_threshold",
+        "INT32",
+        "canvas: done once its argmax held this many steps and is confident",
+        field="stability_threshold",
+    ),
+    Knob(
+        "confidence_threshold",
+        "FP32",
+        "canvas: confident while the mean token entropy is below this",
+        field="confidence_threshold",
     ),
     Knob("return_block_text", "BOOL", "stream the block being denoised as block_text", cli=False),
     Knob(

@@ -8,7 +8,7 @@ ignored. Keys are read from `text_config` under the names transformers writes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from dlm.checkpoint import CheckpointError
 
@@ -70,6 +70,19 @@ class GemmaConfig:
     # is the embedding; False: nothing is shared (transformers' `tie_word_embeddings`).
     tie_word_embeddings: bool = True
     has_vision: bool = False
+    max_position: int = 131_072  # max_position_embeddings
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+
+    # What the decoding loop asks of a model's config (as of dlm.config.ModelConfig): the
+    # canvas is its block, diffusion its only mode (the canvas policy), no logit penalties.
+    family: ClassVar[str] = "diffusion_gemma"
+    modes: ClassVar[tuple[str, ...]] = ("diffusion",)
+    penalties: ClassVar[bool] = False
+
+    @property
+    def block_length(self) -> int:
+        return self.canvas_length
 
     @property
     def num_layers(self) -> int:
@@ -95,6 +108,7 @@ class GemmaConfig:
             "top_k_experts",
             "moe_intermediate_size",
             "canvas_length",
+            "max_position",
             "sliding.head_dim",
             "sliding.num_kv_heads",
             "full.head_dim",
@@ -119,6 +133,9 @@ class GemmaConfig:
         cap = self.final_logit_softcapping
         need(cap is None or cap > 0, "final_logit_softcapping", "> 0 or None")
         need(self.rms_norm_eps > 0, "rms_norm_eps", "> 0")
+        for name in ("eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and 0 <= value < self.vocab_size, name, "a token id")
         return self
 
     @classmethod
@@ -156,6 +173,9 @@ class GemmaConfig:
             canvas_length=_get(hf, "canvas_length", int, "", 256),
             tie_word_embeddings=_get(hf, "tie_word_embeddings", bool, "", True),
             has_vision=hf.get("vision_config") is not None,
+            max_position=_get(text, "max_position_embeddings", int, where, 131_072),
+            eos_token_id=_eos(text.get("eos_token_id", 1)),
+            pad_token_id=_get(text, "pad_token_id", int, where, 0),
         )
         try:
             return cfg.validate()
@@ -184,6 +204,14 @@ def _get(d: dict, key: str, kind: type, where: str = "text_config.", default: An
             f"config.json: {where}{key}={value!r}: must be of type {kind.__name__}"
         )
     return value
+
+
+def _eos(ids: Any) -> int:
+    """The eos id (of a list of them, the first: the others can be sent as stop words)."""
+    first = ids[0] if isinstance(ids, list) and ids else ids
+    if not isinstance(first, int) or isinstance(first, bool):
+        raise CheckpointError(f"config.json: text_config.eos_token_id={ids!r}: a token id")
+    return first
 
 
 def _check(d: dict, key: str, allowed: tuple, where: str) -> None:

@@ -119,20 +119,31 @@ class DiffusionGemma(nn.Module):
         return new, stack.norm(x)
 
     def encode(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, past: Cache | None = None
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        past: Cache | None = None,
+        past_len: torch.Tensor | None = None,
+        n_new: torch.Tensor | None = None,
     ) -> tuple[Cache, torch.Tensor]:
         """Encode context tokens causally after `past` (None: nothing cached yet).
 
         input_ids/positions [B, T] (positions set RoPE only; the masks go by cache index).
-        Returns the new (keys, values) per layer [B, Hkv, T, D], to append with `extend`, and
-        the final hidden states [B, T, hidden].
+        A batch of sequences of their own lengths: row b has `past_len[b]` cached entries (of
+        the past's P, zero-padded) and `n_new[b]` new tokens (of T, right-padded); None: all.
+        Returns the new (keys, values) per layer [B, Hkv, T, D], of which row b's first
+        n_new[b] are its own (to append with `extend`), and the final hidden states [B, T, hidden].
         """
+        b, t = input_ids.shape
         p = 0 if past is None else past[0][0].shape[2]
-        t = input_ids.shape[1]
-        q = torch.arange(p, p + t, device=input_ids.device)[:, None]
-        k = torch.arange(p + t, device=input_ids.device)[None, :]
-        causal = k <= q
-        masks = {"full": causal, "sliding": causal & (q - k < self.cfg.sliding_window)}
+        past_len, n_new = self._lengths(input_ids, p, past_len), self._lengths(input_ids, t, n_new)
+        key_index, key_valid = _key_slots(past_len, p, n_new, t)
+        query = past_len[:, None, None] + torch.arange(t, device=input_ids.device)[None, :, None]
+        seen = (key_valid[:, None, :] | _own_slot(b, p, t, input_ids.device)) & (
+            key_index[:, None, :] <= query
+        )
+        window = query - key_index[:, None, :] < self.cfg.sliding_window
+        masks = {"full": seen[:, None], "sliding": (seen & window)[:, None]}
         x = self.encoder.embed_tokens(input_ids) * self.encoder.scale()
         return self._run(self.encoder, x, positions, masks, past)
 
@@ -143,12 +154,16 @@ class DiffusionGemma(nn.Module):
         self_conditioning: torch.Tensor | None,
         cache: Cache,
         self_conditioning_rows: torch.Tensor | None = None,
+        past_len: torch.Tensor | None = None,
+        canvas_len: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One denoising step: float32 logits [B, C, V] for the canvas, soft-capped.
 
         canvas_ids/positions [B, C] (positions normally follow the cache: S, S + 1, ...);
         self_conditioning: the previous step's logits [B, C, V], None on a canvas's first step;
         self_conditioning_rows [B] bool: rows whose signal is used (others as if None).
+        past_len [B]: each row's cached entries (of the cache's S, zero-padded), canvas_len [B]:
+        its canvas (of C, right-padded); None: all.
         """
         dec = self.decoder
         x = dec.embed_tokens(canvas_ids) * dec.scale()
@@ -161,19 +176,46 @@ class DiffusionGemma(nn.Module):
             if self_conditioning_rows is not None:
                 soft = soft * self_conditioning_rows.to(soft.dtype)[:, None, None]
         x = dec.self_conditioning(x, soft)
-        s, c = cache[0][0].shape[2], canvas_ids.shape[1]
-        k = torch.arange(s + c, device=canvas_ids.device)[None, :].expand(c, -1)
+        (b, c), s = canvas_ids.shape, cache[0][0].shape[2]
+        past_len = self._lengths(canvas_ids, s, past_len)
+        canvas_len = self._lengths(canvas_ids, c, canvas_len)
+        key_index, key_valid = _key_slots(past_len, s, canvas_len, c)
+        seen = key_valid[:, None, :] | _own_slot(b, s, c, canvas_ids.device)
         # Sliding layers see the last window - 1 cached tokens (what the reference's sliding
         # cache keeps) and the whole canvas, whatever its length.
-        masks = {
-            "full": torch.ones_like(k, dtype=torch.bool),
-            "sliding": k >= s - (self.cfg.sliding_window - 1),
-        }
+        recent = key_index >= (past_len - (self.cfg.sliding_window - 1))[:, None]
+        masks = {"full": seen[:, None], "sliding": (seen & recent[:, None, :])[:, None]}
         _, h = self._run(dec, x, positions, masks, cache)
         head = self.lm_head.weight if not self.cfg.tie_word_embeddings else dec.embed_tokens.weight
         logits = F.linear(h, head).float()
         cap = self.cfg.final_logit_softcapping
         return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    @staticmethod
+    def _lengths(ids: torch.Tensor, full: int, given: torch.Tensor | None) -> torch.Tensor:
+        if given is None:
+            return torch.full((ids.shape[0],), full, dtype=torch.long, device=ids.device)
+        return given.to(device=ids.device, dtype=torch.long)
+
+
+def _key_slots(
+    past_len: torch.Tensor, p: int, n_new: torch.Tensor, t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cache index [B, P + T] of each key slot (the past's P, then T new) and whether it holds
+    one of the row's own entries (the rest is padding)."""
+    slot = torch.arange(p + t, device=past_len.device)[None, :]
+    new = slot >= p
+    index = torch.where(new, past_len[:, None] + slot - p, slot)
+    valid = torch.where(new, slot - p < n_new[:, None], slot < past_len[:, None])
+    return index, valid
+
+
+def _own_slot(b: int, p: int, t: int, device) -> torch.Tensor:
+    """[1, T, P + T]: query j's own key slot, so that a padding query still attends somewhere
+    (its output is discarded; an empty softmax row would be NaN)."""
+    q = torch.arange(t, device=device)[:, None]
+    k = torch.arange(p + t, device=device)[None, :]
+    return (k == p + q)[None]
 
 
 def extend(past: Cache | None, new: Cache) -> Cache:

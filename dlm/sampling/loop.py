@@ -12,6 +12,7 @@ from dlm import cost
 from dlm.engine import Engine, PassRequest, PassResult
 from dlm.sampling.ar import ar
 from dlm.sampling.auto import Planner, auto
+from dlm.sampling.canvas import canvas
 from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
 from dlm.sampling.self_spec import self_spec
@@ -20,6 +21,8 @@ from dlm.sampling.sequence import BlockStats, Sequence
 Policy = Callable[[Sequence], Generator[PassRequest, PassResult, None]]
 
 POLICIES: dict[str, Policy] = {"ar": ar, "diffusion": diffusion, "self_spec": self_spec}
+# A family whose modes decode their own way (the config's `modes` says which it serves).
+FAMILY_POLICIES: dict[str, dict[str, Policy]] = {"diffusion_gemma": {"diffusion": canvas}}
 
 
 @dataclass
@@ -53,6 +56,7 @@ class Scheduler:
         self.policies = dict(POLICIES)
         if check_cache(cache) != "full":  # the reference samplers: see dlm.sampling.diffusion
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
+        self.policies.update(FAMILY_POLICIES.get(engine.config.family, {}))
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
         self.cost: cost.CostModel | None = None  # set once an auto request comes
         self.steps = 0

@@ -10,10 +10,14 @@ import math
 from dataclasses import dataclass, field
 
 from dlm.config import ModelConfig
+from dlm.passes import NO_PENALTIES
 from dlm.schema import MODES
 
 MAX_FACTOR = 16.0  # the factor rule commits a whole 128-token block at 99% sure well below it
 MAX_PENALTY = 10.0  # repetition_penalty: 10 already all but bans a token (transformers uses ~1.2)
+MAX_TEMPERATURE = 100.0
+MAX_DENOISING_STEPS = 1024  # per canvas (DiffusionGemma's default is 48)
+PENALTY_FIELDS = ("repetition_penalty", "frequency_penalty", "presence_penalty")
 
 
 class RequestError(ValueError):
@@ -55,10 +59,17 @@ class GenerationRequest:
     repetition_penalty: float = 1.0  # dlm.passes: on the request's own generated tokens
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # Diffusion on a canvas (DiffusionGemma, dlm.sampling.canvas); transformers' defaults.
+    max_denoising_steps: int = 48
+    entropy_bound: float = 0.1
+    t_min: float = 0.4
+    t_max: float = 0.8
+    stability_threshold: int = 1
+    confidence_threshold: float = 0.005
 
     @property
     def penalties(self) -> tuple[float, float, float]:
-        return (self.repetition_penalty, self.frequency_penalty, self.presence_penalty)
+        return tuple(getattr(self, name) for name in PENALTY_FIELDS)
 
     def validate(self, cfg: ModelConfig, limits: Limits | None = None) -> GenerationRequest:
         """Fill defaults from the model config and check every field; returns self."""
@@ -112,8 +123,8 @@ class GenerationRequest:
                     self.steps,
                     f"a divisor of block_length={self.block_length} (equal tokens per pass)",
                 )
-        if not (_number(self.temperature) and 0.0 <= self.temperature <= 100.0):
-            raise bad("temperature", self.temperature, "a number in [0, 100]")
+        if not (_number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE):
+            raise bad("temperature", self.temperature, f"a number in [0, {MAX_TEMPERATURE:g}]")
         if not (_number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= MAX_PENALTY):
             raise bad(
                 "repetition_penalty", self.repetition_penalty, f"a number in (0, {MAX_PENALTY:g}]"
@@ -128,16 +139,37 @@ class GenerationRequest:
             self.end_id = cfg.eos_token_id
         if not (_int(self.end_id) and 0 <= self.end_id < cfg.vocab_size):
             raise bad("end_id", self.end_id, f"a token id in [0, {cfg.vocab_size})")
-        if self.mode != "diffusion" and not cfg.uses_kv_cache:
-            raise bad(
-                "mode",
-                self.mode,
-                f"diffusion for this {cfg.family} model "
-                "(it is fully bidirectional: no causal passes)",
-            )
+        if self.mode not in cfg.modes:
+            raise bad("mode", self.mode, f"{' or '.join(cfg.modes)} for this {cfg.family} model")
+        if not cfg.penalties:
+            for name, off in zip(PENALTY_FIELDS, NO_PENALTIES, strict=True):
+                if getattr(self, name) != off:
+                    raise bad(name, getattr(self, name), f"{off:g} for this {cfg.family} model")
+        self._validate_canvas(bad)
         if not isinstance(self.stop_sequences, list) or any(
             not isinstance(s, list) or not s or not all(_int(t) for t in s)
             for s in self.stop_sequences
         ):
             raise bad("stop_words", "", "non-empty strings")
         return self
+
+    def _validate_canvas(self, bad) -> None:
+        steps = self.max_denoising_steps
+        if not _int(steps) or not 1 <= steps <= MAX_DENOISING_STEPS:
+            raise bad("max_denoising_steps", steps, f"an integer in [1, {MAX_DENOISING_STEPS}]")
+        for name in ("entropy_bound", "confidence_threshold"):
+            value = getattr(self, name)
+            if not (_number(value) and value > 0):
+                raise bad(name, value, "a number > 0")
+        if not (_number(self.t_min) and 0.0 <= self.t_min < MAX_TEMPERATURE):
+            raise bad("t_min", self.t_min, f"a number in [0, {MAX_TEMPERATURE:g})")
+        if not (_number(self.t_max) and self.t_min < self.t_max <= MAX_TEMPERATURE):
+            raise bad(
+                "t_max", self.t_max, f"a number in (t_min={self.t_min:g}, {MAX_TEMPERATURE:g}]"
+            )
+        if not _int(self.stability_threshold) or not 0 <= self.stability_threshold <= steps:
+            raise bad(
+                "stability_threshold",
+                self.stability_threshold,
+                f"an integer in [0, max_denoising_steps={steps}]",
+            )

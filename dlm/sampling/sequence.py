@@ -10,23 +10,31 @@ from dlm.config import ModelConfig
 from dlm.engine import PassRequest
 from dlm.passes import NO_PENALTIES
 from dlm.sampling.request import GenerationRequest
+from plugins.denoise_step.contract import HASH_MUL1, HASH_MUL2
+from plugins.denoise_step.contract import MASK32 as _M32
 
-_M32 = 0xFFFFFFFF
+
+def _hash32(x: int) -> int:
+    """lowbias32 of a 32-bit value (plugins/denoise_step/contract.py)."""
+    x ^= x >> 16
+    x = (x * HASH_MUL1) & _M32
+    x ^= x >> 15
+    x = (x * HASH_MUL2) & _M32
+    return x ^ (x >> 16)
 
 
-def pass_seed(request_seed: int, position: int) -> int:
+def pass_seed(request_seed: int, position: int, draw: int = 0) -> int:
     """The noise seed of a pass whose first output sits at `position` of the sequence. The op
     keys output t's noise by hash32(seed + t) (plugins/denoise_step/contract.py), so each
     position of a request has one noise whichever pass samples it: a self_spec verify slot draws
     what an `ar` step at that position draws, and self-speculation samples exactly `ar`'s tokens
     at temperature > 0 too. A function of the request's seed and the position only: a request
-    samples the same tokens alone or in any batch."""
-    x = (request_seed ^ (request_seed >> 32)) & _M32
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & _M32
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & _M32
-    return ((x ^ (x >> 16)) + position) & _M32
+    samples the same tokens alone or in any batch. `draw` > 0 names another draw at the same
+    positions (the canvas policy samples a canvas once per denoising step; 0: the only one)."""
+    x = _hash32((request_seed ^ (request_seed >> 32)) & _M32)
+    if draw:
+        x = _hash32(x ^ _hash32(draw & _M32))
+    return (x + position) & _M32
 
 
 @dataclass
@@ -70,10 +78,13 @@ class Sequence:
         n_out: int,
         fork: int = 0,
         known: list[int] = (),
+        temperature: float | None = None,
+        draw: int = 0,
     ) -> PassRequest:
         """A pass of this sequence; counts it (every pass counts, prefill and commit included).
         Penalties count the committed output and, for output k, `known[:k]`: the tokens this
-        pass carries past the output that precede what output k predicts (self_spec's draft)."""
+        pass carries past the output that precede what output k predicts (self_spec's draft).
+        `temperature`: this pass's own (None: the request's); `draw`: see `pass_seed`."""
         self.nfe += 1
         r = self.request
         history, penalty_len = [], []
@@ -88,8 +99,8 @@ class Sequence:
             tail,
             write,
             n_out,
-            float(r.temperature),
-            pass_seed(r.seed, start + len(tokens) - n_out),
+            float(r.temperature if temperature is None else temperature),
+            pass_seed(r.seed, start + len(tokens) - n_out, draw),
             fork,
             r.penalties,
             history,
