@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dlm.config import ModelConfig
+from dlm.gemma import MODEL_TYPE as GEMMA
 
 if TYPE_CHECKING:
     from dlm.engine import Engine
+    from dlm.gemma.config import GemmaConfig
 
 MANIFEST = "manifest.json"  # the file every engine folder holds (export/build.py writes it)
 TORCH_LOADER = "dlm.engines:torch_from_build"
@@ -50,14 +52,20 @@ def read_manifest(build_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def model_config(model_dir: str | Path) -> ModelConfig:
-    """The config of a checkpoint folder, as `checkpoint.load` builds the model from it."""
+def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
+    """The config of a checkpoint folder, as its loader builds the model from it: a
+    DiffusionGemma checkpoint's (`dlm.gemma`, by its model_type), else `dlm.checkpoint`'s."""
     from dlm import checkpoint
 
     path = Path(model_dir) / "config.json"
     if not path.exists():
         raise EngineError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
-    cfg = checkpoint.config_from_hf(json.loads(path.read_text()))
+    hf = json.loads(path.read_text())
+    if hf.get("model_type") == GEMMA:
+        from dlm.gemma.config import GemmaConfig
+
+        return GemmaConfig.from_hf(hf)
+    cfg = checkpoint.config_from_hf(hf)
     cfg.dropout = 0.0  # as checkpoint.load does
     return cfg
 
@@ -92,8 +100,9 @@ def load_engine(
             "precision is chosen when it is built (make engine PRECISION=...)"
         )
     cfg = model_config(model_dir)
-    built = ModelConfig.from_dict(manifest["config"])
-    built.dropout = cfg.dropout
+    built = type(cfg).from_dict(manifest["config"])
+    if isinstance(built, ModelConfig):
+        built.dropout = cfg.dropout
     if built != cfg:
         diff = sorted(k for k, v in cfg.to_dict().items() if built.to_dict().get(k) != v)
         raise EngineError(
@@ -152,5 +161,10 @@ def _torch_engine(model_dir: Path, device: str, threads: int, dtype: str) -> Eng
 
     if threads > 0:
         torch.set_num_threads(threads)
-    name = torch_dtype(dtype, device)
-    return TorchEngine(checkpoint.load(model_dir), device, getattr(torch, TORCH_DTYPES[name]))
+    weights = getattr(torch, TORCH_DTYPES[torch_dtype(dtype, device)])
+    if model_config(model_dir).family == GEMMA:
+        from dlm.gemma import checkpoint as gemma_checkpoint
+        from dlm.gemma.engine import GemmaEngine
+
+        return GemmaEngine(gemma_checkpoint.load(model_dir)[1], device, weights)
+    return TorchEngine(checkpoint.load(model_dir), device, weights)

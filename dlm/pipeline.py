@@ -15,6 +15,9 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
 
 
 RULE_KNOBS = {"threshold", "factor", "steps"}  # how diffusion picks the tokens it commits
+# A model folder's defaults a request takes (besides the rule knobs; DiffusionGemma's canvas ones)
+DEFAULT_KNOBS = {"mode", "block_length", "max_tokens", "max_denoising_steps", "entropy_bound"}
+DEFAULT_KNOBS |= {"t_min", "t_max", "stability_threshold", "confidence_threshold"}
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Pipeline:
         A request that names one of diffusion's rules (threshold, factor, steps) drops the
         defaults' rule knobs: the default rule does not mix with the chosen one."""
         given = {k: v for k, v in knobs.items() if v is not None}
-        keep = {"mode", "block_length", "max_tokens"}
+        keep = set(DEFAULT_KNOBS)
         if not given.keys() & RULE_KNOBS:
             keep |= RULE_KNOBS
         fields = {k: v for k, v in self.defaults.items() if k in keep}

@@ -177,9 +177,17 @@ REQUIRED = tuple(k.name for k in KNOBS if k.required)
 
 
 def generation_defaults(folder: str | Path) -> dict:
-    """`generation_config.json` of a model folder (block_length, threshold, ...), or {}."""
+    """`generation_config.json` of a model folder (block_length, threshold, ...), or {}; the
+    keys that are null left out, and transformers' DiffusionGemma `sampler_config` read as
+    the `entropy_bound` it holds."""
     path = Path(folder) / "generation_config.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
+    sampler = found.pop("sampler_config", None) or {}
+    if sampler.get("entropy_bound") is not None:
+        found["entropy_bound"] = sampler["entropy_bound"]
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def pbtxt_inputs(indent: str = "  ") -> str:

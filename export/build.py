@@ -17,7 +17,8 @@ Steps, each printed with its time:
    timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it.
 
 Backend torch writes only the manifest (`dlm.engines.load_engine` then serves the checkpoint with
-`dlm.engine.TorchEngine`). Backend auto = tensorrt where `import tensorrt` works and CUDA is
+`dlm.engine.TorchEngine`); a DiffusionGemma checkpoint (`dlm.gemma`) has no ONNX export yet and
+gets that at auto too. Backend auto = tensorrt where `import tensorrt` works and CUDA is
 available, else onnxruntime. On these machines TensorRT is absent: step 5 never ran here.
 """
 
@@ -137,6 +138,16 @@ def build(
 ) -> dict:
     """Run the steps of the module doc; returns the manifest (raises ParityError on failure)."""
     model_dir, out = Path(model_dir), Path(out_dir)
+    from dlm import engines
+
+    gemma = engines.model_config(model_dir).family == engines.GEMMA
+    if gemma:  # export step 4 of issue 20 is not built: the checkpoint itself serves
+        if backend not in ("auto", "torch"):
+            raise ValueError(
+                f"--backend={backend}: DiffusionGemma has no ONNX export yet; "
+                "use --backend torch (auto picks it)"
+            )
+        backend = "torch"
     backend = resolve_backend(backend)
     allowed = {"onnxruntime": ORT_PRECISIONS, "torch": ("auto", "fp32")}.get(backend)
     if allowed is not None and precision not in allowed:
@@ -172,14 +183,14 @@ def build(
             )
             return manifest
     from dlm import checkpoint
+    from dlm.gemma import checkpoint as gemma_checkpoint
     from export import onnx_export
 
-    model = checkpoint.load(model_dir)
-    cfg = model.cfg
+    cfg, model = gemma_checkpoint.load(model_dir) if gemma else (None, checkpoint.load(model_dir))
+    cfg = cfg or model.cfg
+    params = sum(p.numel() for p in model.parameters())
     done(
-        "load",
-        f"{model_dir}: {cfg.family}, {model.num_parameters() / 1e6:.2f} M params, "
-        f"sha256 {source_hash[:12]}",
+        "load", f"{model_dir}: {cfg.family}, {params / 1e6:.2f} M params, sha256 {source_hash[:12]}"
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-done build must not look finished
@@ -196,7 +207,7 @@ def build(
         "versions": tool_versions(),
         "options": options,
         "config": cfg.to_dict(),
-        "io": _io_spec(cfg),
+        "io": {} if gemma else _io_spec(cfg),
         "files": {},
     }
     if backend != "torch":
@@ -243,9 +254,11 @@ def build(
         f"[done] {out / MANIFEST}: backend {backend}, precision {resolved_precision}, "
         f"{sum(timings.values()):.1f} s"
     )
+    if "auto" not in cfg.modes:
+        return manifest
     # The engine's pass times on this machine (mode=auto's cost model), cached beside it; the
     # server measures them again on another machine.
-    from dlm import cost, engines
+    from dlm import cost
 
     model = cost.load_or_measure(engines.load_engine(model_dir, out, threads=threads), out)
     log(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")

@@ -57,8 +57,8 @@ class Postprocessor:
     """The `postprocessing` model's logic: a response's text and its block view's text."""
 
     def __init__(self, folder) -> None:
+        from dlm.engines import model_config
         from dlm.tokenizer import TextTokenizer
-        from serving.requests import model_config
 
         self.tokenizer = TextTokenizer(folder)
         self.mask_id = model_config(folder).mask_token_id

@@ -76,11 +76,13 @@ def load_engine(
     engine = engines.load_engine(model_dir, build, device=device, threads=threads, dtype=dtype)
     if build is None:
         name = engines.torch_dtype(dtype, device)
-        say(f"engine: TorchEngine on {device} for {model_dir}, {name}{cpu_threads(device)}")
+        kind = type(engine).__name__
+        say(f"engine: {kind} on {device} for {model_dir}, {name}{cpu_threads(device)}")
     else:
         say(f"engine: {type(engine).__name__} from {build} (model {model_dir})")
     # mode=auto's cost model: the build's cached one if measured on this machine, else now
-    engine.cost_model = cost.load_or_measure(engine, build, say)
+    if "auto" in engine.config.modes:
+        engine.cost_model = cost.load_or_measure(engine, build, say)
     if pass_delay_s > 0:
         say(f"engine: every pass held {pass_delay_s * 1000:.0f} ms (fault injection)")
         return HeldEngine(engine, pass_delay_s)

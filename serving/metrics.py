@@ -11,7 +11,10 @@ dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / p
 dlm_self_spec_accepted_tokens{mode} histogram  per self_spec/auto round: tokens committed
 dlm_self_spec_draft_tokens{mode}    histogram  per self_spec/auto round: draft tokens verified
                                                (auto: the draft length it chose; 0 = an AR step)
+dlm_canvas_denoising_steps           histogram  per DiffusionGemma canvas: denoising steps run
+dlm_canvas_tokens_per_step           histogram  per canvas: tokens committed / denoising steps
 dlm_engine_pass_seconds{rows,tokens} gauge     the engine's cost model (dlm.cost), as measured
+                                               (the models that serve mode=auto)
 dlm_sequences_in_flight              gauge      requests in the scheduler
 dlm_engine_live_sequences            gauge      sequences whose KV cache the engine holds
 dlm_engine_steps / _passes           counter    engine calls (steps), and passes run in them
@@ -22,6 +25,7 @@ from __future__ import annotations
 import time
 
 from dlm import cost
+from dlm.gemma import MODEL_TYPE as GEMMA
 from dlm.sampling import MODES, GenerationRequest
 from dlm.sampling.sequence import Sequence
 from serving.engine import MeteredEngine
@@ -33,6 +37,7 @@ TPF_BUCKETS = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]
 ACCEPT_BUCKETS = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 64.0]
 DRAFT_BUCKETS = [0.0, *ACCEPT_BUCKETS]
 SPECULATIVE = ("self_spec", "auto")  # the modes that run self-speculation rounds
+STEP_BUCKETS = [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0, 1024.0]
 
 
 class _Families:
@@ -87,18 +92,19 @@ class ServingMetrics:
             mf.HISTOGRAM,
             buckets=DRAFT_BUCKETS,
         )
-        pass_seconds = mf(
-            name="dlm_engine_pass_seconds",
-            description="The engine's measured pass time by rows and tokens per row (dlm.cost)",
-            kind=mf.GAUGE,
-        )
-        model = cost.for_engine(engine)
+        self.canvas_steps = mf(
+            name="dlm_canvas_denoising_steps",
+            description="Denoising steps per DiffusionGemma canvas",
+            kind=mf.HISTOGRAM,
+        ).Metric(labels=label, buckets=STEP_BUCKETS)
+        self.canvas_tpf = mf(
+            name="dlm_canvas_tokens_per_step",
+            description="Tokens committed per denoising step of a canvas",
+            kind=mf.HISTOGRAM,
+        ).Metric(labels=label, buckets=TPF_BUCKETS)
         self.pass_seconds = []  # kept: a Metric that is garbage-collected is no longer exported
-        for r, line in zip(model.rows, model.seconds, strict=True):
-            for t, seconds in zip(model.tokens, line, strict=True):
-                labels = {**label, "rows": str(r), "tokens": str(t)}
-                self.pass_seconds.append(pass_seconds.Metric(labels=labels))
-                self.pass_seconds[-1].set(seconds)
+        if "auto" in engine.config.modes:
+            self._pass_seconds(mf, label)
         self.inflight = mf(
             name="dlm_sequences_in_flight",
             description="Requests in the dlm scheduler",
@@ -121,6 +127,19 @@ class ServingMetrics:
         self._inflight_now, self._flushed = 0, 0.0
         self.families = mf
 
+    def _pass_seconds(self, mf, label: dict) -> None:
+        pass_seconds = mf(
+            name="dlm_engine_pass_seconds",
+            description="The engine's measured pass time by rows and tokens per row (dlm.cost)",
+            kind=mf.GAUGE,
+        )
+        model = cost.for_engine(self.engine)
+        for r, line in zip(model.rows, model.seconds, strict=True):
+            for t, seconds in zip(model.tokens, line, strict=True):
+                labels = {**label, "rows": str(r), "tokens": str(t)}
+                self.pass_seconds.append(pass_seconds.Metric(labels=labels))
+                self.pass_seconds[-1].set(seconds)
+
     def admitted(self, request: GenerationRequest) -> None:
         self.requests[request.mode].increment(1)
 
@@ -133,6 +152,10 @@ class ServingMetrics:
         mode = seq.request.mode
         if seq.nfe:
             self.tpf[mode].observe(len(seq.output) / seq.nfe)
+        if seq.cfg.family == GEMMA:
+            for block in seq.blocks:
+                self.canvas_steps.observe(block.passes)
+                self.canvas_tpf.observe(block.tokens / max(1, block.passes))
         if mode in SPECULATIVE:
             for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
                 self.accepted[mode].observe(block.tokens)

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from dlm import schema
-from dlm.checkpoint import config_from_hf
 from dlm.config import ModelConfig
+from dlm.engines import model_config
+from dlm.gemma.config import GemmaConfig
 from dlm.pipeline import Pipeline
 from dlm.sampling import GenerationRequest, Limits, RequestError
 from dlm.schema import generation_defaults
@@ -26,19 +27,11 @@ from dlm.tokenizer import TextTokenizer
 FIELDS = tuple(f.name for f in dataclasses.fields(GenerationRequest) if f.name != "prompt_ids")
 
 
-def model_config(folder: str | Path) -> ModelConfig:
-    """The ModelConfig of a checkpoint folder, without loading weights."""
-    path = Path(folder) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no config.json (is MODEL a checkpoint folder?)")
-    return config_from_hf(json.loads(path.read_text()))
-
-
 @dataclasses.dataclass
 class _ConfigOnly:
     """What `Pipeline.request` needs of an engine: its config (no weights here)."""
 
-    config: ModelConfig
+    config: ModelConfig | GemmaConfig
 
 
 # A BPE token rarely spans more than a few bytes: a prompt above this many bytes per allowed token

@@ -7,10 +7,12 @@ ignored. Keys are read from `text_config` under the names transformers writes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from dlm.checkpoint import CheckpointError
+from dlm.gemma import MODEL_TYPE
 
 LayerKind = Literal["sliding", "full"]
 _KINDS: dict[str, LayerKind] = {"sliding_attention": "sliding", "full_attention": "full"}
@@ -76,9 +78,10 @@ class GemmaConfig:
 
     # What the decoding loop asks of a model's config (as of dlm.config.ModelConfig): the
     # canvas is its block, diffusion its only mode (the canvas policy), no logit penalties.
-    family: ClassVar[str] = "diffusion_gemma"
+    family: ClassVar[str] = MODEL_TYPE
     modes: ClassVar[tuple[str, ...]] = ("diffusion",)
     penalties: ClassVar[bool] = False
+    mask_token_id: ClassVar[None] = None  # a canvas holds tokens, never masks
 
     @property
     def block_length(self) -> int:
@@ -137,6 +140,17 @@ class GemmaConfig:
             value = getattr(self, name)
             need(isinstance(value, int) and 0 <= value < self.vocab_size, name, "a token id")
         return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GemmaConfig:
+        """The inverse of `to_dict` (an engine manifest keeps it as JSON)."""
+        d = dict(d, layer_kinds=tuple(d["layer_kinds"]))
+        for kind in ("sliding", "full"):
+            d[kind] = AttentionKind(**d[kind])
+        return cls(**d).validate()
 
     @classmethod
     def from_hf(cls, hf: dict) -> GemmaConfig:

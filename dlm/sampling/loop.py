@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dlm import cost
 from dlm.engine import Engine, PassRequest, PassResult
+from dlm.gemma import MODEL_TYPE as GEMMA
 from dlm.sampling.ar import ar
 from dlm.sampling.auto import Planner, auto
 from dlm.sampling.canvas import canvas
@@ -22,7 +23,7 @@ Policy = Callable[[Sequence], Generator[PassRequest, PassResult, None]]
 
 POLICIES: dict[str, Policy] = {"ar": ar, "diffusion": diffusion, "self_spec": self_spec}
 # A family whose modes decode their own way (the config's `modes` says which it serves).
-FAMILY_POLICIES: dict[str, dict[str, Policy]] = {"diffusion_gemma": {"diffusion": canvas}}
+FAMILY_POLICIES: dict[str, dict[str, Policy]] = {GEMMA: {"diffusion": canvas}}
 
 
 @dataclass
