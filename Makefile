@@ -119,6 +119,12 @@ bench-cpu-precision: engine
 bench-frontend: engine
 	$(PY) -m benchmarks.frontend_overhead --model $(MODEL) $(ENGINE_ARG)
 
+# DiffusionGemma (random weights, transformers' layout) through Triton against transformers'
+# generate in process, c=1 and c=8; first checks both give the same tokens given the same draws.
+.PHONY: bench-gemma
+bench-gemma: setup
+	$(PY) -m benchmarks.gemma_serving
+
 # ---- load tests (benchmarks/): the real perf_analyzer 2.51 from the tritonclient wheel --------
 CONCURRENCY ?= 1 2 4 8
 MODES ?= ar diffusion diffusion_f1 self_spec self_spec_b8

@@ -52,6 +52,12 @@ def read_manifest(build_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def is_gemma(model_dir: str | Path) -> bool:
+    """A DiffusionGemma checkpoint (by config.json's model_type; reads nothing else)."""
+    path = Path(model_dir) / "config.json"
+    return path.exists() and json.loads(path.read_text()).get("model_type") == GEMMA
+
+
 def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
     """The config of a checkpoint folder, as its loader builds the model from it: a
     DiffusionGemma checkpoint's (`dlm.gemma`, by its model_type), else `dlm.checkpoint`'s."""
@@ -61,7 +67,7 @@ def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
     if not path.exists():
         raise EngineError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
     hf = json.loads(path.read_text())
-    if hf.get("model_type") == GEMMA:
+    if is_gemma(model_dir):
         from dlm.gemma.config import GemmaConfig
 
         return GemmaConfig.from_hf(hf)
@@ -162,9 +168,9 @@ def _torch_engine(model_dir: Path, device: str, threads: int, dtype: str) -> Eng
     if threads > 0:
         torch.set_num_threads(threads)
     weights = getattr(torch, TORCH_DTYPES[torch_dtype(dtype, device)])
-    if model_config(model_dir).family == GEMMA:
+    if is_gemma(model_dir):
         from dlm.gemma import checkpoint as gemma_checkpoint
         from dlm.gemma.engine import GemmaEngine
 
-        return GemmaEngine(gemma_checkpoint.load(model_dir)[1], device, weights)
+        return GemmaEngine.torch(gemma_checkpoint.load(model_dir)[1], device, weights)
     return TorchEngine(checkpoint.load(model_dir), device, weights)

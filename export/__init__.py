@@ -26,6 +26,7 @@ ONNX_FILE = "denoiser.onnx"
 ONNX_INT8_FILE = "denoiser.int8.onnx"  # export/quantize.py
 TRT_ONNX_FILE = "denoiser.trt.onnx"
 PLAN_FILE = "denoiser.plan"
+GEMMA_FILES = {"encoder": "encoder.onnx", "canvas": "canvas.onnx"}  # DiffusionGemma's two graphs
 TIMING_CACHE_FILE = "timing.cache"
 
 

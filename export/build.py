@@ -17,8 +17,9 @@ Steps, each printed with its time:
    timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it.
 
 Backend torch writes only the manifest (`dlm.engines.load_engine` then serves the checkpoint with
-`dlm.engine.TorchEngine`); a DiffusionGemma checkpoint (`dlm.gemma`) has no ONNX export yet and
-gets that at auto too. Backend auto = tensorrt where `import tensorrt` works and CUDA is
+`dlm.engine.TorchEngine`). A DiffusionGemma checkpoint (`dlm.gemma`) builds its two graphs
+instead (export/gemma_onnx.py, checked by export/gemma_ort.py) for onnxruntime, auto included;
+it has no TensorRT build yet. Backend auto = tensorrt where `import tensorrt` works and CUDA is
 available, else onnxruntime. On these machines TensorRT is absent: step 5 never ran here.
 """
 
@@ -35,7 +36,15 @@ from importlib import metadata
 from pathlib import Path
 
 import export
-from export import MANIFEST, ONNX_FILE, ONNX_INT8_FILE, PLAN_FILE, TRT_ONNX_FILE, ParityError
+from export import (
+    GEMMA_FILES,
+    MANIFEST,
+    ONNX_FILE,
+    ONNX_INT8_FILE,
+    PLAN_FILE,
+    TRT_ONNX_FILE,
+    ParityError,
+)
 from export.engines import LOADERS
 
 # torch, onnx and onnxruntime are imported only past the up-to-date check, so that a re-run with
@@ -140,14 +149,14 @@ def build(
     model_dir, out = Path(model_dir), Path(out_dir)
     from dlm import engines
 
-    gemma = engines.model_config(model_dir).family == engines.GEMMA
-    if gemma:  # export step 4 of issue 20 is not built: the checkpoint itself serves
-        if backend not in ("auto", "torch"):
+    gemma = engines.is_gemma(model_dir)
+    if gemma:  # DiffusionGemma: two ONNX Runtime graphs (export/gemma_onnx.py), no TensorRT yet
+        if backend == "tensorrt" or precision not in ("auto", "fp32"):
             raise ValueError(
-                f"--backend={backend}: DiffusionGemma has no ONNX export yet; "
-                "use --backend torch (auto picks it)"
+                f"--backend={backend} --precision={precision}: DiffusionGemma builds for "
+                "onnxruntime (auto) or torch, in fp32"
             )
-        backend = "torch"
+        backend = "onnxruntime" if backend == "auto" else backend
     backend = resolve_backend(backend)
     allowed = {"onnxruntime": ORT_PRECISIONS, "torch": ("auto", "fp32")}.get(backend)
     if allowed is not None and precision not in allowed:
@@ -210,7 +219,13 @@ def build(
         "io": {} if gemma else _io_spec(cfg),
         "files": {},
     }
-    if backend != "torch":
+    if backend != "torch" and gemma:
+        from export import gemma_ort
+
+        manifest["parity"] = gemma_ort.export_checked(model, out, threads, log)
+        manifest["files"] = dict(GEMMA_FILES)
+        done("export", f"{', '.join(GEMMA_FILES.values())}, checked against PyTorch")
+    elif backend != "torch":
         parity_graph = onnx_export.export_parity_graph(model)
         graph = onnx_export.deployment_graph(parity_graph)
         done(

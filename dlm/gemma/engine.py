@@ -4,26 +4,45 @@ Two kinds of pass, told apart by `write` (dlm.sampling.canvas makes them):
 - encode (`write`, `tail` 0, `n_out` 0): the encoder runs the tokens causally after the
   sequence's cache and appends their keys/values to it; nothing comes back.
 - canvas step (not `write`, `tail` = `n_out` = the canvas): the denoiser runs the canvas over
-  the cache. At the pass's temperature T it returns the canvas sampled from softmax(logits / T)
-  (the DenoiseStep op's Gumbel-max: `tokens`, and `confidence` its untempered probability),
-  the argmax canvas and each position's entropy of softmax(logits / T).
+  the cache (`dlm.gemma.passes.canvas_pass`) and returns the sampled canvas (`tokens`, and
+  `confidence` its untempered probability), the argmax canvas and each position's entropy at
+  the pass's temperature.
 The self-conditioning signal (the last step's tempered logits, [canvas, vocab]) stays here per
 sequence, so logits never leave the engine: a sequence's next canvas step reads it, and an
 encode pass (a new canvas) drops it. Each kind runs as one batched call per `step`, rows of
-their own cache and canvas lengths padded and masked (`dlm.gemma.model`).
+their own cache and canvas lengths padded and masked.
+
+The graph runs are a `Runner`'s: `TorchRunner` here (the passes in PyTorch, on any device), or
+ONNX Runtime's (export/gemma_ort.py). The engine keeps each sequence's cache as the four
+stacked tensors of `dlm.gemma.passes` [layers of the kind, kv heads, capacity, head dim] on the
+runner's device, grown by doubling; a lone row is handed to the runner as a view, no copy.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from dlm.engine import PassRequest, PassResult
-from dlm.gemma.model import Cache, DiffusionGemma
+from dlm.gemma.config import GemmaConfig
+from dlm.gemma.model import DiffusionGemma
+from dlm.gemma.passes import KINDS, canvas_pass, encode_pass, layers_of
 from plugins.denoise_step.reference import denoise_step_torch
 
 
-class GemmaEngine:
+class Runner(Protocol):
+    config: GemmaConfig
+    device: torch.device
+    dtype: torch.dtype  # of the cache and the self-conditioning signal
+
+    def encode(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+    def canvas(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]: ...
+
+
+class TorchRunner:
     def __init__(
         self,
         model: DiffusionGemma,
@@ -38,12 +57,30 @@ class GemmaEngine:
             self.model.to(self.device)
         self.config = model.cfg
         self.dtype = self.model.decoder.embed_tokens.weight.dtype
-        self.cache: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # [Hkv, S, D]
+
+    @torch.inference_mode()
+    def encode(self, *inputs):
+        return encode_pass(self.model, *inputs)
+
+    @torch.inference_mode()
+    def canvas(self, *inputs):
+        return canvas_pass(self.model, *inputs, step=denoise_step_torch)
+
+
+class GemmaEngine:
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.config = runner, runner.config
+        self.device, self.dtype = runner.device, runner.dtype
+        self.cache: dict[int, list[torch.Tensor]] = {}  # the four stacked tensors
+        self.length: dict[int, int] = {}
         self.self_conditioning: dict[int, torch.Tensor] = {}  # [C, V] tempered logits
 
+    @classmethod
+    def torch(cls, model: DiffusionGemma, device="cpu", dtype=None) -> GemmaEngine:
+        return cls(TorchRunner(model, device, dtype))
+
     def cached(self, seq_id: int) -> int:
-        layers = self.cache.get(seq_id)
-        return 0 if layers is None else layers[0][0].shape[1]
+        return self.length.get(seq_id, 0)
 
     def check(self, p: PassRequest) -> None:
         """Reject a pass this engine cannot run; the message names the field."""
@@ -78,25 +115,24 @@ class GemmaEngine:
         results: list[PassResult | None] = [None] * len(passes)
         encodes = [i for i, p in enumerate(passes) if p.write]
         steps = [i for i, p in enumerate(passes) if not p.write]
-        with torch.inference_mode():
-            if encodes:
-                self._encode([passes[i] for i in encodes])
-                for i in encodes:
-                    results[i] = PassResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
-            if steps:
-                for i, res in zip(steps, self._denoise([passes[i] for i in steps]), strict=True):
-                    results[i] = res
+        if encodes:
+            self._encode([passes[i] for i in encodes])
+            for i in encodes:
+                results[i] = PassResult(np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if steps:
+            for i, res in zip(steps, self._denoise([passes[i] for i in steps]), strict=True):
+                results[i] = res
         return results
 
     def release(self, seq_id: int) -> None:
-        self.cache.pop(seq_id, None)
-        self.self_conditioning.pop(seq_id, None)
+        for d in (self.cache, self.length, self.self_conditioning):
+            d.pop(seq_id, None)
 
     def __len__(self) -> int:
-        return len(self.cache)
+        return len(self.length)
 
-    def _rows(self, passes: list[PassRequest]):
-        """Padded ids and RoPE positions [B, T], lengths [B], the gathered cache and its lengths."""
+    def _rows(self, passes: list[PassRequest]) -> tuple[torch.Tensor, ...]:
+        """Padded ids and RoPE positions [B, T], cached lengths and new lengths [B]."""
         t = max(len(p.tokens) for p in passes)
         ids = torch.zeros(len(passes), t, dtype=torch.long)
         for i, p in enumerate(passes):
@@ -104,75 +140,71 @@ class GemmaEngine:
         starts = torch.tensor([p.start for p in passes])
         positions = starts[:, None] + torch.arange(t)[None, :]
         lengths = torch.tensor([len(p.tokens) for p in passes])
-        past = self._gather([p.seq_id for p in passes])
-        dev = self.device
-        return ids.to(dev), positions.to(dev), lengths.to(dev), past, starts.to(dev)
+        return tuple(x.to(self.device) for x in (ids, positions, starts, lengths))
 
-    def _gather(self, seq_ids: list[int]) -> Cache | None:
-        """Each layer's cache [B, Hkv, S, D] for a batch, S the longest, zero-padded."""
+    def _gather(self, seq_ids: list[int]) -> list[torch.Tensor]:
+        """The batch's four cache tensors [layers, B, kv heads, P, head dim], zero-padded."""
         s = max(self.cached(i) for i in seq_ids)
-        if s == 0:
-            return None
-        out: Cache = []
-        for layer in range(self.config.num_layers):
-            att = self.config.attention(layer)
-            shape = (len(seq_ids), att.num_kv_heads, s, att.head_dim)
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros_like(k)
+        if len(seq_ids) == 1 and s:  # a lone row: a view of its own storage
+            return [t[:, None, :, :s] for t in self.cache[seq_ids[0]]]
+        out = []
+        for j, (kind, _) in enumerate((k, part) for k in KINDS for part in ("k", "v")):
+            att, n = getattr(self.config, kind), len(layers_of(self.config, kind))
+            t = torch.zeros(
+                (n, len(seq_ids), att.num_kv_heads, s, att.head_dim),
+                dtype=self.dtype,
+                device=self.device,
+            )
             for row, sid in enumerate(seq_ids):
                 if sid in self.cache:
-                    pk, pv = self.cache[sid][layer]
-                    k[row, :, : pk.shape[1]], v[row, :, : pv.shape[1]] = pk, pv
-            out.append((k, v))
+                    length = self.length[sid]
+                    t[:, row, :, :length] = self.cache[sid][j][:, :, :length]
+            out.append(t)
         return out
 
     def _encode(self, passes: list[PassRequest]) -> None:
-        ids, positions, lengths, past, starts = self._rows(passes)
-        new, _ = self.model.encode(ids, positions, past, past_len=starts, n_new=lengths)
+        ids, positions, starts, lengths = self._rows(passes)
+        past = self._gather([p.seq_id for p in passes])
+        new = self.runner.encode(ids, positions, starts, lengths, *past)
         for row, p in enumerate(passes):
-            n = len(p.tokens)
-            own = [(k[row, :, :n], v[row, :, :n]) for k, v in new]
-            old = self.cache.get(p.seq_id)
-            if old is not None:
-                own = [
-                    (torch.cat([pk, k], 1), torch.cat([pv, v], 1))
-                    for (pk, pv), (k, v) in zip(old, own, strict=True)
-                ]
-            self.cache[p.seq_id] = own
+            self._append(p.seq_id, p.start, [t[:, row, :, : len(p.tokens)] for t in new])
             self.self_conditioning.pop(p.seq_id, None)  # a new canvas starts unconditioned
 
+    def _append(self, seq_id: int, start: int, new: list[torch.Tensor]) -> None:
+        end = start + new[0].shape[2]
+        old = self.cache.get(seq_id)
+        if old is None or old[0].shape[2] < end:
+            grown = [t.new_zeros(t.shape[0], t.shape[1], max(64, 2 * end), t.shape[3]) for t in new]
+            if old is not None:
+                for g, o in zip(grown, old, strict=True):
+                    g[:, :, :start] = o[:, :, :start]
+            self.cache[seq_id] = old = grown
+        for o, t in zip(old, new, strict=True):
+            o[:, :, start:end] = t
+        self.length[seq_id] = end
+
     def _denoise(self, passes: list[PassRequest]) -> list[PassResult]:
-        ids, positions, lengths, past, starts = self._rows(passes)
+        ids, positions, starts, lengths = self._rows(passes)
+        past = self._gather([p.seq_id for p in passes])
         b, c = ids.shape
         signal = torch.zeros(b, c, self.config.vocab_size, dtype=self.dtype, device=self.device)
-        rows = torch.zeros(b, dtype=torch.bool, device=self.device)
+        conditioned = torch.zeros(b, dtype=torch.bool, device=self.device)
         for row, p in enumerate(passes):
             prev = self.self_conditioning.get(p.seq_id)
             if prev is not None:
-                signal[row, : prev.shape[0]], rows[row] = prev, True
-        logits = self.model.denoise(
-            ids,
-            positions,
-            signal if rows.any() else None,
-            past,
-            self_conditioning_rows=rows,
-            past_len=starts,
-            canvas_len=lengths,
-        )
+                signal[row, : prev.shape[0]], conditioned[row] = prev, True
         temperature = torch.tensor([p.temperature for p in passes], device=self.device)
         seed = torch.tensor([p.seed for p in passes], dtype=torch.int64, device=self.device)
-        tokens, confidence = denoise_step_torch(logits, temperature, seed)
-        tempered = logits / temperature[:, None, None]
-        logp = torch.log_softmax(tempered, dim=-1)
-        entropy = -(logp.exp() * logp).sum(dim=-1)
-        argmax = logits.argmax(dim=-1)
+        token, confidence, argmax, entropy, tempered = self.runner.canvas(
+            ids, positions, starts, lengths, *past, signal, conditioned, temperature, seed
+        )
         results = []
         for row, p in enumerate(passes):
             n = len(p.tokens)
             self.self_conditioning[p.seq_id] = tempered[row, :n].to(self.dtype)
             results.append(
                 PassResult(
-                    tokens[row, :n].cpu().numpy(),
+                    token[row, :n].cpu().numpy(),
                     confidence[row, :n].float().cpu().numpy(),
                     argmax=argmax[row, :n].cpu().numpy(),
                     entropy=entropy[row, :n].float().cpu().numpy(),

@@ -113,16 +113,28 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """`num_experts` GELU MLPs stored as stacked matrices (gate and up rows in one tensor)."""
+    """`num_experts` GELU MLPs stored as stacked matrices (gate and up rows in one tensor).
+
+    Routed (the default): only the experts some token chose run. `dense`: every expert runs on
+    every token, weighted by its routing weight (0 where not chosen): the same sum with no
+    data-dependent shapes, what a graph export can trace (export/gemma_onnx.py), at
+    num_experts / top_k times the expert FLOPs."""
 
     def __init__(self, cfg: GemmaConfig) -> None:
         super().__init__()
         e, h, i = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
         self.gate_up_proj = nn.Parameter(torch.zeros(e, 2 * i, h))
         self.down_proj = nn.Parameter(torch.zeros(e, h, i))
+        self.dense = False
 
     def forward(self, x, weights, experts):
-        # x [N, hidden]; weights/experts [N, K]. Only the experts some token chose are run.
+        # x [N, hidden]; weights/experts [N, K]
+        if self.dense:
+            w = torch.zeros(x.shape[0], self.gate_up_proj.shape[0], device=x.device)
+            w = w.scatter_add(1, experts, weights.float())  # [N, E]
+            gate, up = torch.einsum("nh,eih->nei", x, self.gate_up_proj).chunk(2, dim=-1)
+            y = torch.einsum("nei,ehi->neh", gelu(gate) * up, self.down_proj)
+            return (y * w[..., None].to(y.dtype)).sum(dim=1)
         out = torch.zeros_like(x)
         for e in experts.unique().tolist():
             token, slot = (experts == e).nonzero(as_tuple=True)

@@ -206,7 +206,7 @@ def _key_slots(
     slot = torch.arange(p + t, device=past_len.device)[None, :]
     new = slot >= p
     index = torch.where(new, past_len[:, None] + slot - p, slot)
-    valid = torch.where(new, slot - p < n_new[:, None], slot < past_len[:, None])
+    valid = (new & (slot - p < n_new[:, None])) | (~new & (slot < past_len[:, None]))
     return index, valid
 
 

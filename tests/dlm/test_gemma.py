@@ -27,7 +27,7 @@ from dlm.gemma.model import extend
 pytest.importorskip("transformers")
 from transformers import DynamicCache  # noqa: E402
 
-from tests.dlm.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
+from benchmarks.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
 
 CONTEXT, BATCH = 9, 2
 

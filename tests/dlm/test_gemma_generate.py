@@ -1,10 +1,8 @@
 """The canvas policy against transformers' `DiffusionGemmaForBlockDiffusion.generate`.
 
-Both sides get the same random draws: the reference's sampler and `torch.multinomial` are
-replaced by ones that draw what ours draws (`dlm.sampling.canvas.random_tokens` for the initial
-and renoised canvases, the DenoiseStep op's Gumbel noise for the sampled canvas), keyed by the
-request's seed, the canvas's position and the step. Then every acceptance, renoising, stop and
-committed token must agree, token for token, with the denoising steps counted alike.
+Both sides get the same random draws (`benchmarks.gemma_reference.reference_generate` makes the
+reference draw what ours draws); then every acceptance, renoising, stop and committed token must
+agree, token for token, with the denoising steps counted alike.
 """
 
 from __future__ import annotations
@@ -18,14 +16,11 @@ import torch
 from dlm.gemma import checkpoint
 from dlm.gemma.engine import GemmaEngine
 from dlm.sampling import GenerationRequest, RequestError, generate
-from dlm.sampling.canvas import RENOISE, SAMPLE, accept_by_entropy, draw, random_tokens
-from dlm.sampling.sequence import pass_seed
-from plugins.denoise_step.reference import gumbel_noise_numpy
+from dlm.sampling.canvas import accept_by_entropy, random_tokens
 
 pytest.importorskip("transformers")
-from transformers.models.diffusion_gemma import generation_diffusion_gemma as hf  # noqa: E402
-
-from tests.dlm.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
+from benchmarks.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
+from benchmarks.gemma_reference import reference_generate as reference  # noqa: E402
 
 VOCAB = BASE["vocab_size"]
 STEPS = 6
@@ -60,68 +55,7 @@ def models(tmp_path_factory):
     # tenth keeps the two sides within 1e-5 over a canvas (the forward test runs it in full).
     ref = build_reference(folder, seed=3, self_conditioning=0.1)
     _, ours = checkpoint.load(folder)
-    return ref, GemmaEngine(ours)
-
-
-class Draws(hf.EntropyBoundSampler):
-    """The reference's sampler, drawing our random canvases; also the step being sampled."""
-
-    def __init__(self, seed: int, prompt_len: int, steps: int, bound: float) -> None:
-        super().__init__(hf.EntropyBoundSamplerConfig(bound), CANVAS, VOCAB, steps)
-        self.seed, self.steps = seed, steps
-        self.start = prompt_len - CANVAS  # the first canvas's init moves it to prompt_len
-
-    def initialize_canvas(self, batch_size, device):
-        self.start += CANVAS
-        self.sampling = self.steps
-        return self._tokens(draw(self.steps + 1, RENOISE))
-
-    def renoise_canvas(self, accepted_canvas, cur_step):
-        n = int(cur_step)
-        self.sampling = n - 1
-        noise = self._tokens(draw(n, RENOISE))
-        return torch.where(self.accepted_token_mask, accepted_canvas, noise)
-
-    def _tokens(self, d: int) -> torch.Tensor:
-        return torch.from_numpy(random_tokens(pass_seed(self.seed, self.start, d), CANVAS, VOCAB))[
-            None
-        ]
-
-    def multinomial(self, probs, num_samples=1):
-        """Gumbel-max over log(probs) with the op's noise for this step: our sampled canvas."""
-        seed = pass_seed(self.seed, self.start, draw(self.sampling, SAMPLE))
-        g = gumbel_noise_numpy(np.array([seed]), probs.shape[0], probs.shape[1])[0]
-        scores = np.log(probs.double().numpy()) + g
-        return torch.from_numpy(scores.argmax(-1))[:, None]
-
-
-def reference(ref, monkeypatch, prompt: list[int], max_tokens: int, seed: int, **knobs):
-    """(tokens up to eos and max_tokens, denoising steps) of the reference's generate."""
-    req = GenerationRequest([1], **knobs)  # our defaults, which are transformers'
-    draws = Draws(seed, len(prompt), req.max_denoising_steps, req.entropy_bound)
-    monkeypatch.setattr(ref, "_prepare_sampler", lambda config: draws)
-    monkeypatch.setattr(hf.torch, "multinomial", draws.multinomial)
-    calls = []
-    forward = ref.forward
-    monkeypatch.setattr(ref, "forward", lambda **kw: calls.append(1) or forward(**kw))
-    eos = knobs.get("end_id", ref.config.text_config.eos_token_id)
-    with torch.no_grad():
-        out = ref.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=max_tokens,
-            max_denoising_steps=req.max_denoising_steps,
-            sampler_config=hf.EntropyBoundSamplerConfig(req.entropy_bound),
-            t_min=req.t_min,
-            t_max=req.t_max,
-            stability_threshold=req.stability_threshold,
-            confidence_threshold=req.confidence_threshold,
-            eos_token_id=eos,
-        )
-    monkeypatch.undo()
-    tokens = out.sequences[0, len(prompt) :].tolist()[:max_tokens]
-    if eos in tokens:
-        tokens = tokens[: tokens.index(eos)]
-    return tokens, len(calls)
+    return ref, GemmaEngine.torch(ours)
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -130,7 +64,7 @@ def prompts(n: int, seed: int = 0) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_transformers_generate(case, models, monkeypatch):
+def test_matches_transformers_generate(case, models):
     ref, engine = models
     knobs = dict(max_denoising_steps=STEPS, **CASES[case])
     batch = prompts(3)
@@ -140,8 +74,8 @@ def test_matches_transformers_generate(case, models, monkeypatch):
         for i, p in enumerate(batch)
     ]
     results = generate(engine, requests)  # ours batched: the reference runs one at a time
-    for i, (p, res) in enumerate(zip(batch, results, strict=True)):
-        tokens, steps = reference(ref, monkeypatch, p, max_tokens, seed=11 + i, **knobs)
+    for i, (req, res) in enumerate(zip(requests, results, strict=True)):
+        tokens, steps = reference(ref, req)
         assert res.token_ids == tokens, f"{case}, prompt {i}: ours {res.token_ids} vs {tokens}"
         assert sum(b.passes for b in res.blocks) == steps, f"{case}, prompt {i}: steps"
     passes = [b.passes for r in results for b in r.blocks]
@@ -153,15 +87,16 @@ def test_matches_transformers_generate(case, models, monkeypatch):
         assert set(passes) == {STEPS}
 
 
-def test_stops_at_eos_as_the_reference(models, monkeypatch):
+def test_stops_at_eos_as_the_reference(models):
     ref, engine = models
     prompt = prompts(1, seed=5)[0]
     knobs = dict(max_denoising_steps=STEPS, entropy_bound=2.0)
     full = generate(engine, [GenerationRequest(prompt, max_tokens=3 * CANVAS, **knobs)])[0]
     eos = full.token_ids[min(CANVAS + 2, len(full.token_ids) - 1)]  # ends it in canvas 2
     cut = full.token_ids.index(eos)
-    res = generate(engine, [GenerationRequest(prompt, max_tokens=3 * CANVAS, end_id=eos, **knobs)])
-    tokens, steps = reference(ref, monkeypatch, prompt, 3 * CANVAS, seed=0, end_id=eos, **knobs)
+    req = GenerationRequest(prompt, max_tokens=3 * CANVAS, end_id=eos, **knobs)
+    res = generate(engine, [req])
+    tokens, steps = reference(ref, req)
     assert res[0].token_ids == tokens == full.token_ids[:cut]
     assert res[0].finish_reason == "eos"
     assert sum(b.passes for b in res[0].blocks) == steps

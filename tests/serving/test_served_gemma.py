@@ -1,10 +1,14 @@
 """DiffusionGemma served like the other families: a tiny random checkpoint in transformers'
-layout (vision tower included) with a real BPE tokenizer, through the real tritonserver's
-ensemble (tritonclient gRPC, streaming with each step's canvas) and the front door (the `openai`
-client). Served tokens equal the canvas policy in process, which equals transformers' generate
-(tests/dlm/test_gemma_generate.py); bad canvas knobs get errors naming the field."""
+layout (vision tower included) with a real BPE tokenizer, built by `make engine` (its ONNX
+Runtime graphs, checked against PyTorch), through the real tritonserver's ensemble
+(tritonclient gRPC, streaming with each step's canvas) and the front door (the `openai`
+client). Served tokens equal the same engine in process (whose canvas policy equals
+transformers' generate: tests/dlm/test_gemma_generate.py); bad canvas knobs get errors naming
+the field."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -15,7 +19,7 @@ from model_repository.local_server import LocalServer, free_ports
 from tests.conftest import train_tiny_tokenizer
 
 pytest.importorskip("transformers")
-from tests.dlm.gemma_reference import CANVAS, build_reference  # noqa: E402
+from benchmarks.gemma_reference import CANVAS, build_reference  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["def f(x):\n    return", "import os\n", "class A:\n    def"]
@@ -35,21 +39,25 @@ def gemma_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(gemma_checkpoint, tmp_path_factory):
-    build(gemma_checkpoint, gemma_checkpoint / "engine", log=print)  # `make engine`: torch
+    build(gemma_checkpoint, gemma_checkpoint / "engine", log=print)  # `make engine`
     args = ["--engine", str(gemma_checkpoint / "engine"), "--threads", "1"]
     with LocalServer(gemma_checkpoint, tmp_path_factory.mktemp("gemma_triton"), args) as s:
         yield s
 
 
-def test_make_engine_writes_a_torch_manifest(gemma_checkpoint, tmp_path):
-    manifest = build(gemma_checkpoint, tmp_path / "engine", log=print)
-    assert manifest["backend"] == "torch" and manifest["config"]["canvas_length"] == CANVAS
-    with pytest.raises(ValueError, match="--backend=onnxruntime: DiffusionGemma has no ONNX"):
-        build(gemma_checkpoint, tmp_path / "ort", backend="onnxruntime", log=print)
+def test_make_engine_builds_the_onnx_runtime_graphs(gemma_checkpoint, served):
+    manifest = json.loads((gemma_checkpoint / "engine" / "manifest.json").read_text())
+    assert manifest["backend"] == "onnxruntime"
+    assert manifest["files"] == {"encoder": "encoder.onnx", "canvas": "canvas.onnx"}
+    assert manifest["config"]["canvas_length"] == CANVAS
+    assert manifest["parity"]["generations"] == 3  # identical tokens, else no manifest
+    assert "GemmaEngine from" in served.tail(400)
+    with pytest.raises(ValueError, match="--backend=tensorrt --precision=auto: DiffusionGemma"):
+        build(gemma_checkpoint, gemma_checkpoint / "trt", backend="tensorrt", log=print)
 
 
 def test_served_equals_in_process(gemma_checkpoint, served):
-    pipe = Pipeline.load(gemma_checkpoint)
+    pipe = Pipeline.load(gemma_checkpoint, engine_dir=gemma_checkpoint / "engine")
     c = GrpcClient(f"127.0.0.1:{served.grpc}", timeout=120)
     for i, p in enumerate(PROMPTS):
         want = pipe.generate([pipe.request(p, max_tokens=2 * CANVAS, seed=i, **KNOBS)])[0]
@@ -92,7 +100,7 @@ def test_front_door_openai_client(gemma_checkpoint, served, tmp_path):
 
     from frontend.process import FrontDoor
 
-    pipe = Pipeline.load(gemma_checkpoint)
+    pipe = Pipeline.load(gemma_checkpoint, engine_dir=gemma_checkpoint / "engine")
     want = pipe.generate([pipe.request(PROMPTS[0], max_tokens=CANVAS, seed=4, **KNOBS)])[0]
     log = open(tmp_path / "frontend.log", "wb")
     port = free_ports(1)[0]
