@@ -22,6 +22,13 @@ def test_extensions_are_the_schema_knobs_openai_lacks():
         "factor",
         "repetition_penalty",
         "return_block_text",
+        # DiffusionGemma's canvas (dlm/sampling/canvas.py)
+        "max_denoising_steps",
+        "entropy_bound",
+        "t_min",
+        "t_max",
+        "stability_threshold",
+        "confidence_threshold",
     }
     # OpenAI's own names
     standard = {"max_tokens", "stream", "temperature", "frequency_penalty", "presence_penalty"}
