@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = Pipeline.load(folder)
     knobs = dict(max_tokens=args.max_tokens, max_denoising_steps=args.steps)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
-    params = sum(t.numel() for t in pipe.engine.model.parameters())
+    params = sum(t.numel() for t in pipe.engine.runner.model.parameters())
     print(
         f"# DiffusionGemma, served vs transformers' generate: random weights, {params / 1e6:.1f} M "
         f"params, canvas {CANVAS}, {platform.node()}, {os.cpu_count()} CPUs, {args.threads} "

@@ -170,6 +170,8 @@ def parse(body: object, chat: bool, render=None, default_max_tokens: int | None 
     `render(messages)` turns a chat's messages into the prompt text."""
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object")
+    if chat:
+        _text_only(body.get("messages"))
     try:
         req = (ChatRequest if chat else CompletionRequest).model_validate(body)
     except ValidationError as e:
@@ -223,6 +225,23 @@ def parse(body: object, chat: bool, render=None, default_max_tokens: int | None 
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
         seeds=[(seed + i) % 2**64 for i in range(req.n)],
     )
+
+
+def _text_only(messages: object) -> None:
+    """Refuse content parts other than text by name (an image would otherwise read as a bad
+    string): the models served here are served text-only (DiffusionGemma's vision tower is
+    not loaded)."""
+    for i, m in enumerate(messages if isinstance(messages, list) else []):
+        parts = m.get("content") if isinstance(m, dict) else None
+        for j, part in enumerate(parts if isinstance(parts, list) else []):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ApiError(
+                    400,
+                    f"messages[{i}].content[{j}].type={kind!r}: only 'text' parts are "
+                    "accepted (this server serves text only; no images)",
+                    "messages",
+                )
 
 
 # Triton input named at the start of a validation message -> the OpenAI field.

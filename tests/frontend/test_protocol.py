@@ -105,3 +105,10 @@ def test_triton_messages_map_to_fields_and_statuses():
     for error, status, param in cases:
         e = _api_error(error, chat=False)
         assert (e.status, e.param) == (status, param), e.body()
+
+
+def test_image_parts_refused_by_name():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [image]}]}
+    with pytest.raises(ApiError, match=r"messages\[0\].content\[0\].type='image_url': only 'text'"):
+        parse(body, chat=True, render=lambda m: "x")
