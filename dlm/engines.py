@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from dlm.config import ModelConfig
 from dlm.gemma import MODEL_TYPE as GEMMA
+from dlm.hf_config import config_from_hf
 
 if TYPE_CHECKING:
     from dlm.engine import Engine
@@ -60,9 +61,8 @@ def is_gemma(model_dir: str | Path) -> bool:
 
 def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
     """The config of a checkpoint folder, as its loader builds the model from it: a
-    DiffusionGemma checkpoint's (`dlm.gemma`, by its model_type), else `dlm.checkpoint`'s."""
-    from dlm import checkpoint
-
+    DiffusionGemma checkpoint's (`dlm.gemma`, by its model_type), else `dlm.checkpoint`'s.
+    Torch-free (the front door and the launcher read it)."""
     path = Path(model_dir) / "config.json"
     if not path.exists():
         raise EngineError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
@@ -71,7 +71,7 @@ def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
         from dlm.gemma.config import GemmaConfig
 
         return GemmaConfig.from_hf(hf)
-    cfg = checkpoint.config_from_hf(hf)
+    cfg = config_from_hf(hf)
     cfg.dropout = 0.0  # as checkpoint.load does
     return cfg
 

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     import json
     from pathlib import Path
 
-    from dlm.checkpoint import config_from_hf
+    from dlm.hf_config import config_from_hf
 
     p = argparse.ArgumentParser(prog="python -m export.parity")
     p.add_argument("--model", required=True, help="checkpoint folder")

@@ -248,9 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.model:
         p.error("profiles: --model is required")
-    from dlm import checkpoint
+    from dlm.hf_config import config_from_hf
 
-    cfg = checkpoint.config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
+    cfg = config_from_hf(json.loads((Path(args.model) / "config.json").read_text()))
     for prof in optimization_profiles(cfg, max_batch=args.max_batch):
         print(prof.name, {a: list(r) for a, r in prof.dims.items()})
     print("tensorrt:", "present" if tensorrt_available() else ABSENT)

@@ -20,7 +20,8 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from dlm.schema import MODES, generation_defaults
+from dlm.engines import model_config
+from dlm.schema import generation_defaults
 from dlm.tokenizer import PLAIN_CHAT_TEMPLATE, TextTokenizer
 from frontend.protocol import (
     Answer,
@@ -54,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     name = model_name(folder, settings.model_name)
     tokenizer = TextTokenizer(folder)
     defaults = generation_defaults(folder)
+    modes = model_config(folder).modes
     triton = Triton(settings.triton)
 
     @contextlib.asynccontextmanager
@@ -106,8 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/playground.json")
     async def playground():
-        """What the page needs: the model's name, the modes and the model's defaults."""
-        return {"model": name, "modes": list(MODES), "defaults": defaults}
+        """What the page needs: the model's name, the modes it serves and its defaults."""
+        return {"model": name, "modes": list(modes), "defaults": defaults}
 
     async def body_of(request: Request) -> object:
         size, parts = 0, []

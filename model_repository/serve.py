@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from dlm.schema import MODES
 from model_repository.processes import (
     poll_until,
     remove_left_by_exited,
@@ -157,22 +158,31 @@ def wait_ready(http: str, gone: Callable[[], bool] = lambda: False, timeout: flo
         api.close()
 
 
-def ready_text(address: str, http: int, grpc: int, metrics: int, front: str = "") -> str:
+def example_modes(modes: tuple[str, ...]) -> tuple[str, str, str]:
+    """The modes the banner's three examples show: diffusion, self_spec, ar where served."""
+    return tuple(m if m in modes else modes[0] for m in ("diffusion", "self_spec", "ar"))
+
+
+def ready_text(
+    address: str, http: int, grpc: int, metrics: int, front: str = "", modes=MODES
+) -> str:
+    first, second, third = example_modes(tuple(modes))
     return f"""
 dlm-triton ready: HTTP {address}:{http}  gRPC {address}:{grpc}  metrics {address}:{metrics}
-  python -m client --url {address}:{grpc} --prompt 'def fib(n):' --mode diffusion
-  python -m client --http --url {address}:{http} --prompt 'import os' --mode self_spec
+  python -m client --url {address}:{grpc} --prompt 'def fib(n):' --mode {first}
+  python -m client --http --url {address}:{http} --prompt 'import os' --mode {second}
   curl -s -X POST {address}:{http}/v2/models/ensemble/generate \\
-       -d '{{"text_input": "def fib(n):", "max_tokens": 64, "mode": "ar"}}'
+       -d '{{"text_input": "def fib(n):", "max_tokens": 64, "mode": "{third}"}}'
   curl -s {address}:{metrics}/metrics | grep ^dlm_
 {front}Stop with Ctrl-C.
 """
 
 
-def frontend_text(url: str, model: str) -> str:
+def frontend_text(url: str, model: str, modes=MODES) -> str:
+    mode = example_modes(tuple(modes))[1]
     return f"""front door: {url}/ (the playground)  {url}/v1 (OpenAI API)
   curl -s {url}/v1/completions -H 'Content-Type: application/json' \\
-       -d '{{"model": "{model}", "prompt": "def fib(n):", "max_tokens": 64, "mode": "self_spec"}}'
+       -d '{{"model": "{model}", "prompt": "def fib(n):", "max_tokens": 64, "mode": "{mode}"}}'
 """
 
 
@@ -264,14 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     def announce():  # once Triton is ready, and so is the front door's channel to it
         if not wait_ready(http, gone):
             return
+        from dlm.engines import model_config
+
+        modes = model_config(args.model).modes  # what the examples may show
         more = ""
         if front is not None:
-            more = frontend_text(front.url, front.model_name)
+            more = frontend_text(front.url, front.model_name, modes)
             if not poll_until(front.ready, 60, 0.1, gone):
                 more += f"  (not reaching Triton yet: see {front.url}/health)\n"
         if not gone():
             ports = (args.http_port, args.grpc_port, args.metrics_port)
-            print(ready_text(args.address, *ports, more), flush=True)
+            print(ready_text(args.address, *ports, more, modes), flush=True)
 
     if enabled():  # from the start: a stub may die before the server is ready
         supervisor.start()

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from dlm.checkpoint import INDEX, SINGLE, CheckpointError
+from dlm.checkpoint import INDEX, SINGLE
 from dlm.gemma.config import GemmaConfig
 from dlm.gemma.model import DiffusionGemma
+from dlm.hf_config import CheckpointError
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from dlm.checkpoint import CheckpointError
 from dlm.gemma import MODEL_TYPE
+from dlm.hf_config import CheckpointError
 
 LayerKind = Literal["sliding", "full"]
 _KINDS: dict[str, LayerKind] = {"sliding_attention": "sliding", "full_attention": "full"}

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from dlm import checkpoint
-from dlm.checkpoint import CheckpointError
+from dlm.hf_config import CheckpointError
 from tests.conftest import tiny_model
 
 FAMILIES = {

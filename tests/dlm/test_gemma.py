@@ -19,10 +19,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dlm.checkpoint import CheckpointError
 from dlm.gemma import checkpoint
 from dlm.gemma.config import GemmaConfig
 from dlm.gemma.model import extend
+from dlm.hf_config import CheckpointError
 
 pytest.importorskip("transformers")
 from transformers import DynamicCache  # noqa: E402
