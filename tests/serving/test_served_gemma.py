@@ -2,9 +2,8 @@
 layout (vision tower included) with a real BPE tokenizer, built by `make engine` (its ONNX
 Runtime graphs, checked against PyTorch), through the real tritonserver's ensemble
 (tritonclient gRPC, streaming with each step's canvas) and the front door (the `openai`
-client). Served tokens equal the same engine in process (whose canvas policy equals
-transformers' generate: tests/dlm/test_gemma_generate.py); bad canvas knobs get errors naming
-the field."""
+client). Served tokens equal the same engine in process and transformers' generate given the
+same draws (benchmarks/gemma_reference.py); bad canvas knobs get errors naming the field."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from model_repository.local_server import LocalServer, free_ports
 from tests.conftest import train_tiny_tokenizer
 
 pytest.importorskip("transformers")
-from benchmarks.gemma_reference import CANVAS, build_reference  # noqa: E402
+from benchmarks.gemma_reference import CANVAS, build_reference, reference_generate  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["def f(x):\n    return", "import os\n", "class A:\n    def"]
@@ -27,14 +26,20 @@ KNOBS = dict(max_denoising_steps=5, entropy_bound=1.0)
 
 
 @pytest.fixture(scope="module")
-def gemma_checkpoint(tmp_path_factory):
+def reference(tmp_path_factory):
+    """(the checkpoint folder, transformers' model saved there)"""
     folder = tmp_path_factory.mktemp("gemma_ckpt")
-    build_reference(
+    ref = build_reference(
         folder, seed=3, self_conditioning=0.1,
         vocab_size=300, eos_token_id=2, bos_token_id=1, pad_token_id=0,
     )  # fmt: skip
     train_tiny_tokenizer(folder)  # the same special ids: pad 0, bos 1, eos 2
-    return folder
+    return folder, ref
+
+
+@pytest.fixture(scope="module")
+def gemma_checkpoint(reference):
+    return reference[0]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +61,13 @@ def test_make_engine_builds_the_onnx_runtime_graphs(gemma_checkpoint, served):
         build(gemma_checkpoint, gemma_checkpoint / "trt", backend="tensorrt", log=print)
 
 
-def test_served_equals_in_process(gemma_checkpoint, served):
+def test_served_equals_in_process_and_transformers(gemma_checkpoint, reference, served):
     pipe = Pipeline.load(gemma_checkpoint, engine_dir=gemma_checkpoint / "engine")
     c = GrpcClient(f"127.0.0.1:{served.grpc}", timeout=120)
     for i, p in enumerate(PROMPTS):
-        want = pipe.generate([pipe.request(p, max_tokens=2 * CANVAS, seed=i, **KNOBS)])[0]
+        request = pipe.request(p, max_tokens=2 * CANVAS, seed=i, **KNOBS)
+        want = pipe.generate([request])[0]
+        assert want.token_ids == reference_generate(reference[1], request)[0], p
         views = []
         got = c.generate(
             p, 2 * CANVAS, random_seed=i, stream=True, return_block_text=True,
