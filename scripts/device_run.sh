@@ -2,9 +2,10 @@
 # The GPU session of this project, as one prepared script (see docs/performance.md "GPU runs").
 # Usage on a CUDA machine, from the repository root, with build/corpus made by
 #   python -m dlm.train.corpus --out build/corpus
-#   OUT=dir bash scripts/device_run.sh [train|checks|all]
+#   OUT=dir bash scripts/device_run.sh [train|checks|gemma|all]
 # train:  trains the default model on the GPU (same recipe as the CPU one, bigger budget)
 # checks: the DenoiseStep kernel check (plugins) and the 8B-shaped forward benchmark
+# gemma:  DiffusionGemma's PyTorch engine on the GPU (bf16): step times, tokens/s at c=1 and 8
 set -uo pipefail
 OUT=${OUT:-build/device}
 WHAT=${1:-all}
@@ -32,5 +33,9 @@ if [[ $WHAT == checks || $WHAT == all ]]; then
   timeout 150 $PY -m plugins.denoise_step.gpu_check --out "$OUT/gpu_check.md" 2>&1 | tail -n 80
   log "8B-shaped forward benchmark"
   timeout 180 $PY -m benchmarks.gpu_forward --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
+fi
+if [[ $WHAT == gemma || $WHAT == all ]]; then
+  log "DiffusionGemma engine (random small shape, bf16)"
+  timeout 240 $PY -m benchmarks.gemma_device --device cuda 2>&1 | tee "$OUT/gemma_device.md" | tail -n 40
 fi
 log "done"
