@@ -22,6 +22,7 @@ output equals `ar` token for token, greedy or with the same seed (tested over ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from dlm.cost import CostModel
@@ -33,7 +34,12 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block s
 # model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_DRAFT, PRIOR_SHARE = 3.0, 2.0 / 3.0
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
-EXPLORE = 16  # one step in this many takes the other choice (AR or speculation) to measure it
+# Now and then a step takes the other choice (AR or speculation) so the cost model keeps
+# measuring it: at most one step in EXPLORE, and no more often than its estimated extra time
+# stays within EXPLORE_BUDGET of the steps' (where a speculative round costs 4x an AR step, as
+# at 16 rows on the 2-core CPU, one in 16 would cost 20% of the throughput).
+EXPLORE = 16
+EXPLORE_BUDGET = 0.02
 
 
 class Drafting:
@@ -61,6 +67,14 @@ def round_tokens(size: int, draft: float) -> float:
     return 1 if size == 1 else 1 + min(size - 1, draft) + 2 * size
 
 
+def explore_interval(cost: CostModel, rows: int, best: int, other: int, draft: float) -> int:
+    """Steps between two explorations of `other` while `best` is the choice (see EXPLORE)."""
+    ratio = cost.pass_seconds(rows, round_tokens(other, draft)) / cost.pass_seconds(
+        rows, round_tokens(best, draft)
+    )
+    return max(EXPLORE, math.ceil((ratio - 1) / EXPLORE_BUDGET))
+
+
 def best_size(
     cost: CostModel, rows: int, draft: float, share: float, limit: int, smallest: int = 1
 ) -> int:
@@ -82,6 +96,7 @@ class Planner:
         self.cost, self.rows, self.step = cost, rows, step
         self.drafting = Drafting()
         self._decided: tuple[int, int] | None = None  # (step, size)
+        self._since = 0  # decisions since the last exploration
 
     def size(self, limit: int) -> int:
         step = self.step()
@@ -89,11 +104,11 @@ class Planner:
             d = self.drafting
             rows = self.rows()
             size = best_size(self.cost, rows, d.length, d.share, SIZES[-1])
-            if step % EXPLORE == EXPLORE - 1:  # now and then the other kind of step, so that
-                # the cost model keeps learning what both cost at this batch
-                size = (
-                    1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
-                )
+            other = 1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
+            if self._since >= explore_interval(self.cost, rows, size, other, d.length) - 1:
+                size, self._since = other, 0  # the cost model keeps learning both at this batch
+            else:
+                self._since += 1
             self._decided = (step, size)
         return min(self._decided[1], limit)
 

@@ -10,12 +10,16 @@ from dlm.pipeline import DEFAULT_MODEL, Pipeline
 from dlm.sampling import GenerationRequest, generate
 from dlm.sampling.auto import (
     EXPLORE,
+    EXPLORE_BUDGET,
     MEMORY,
     PRIOR_DRAFT,
     PRIOR_SHARE,
+    SIZES,
     Drafting,
     Planner,
     best_size,
+    explore_interval,
+    round_tokens,
 )
 from tests.conftest import random_prompts, tiny_model
 
@@ -136,13 +140,19 @@ def test_the_cost_model_learns_the_overhead_of_steps():
     assert m.pass_seconds(1, 1) == pytest.approx(0.01)
 
 
-def test_auto_explores_the_other_choice_now_and_then():
-    planner = Planner(dear(), rows=lambda: 1, step=iter(range(10**6)).__next__)
-    sizes = [planner.size(32) for _ in range(4 * EXPLORE)]
-    assert sizes.count(1) == 4 * EXPLORE - 4 and all(s > 1 for s in sizes[EXPLORE - 1 :: EXPLORE])
+def test_auto_explores_the_other_choice_within_its_budget():
+    # passes cost the same: AR, the other choice, is taken once in EXPLORE steps
     planner = Planner(flat(), rows=lambda: 1, step=iter(range(10**6)).__next__)
     sizes = [planner.size(32) for _ in range(4 * EXPLORE)]
     assert sizes.count(1) == 4 and all(s == 1 for s in sizes[EXPLORE - 1 :: EXPLORE])
+    # speculation is dear: taken only as often as keeps its extra time within EXPLORE_BUDGET
+    other = best_size(dear(), 1, PRIOR_DRAFT, PRIOR_SHARE, SIZES[-1], smallest=2)
+    k = explore_interval(dear(), 1, 1, other, PRIOR_DRAFT)
+    ratio = dear().pass_seconds(1, round_tokens(other, PRIOR_DRAFT)) / dear().pass_seconds(1, 1)
+    assert k > EXPLORE and (ratio - 1) / k <= EXPLORE_BUDGET
+    planner = Planner(dear(), rows=lambda: 1, step=iter(range(10**6)).__next__)
+    sizes = [planner.size(32) for _ in range(3 * k)]
+    assert [i for i, s in enumerate(sizes) if s > 1] == [k - 1, 2 * k - 1, 3 * k - 1]
 
 
 def test_the_scheduler_reports_its_steps_to_the_cost_model():
