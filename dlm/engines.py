@@ -67,7 +67,7 @@ def model_config(model_dir: str | Path) -> ModelConfig | GemmaConfig:
     if not path.exists():
         raise EngineError(f"{model_dir}: no config.json (is it a checkpoint folder?)")
     hf = json.loads(path.read_text())
-    if is_gemma(model_dir):
+    if hf.get("model_type") == GEMMA:
         from dlm.gemma.config import GemmaConfig
 
         return GemmaConfig.from_hf(hf)

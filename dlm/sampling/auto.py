@@ -104,13 +104,22 @@ class Planner:
             d = self.drafting
             rows = self.rows()
             size = best_size(self.cost, rows, d.length, d.share, SIZES[-1])
-            other = 1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
-            if self._since >= explore_interval(self.cost, rows, size, other, d.length) - 1:
-                size, self._since = other, 0  # the cost model keeps learning both at this batch
-            else:
+            if self._since >= EXPLORE - 1 and self._explore(rows, size):
+                size, self._since = self._other(rows, size), 0  # the cost model keeps learning
+            else:  # both choices at this batch
                 self._since += 1
             self._decided = (step, size)
         return min(self._decided[1], limit)
+
+    def _other(self, rows: int, size: int) -> int:
+        d = self.drafting
+        return 1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
+
+    def _explore(self, rows: int, size: int) -> bool:
+        interval = explore_interval(
+            self.cost, rows, size, self._other(rows, size), self.drafting.length
+        )
+        return self._since >= interval - 1
 
 
 def auto(seq: Sequence, planner: Planner):

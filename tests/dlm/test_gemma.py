@@ -25,6 +25,7 @@ from dlm.gemma.model import extend
 from dlm.hf_config import CheckpointError
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
 from transformers import DynamicCache  # noqa: E402
 
 from benchmarks.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
@@ -45,15 +46,6 @@ CASES = {
     "softcap": dict(final_logit_softcapping=1.0),  # logits ~ N(0, 1): the cap bites
     "untied": dict(tie_word_embeddings=False),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tensors are tiny: with several threads a busy machine makes each op wait for a core.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_close(ours, theirs, what: str, rel: float = 1e-4) -> None:

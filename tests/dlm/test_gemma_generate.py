@@ -19,6 +19,7 @@ from dlm.sampling import GenerationRequest, RequestError, generate
 from dlm.sampling.canvas import accept_by_entropy, random_tokens
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("one_thread")
 from benchmarks.gemma_reference import BASE, CANVAS, build_reference  # noqa: E402
 from benchmarks.gemma_reference import reference_generate as reference  # noqa: E402
 
@@ -37,14 +38,6 @@ CASES = {
     "stable_0": dict(confidence_threshold=50.0, stability_threshold=0),
     "schedule": dict(t_min=0.1, t_max=2.0, entropy_bound=1.0),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
