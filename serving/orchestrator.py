@@ -397,4 +397,5 @@ def event_arrays(event: Event) -> dict[str, np.ndarray]:
         "block_ids": view,
         "seq_key": np.array([[event.key]], np.int64),
         "heartbeat": np.array([[event.heartbeat]], bool),
+        "error": np.array([[(event.error or "").encode()]], np.object_),
     }

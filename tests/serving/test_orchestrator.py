@@ -1,5 +1,6 @@
 """The dlm scheduler thread's logic, against a TorchEngine in process (as in the `dlm` model)."""
 
+import dataclasses
 import os
 import threading
 import time
@@ -234,6 +235,8 @@ def test_event_arrays_shapes(engine):
     assert arrays["output_ids"].shape == (1, 3) and arrays["output_ids"].dtype == np.int32
     assert arrays["block_ids"].shape == (1, 0)
     assert arrays["final"].tolist() == [[True]] and arrays["seq_key"].dtype == np.int64
+    assert arrays["error"].tolist() == [[b""]]  # an error rides on the last response's tensors
+    assert event_arrays(dataclasses.replace(c.final, error="boom"))["error"].tolist() == [[b"boom"]]
 
 
 # ---------------------------------------------------------------- KV budget and the queue

@@ -6,7 +6,8 @@ Inputs: input_ids INT32 [n]; request BYTES [1] (JSON knobs from preprocessing).
 Outputs, per response: output_ids INT32 [n] (ALL tokens so far); shown INT32 [1] (how many the
 previous response covered); final BOOL [1]; num_forward_passes, num_output_tokens INT32 [1]
 (totals so far); block_ids INT32 [m] (the uncommitted rest of the block being denoised, if
-asked, else empty); seq_key INT64 [1] (the sequence's key, serving.cancel); heartbeat BOOL [1].
+asked, else empty); seq_key INT64 [1] (the sequence's key, serving.cancel); heartbeat BOOL [1];
+error BYTES [1] ("" unless the request failed).
 Streaming: with `stream`, one response per step that committed tokens (or changed the block
 view, if asked); without, exactly one data response. Heartbeats (no data, dropped by
 postprocessing) go out for a request silent for HEARTBEAT_MS, so that postprocessing sees an
@@ -20,8 +21,12 @@ KIND_GPU (one per GPU, the engine on the instance's GPU). THREADS: the engine's 
 PASS_DELAY_MS > 0: fault injection for tests, every step held that long (0 when served).
 Limits: requests in flight share a KV budget of KV_BUDGET_TOKENS cached positions (each needs
 prompt + max_tokens + one block); the others wait, at most MAX_QUEUED of them.
-Errors: an error response with the FINAL flag, naming the field or the failing stage; `busy:
-...` naming the limit (kv_budget_tokens, max_queued) when a request cannot be queued.
+Errors: a request that does not parse gets an error response with the FINAL flag, naming the
+field. Later errors (`busy: ...` naming the limit, kv_budget_tokens or max_queued; a failed step;
+shutdown) ride on the last response's `error` output, and postprocessing turns them into the error
+response, after the responses before it: Triton 2.51's ensemble never releases a request whose
+decoupled step sends an error while a later step of that request is still queued (seen: every
+such stream still in flight at a shutdown's exit timeout).
 """
 
 import json
@@ -98,11 +103,7 @@ class TritonPythonModel:
         return None
 
     def _send(self, sender, event):
-        if event.error is not None:
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(event.error)), flags=FINAL
-            )
-        elif event.finish_reason == "cancelled":
+        if event.finish_reason == "cancelled":
             sender.send(flags=FINAL)
         else:
             tensors = [pb_utils.Tensor(k, v) for k, v in self.orch.event_arrays(event).items()]

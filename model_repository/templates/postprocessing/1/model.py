@@ -1,15 +1,15 @@
 """postprocessing (decoupled): token ids -> text, stateless and incremental (serving.detok).
 
 Inputs: dlm's outputs (output_ids = ALL tokens so far, shown, final, totals, block_ids, seq_key,
-heartbeat).
+heartbeat, error).
 Outputs: text_output BYTES [1] (the text these tokens add: no broken UTF-8, no lost spaces; the
 texts of a stream concatenate to the whole answer); num_forward_passes, num_output_tokens
 INT32 [1] (passed through); block_text BYTES [1] (the rest of the block being denoised, masks
 as a placeholder, or "").
-Each request gets one response, or none for a heartbeat (FINAL flag alone). A request marked
-cancelled (the client cancelled the ensemble request) gets the FINAL flag alone, and its key is
-sent to the dlm instance that runs it (serving.cancel), whose scheduler drops it and frees its
-cache before its next pass.
+Each request gets one response: none for a heartbeat (FINAL flag alone), the error response for
+one that carries dlm's `error`. A request marked cancelled (the client cancelled the ensemble
+request) gets the FINAL flag alone, and its key is sent to the dlm instance that runs it
+(serving.cancel), whose scheduler drops it and frees its cache before its next pass.
 """
 
 import functools
@@ -50,6 +50,12 @@ class TritonPythonModel:
                 continue
             if bool(get("heartbeat").reshape(-1)[0]):
                 sender.send(flags=FINAL)
+                continue
+            error = get("error").reshape(-1)[0].decode()
+            if error:  # dlm's last response for a failed request (see dlm's model.py)
+                sender.send(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(error)), flags=FINAL
+                )
                 continue
             text, view = self.post(
                 get("output_ids").reshape(-1),
