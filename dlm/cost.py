@@ -78,6 +78,20 @@ class CostModel:
             seconds - self.table_seconds(rows, tokens) - self.overhead[i][j]
         )
 
+    def split(self, tokens: list[int]) -> int | None:
+        """Where to cut a step whose rows carry `tokens` tokens each (ascending) into two engine
+        calls, the rows before the cut in one and the others in the second, when that costs less
+        pass time than padding every row to the longest (a new request's prefill beside one-token
+        rows); None: one call."""
+        n = len(tokens)
+        best, cut = self.table_seconds(n, tokens[-1]), None
+        for s in range(1, n):
+            if tokens[s] != tokens[s - 1]:
+                t = self.table_seconds(s, tokens[s - 1]) + self.table_seconds(n - s, tokens[-1])
+                if t < best:
+                    best, cut = t, s
+        return cut
+
     def table(self) -> str:
         """The measured grid as text (ms), rows down, tokens across."""
         head = "rows \\ tokens " + " ".join(f"{t:>7}" for t in self.tokens)
@@ -177,13 +191,19 @@ def load_or_measure(engine: Engine, folder: str | Path | None = None, say=None) 
     return model
 
 
-def for_engine(engine: Engine) -> CostModel:
-    """The cost model attached to `engine` or an engine it wraps (by whoever loaded it), else
-    measured once for it."""
+def attached(engine: Engine) -> CostModel | None:
+    """The cost model attached to `engine` or an engine it wraps (by whoever loaded it)."""
     inner = engine
     while inner is not None:
         if getattr(inner, "cost_model", None) is not None:
             return inner.cost_model
         inner = getattr(inner, "engine", None)
-    engine.cost_model = measure(engine)
-    return engine.cost_model
+    return None
+
+
+def for_engine(engine: Engine) -> CostModel:
+    """The cost model attached to `engine`, else measured once for it."""
+    model = attached(engine)
+    if model is None:
+        model = engine.cost_model = measure(engine)
+    return model

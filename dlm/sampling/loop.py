@@ -1,5 +1,6 @@
 """The one decoding loop: every request is a policy generator; each step batches the next pass
-of every request in flight into one engine call (step-level batching)."""
+of every request in flight into one engine call (step-level batching), or two where the engine's
+cost model says padding the short rows to the long ones costs more (`CostModel.split`)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ class GenerationResult:
 
 
 class Scheduler:
-    """Requests in flight and their pending passes. `step()` runs one batched engine call."""
+    """Requests in flight and their pending passes. `step()` runs one batched step."""
 
     def __init__(
         self,
@@ -59,7 +60,9 @@ class Scheduler:
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.policies.update(FAMILY_POLICIES.get(engine.config.family, {}))
         self.pending: dict[int, tuple[Sequence, Generator, PassRequest]] = {}
-        self.cost: cost.CostModel | None = None  # set once an auto request comes
+        # the engine's cost model if it was loaded with one (served engines), else measured
+        # once an auto request comes: splits steps, and learns what a step costs here
+        self.cost: cost.CostModel | None = cost.attached(engine)
         self.steps = 0
         self._last: tuple[int, int, float] | None = None  # the last step: rows, tokens, start
         self._next_id = 0
@@ -74,7 +77,7 @@ class Scheduler:
 
     def _policy(self, mode: str) -> Policy:
         if mode == "auto" and "auto" not in self.policies:  # the engine's cost model, once
-            self.cost = cost.for_engine(self.engine)
+            self.cost = self.cost or cost.for_engine(self.engine)
             planner = Planner(
                 self.cost,
                 rows=lambda: min(len(self.pending), self.max_batch),
@@ -91,14 +94,14 @@ class Scheduler:
             self._close(seq)
 
     def step(self) -> list[Sequence]:
-        """One engine call for up to max_batch requests; returns the requests that finished."""
+        """One step for up to max_batch requests; returns the requests that finished."""
         ids = list(self.pending)[: self.max_batch]
         passes = [self.pending[i][2] for i in ids]
         now = time.perf_counter()
-        if self.cost is not None and self._last is not None:  # auto's cost model learns what
-            rows, tokens, start = self._last  # a step costs here, from its start to the next's
+        if self.cost is not None and self._last is not None:  # the cost model learns what a
+            rows, tokens, start = self._last  # step costs here, from its start to the next's
             self.cost.observe(rows, tokens, now - start)
-        results = self.engine.step(passes)
+        results, calls = self.run_passes(passes)
         self.steps += 1
         finished = []
         for i, res in zip(ids, results, strict=False):
@@ -110,10 +113,25 @@ class Scheduler:
                 self._close(seq)
                 finished.append(seq)
         # back to back unless the scheduler went empty (the next step then starts after a wait)
-        if self.cost is not None:
+        if self.cost is not None:  # (a split step is not one cell of the table: not learnt)
             tokens = max(len(p.tokens) for p in passes)
-            self._last = (len(passes), tokens, now) if self.pending else None
+            self._last = (len(passes), tokens, now) if self.pending and calls == 1 else None
         return finished
+
+    def run_passes(self, passes: list[PassRequest]) -> tuple[list[PassResult], int]:
+        """The passes' results and how many engine calls gave them: one, or two if the cost
+        model splits the step (the rows with fewer tokens apart)."""
+        order = sorted(range(len(passes)), key=lambda k: len(passes[k].tokens))
+        cut = None
+        if self.cost is not None and len(passes) > 1:
+            cut = self.cost.split([len(passes[k].tokens) for k in order])
+        if cut is None:
+            return self.engine.step(passes), 1
+        results: list[PassResult] = [None] * len(passes)  # type: ignore[list-item]
+        for group in (order[:cut], order[cut:]):
+            for k, res in zip(group, self.engine.step([passes[k] for k in group]), strict=True):
+                results[k] = res
+        return results, 2
 
     def _close(self, seq: Sequence) -> None:
         seq.seconds = time.perf_counter() - seq.started

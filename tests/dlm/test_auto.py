@@ -181,3 +181,41 @@ def test_cost_model_is_measured_cached_and_reused(tmp_path):
     assert m.pass_seconds(1, 1) == pytest.approx(m.seconds[0][0])
     between = m.pass_seconds(3, 20)
     assert min(min(line) for line in m.seconds) <= between <= max(max(x) for x in m.seconds)
+
+
+def test_a_step_is_split_where_padding_costs_more_than_a_second_call():
+    prefill_among_ar = [1] * 7 + [96]
+    assert dear().split(prefill_among_ar) == 7  # 7 one-token rows apart from the prompt
+    assert flat().split(prefill_among_ar) is None  # a second call costs a whole pass
+    assert dear().split([1] * 8) is None  # nothing padded
+
+
+class Calls:
+    """An engine that records how many rows each of its calls carried."""
+
+    def __init__(self, engine):
+        self.engine, self.config, self.rows = engine, engine.config, []
+
+    def step(self, passes):
+        self.rows.append(len(passes))
+        return self.engine.step(passes)
+
+    def release(self, seq_id):
+        self.engine.release(seq_id)
+
+
+@pytest.mark.parametrize("mode", ["ar", "self_spec"])
+def test_a_split_step_gives_what_one_call_gives(mode):
+    """Prompts of many lengths prefilled in one step: split where passes are dear (the prompts'
+    rows apart from the shorter ones), one call where they are flat; the same tokens."""
+    prompts = random_prompts(6, lo=2, hi=40, seed=9)
+    got = {}
+    for name, model in (("dear", dear()), ("flat", flat())):
+        engine = TorchEngine(tiny_model(seed=3))
+        engine.cost_model = model
+        calls = Calls(engine)
+        got[name] = [r.token_ids for r in generate(calls, requests(prompts, mode))]
+        got[name + " calls"] = calls.rows
+    assert got["dear"] == got["flat"]
+    assert len(got["dear calls"]) > len(got["flat calls"])  # some steps took two calls
+    assert sum(got["dear calls"]) == sum(got["flat calls"])  # every pass ran once
