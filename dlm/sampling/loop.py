@@ -77,7 +77,7 @@ class Scheduler:
 
     def _policy(self, mode: str) -> Policy:
         if mode == "auto" and "auto" not in self.policies:  # the engine's cost model, once
-            self.cost = self.cost or cost.for_engine(self.engine)
+            self.cost = cost.for_engine(self.engine)
             planner = Planner(
                 self.cost,
                 rows=lambda: min(len(self.pending), self.max_batch),
