@@ -5,7 +5,9 @@
     python -m benchmarks.serving_overhead --random default     # random weights, same shapes
 
 1. concurrency 1, per mode: tokens/s of `dlm.sampling.generate` in this process against the
-   same requests through the real tritonserver (gRPC, non-streaming), one after another;
+   same requests through the real tritonserver (gRPC, non-streaming), one at a time, request by
+   request alternating the side that goes first (ABBA), so that a shared VM whose speed drifts
+   weighs on both sides alike; clients connect before the clock starts;
 2. throughput at concurrency 1/4/8/16: N requests kept in flight (in process: one Scheduler
    holding N requests, refilled as they finish; through Triton: N client threads).
 Both sides use the same engine (`--backend auto`: the build's, ONNX Runtime on CPU after `make
@@ -98,12 +100,16 @@ def side_by_side(pipe, url, prompts, knobs: dict, concurrency: int, repeats: int
 
 
 def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> tuple[int, float]:
+    """(tokens, seconds) for the jobs through `concurrency` client threads, timed from when every
+    client is connected (a connection's setup is not a request's cost) to the last response."""
     from client.api import GrpcClient
 
     lock, queue, totals, errors = threading.Lock(), list(jobs), [0], []
+    ready = threading.Barrier(concurrency + 1)
 
     def worker():
         c = GrpcClient(url, timeout=600)
+        ready.wait()
         while True:
             with lock:
                 if not queue:
@@ -119,9 +125,10 @@ def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> 
         c.close()
 
     threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
+    ready.wait()
+    t0 = time.perf_counter()
     for t in threads:
         t.join()
     if errors:
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=16, help="requests per throughput point")
     p.add_argument("--throughput-mode", default="self_spec")
     p.add_argument(
-        "--repeats", type=int, default=3, help="runs of each side, alternating which goes first"
+        "--repeats", type=int, default=4, help="runs of each side, alternating which goes first"
     )
     args = p.parse_args(argv)
     args.engine = str(args.engine or engine_dir(args.model))
@@ -190,14 +197,19 @@ def main(argv: list[str] | None = None) -> int:
         through_triton(url, [(PROMPTS[0], {"max_tokens": 8, "mode": "ar"})], 1)  # warm up
         in_process(pipe, [pipe.request(PROMPTS[0], max_tokens=8, mode="ar")], 1)
         print(
-            f"\n## concurrency 1, per mode (same prompts, one after another; {args.repeats} runs "
-            "a side, alternating which goes first)"
+            f"\n## concurrency 1, per mode (each prompt {args.repeats} times a side, one request "
+            "at a time, alternating which side goes first)"
         )
         print("| mode | tokens | in process tok/s | Triton tok/s | Triton / in process |")
         print("|---|---|---|---|---|")
         for mode, knobs in MODES:
             knobs = {"max_tokens": args.max_tokens, "mode": mode, **knobs}
-            tok_a, sec_a, tok_b, sec_b = side_by_side(pipe, url, PROMPTS, knobs, 1, args.repeats)
+            tok_a = sec_a = tok_b = sec_b = 0
+            for prompt in PROMPTS:  # request by request, alternating sides: drift weighs alike
+                figures = side_by_side(pipe, url, [prompt], knobs, 1, args.repeats)
+                tok_a, sec_a, tok_b, sec_b = (
+                    a + b for a, b in zip((tok_a, sec_a, tok_b, sec_b), figures, strict=True)
+                )
             print(
                 f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
                 f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |"
