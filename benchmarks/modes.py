@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from dlm.tokenizer import TextTokenizer
-    from serving.engine import load_engine
+    from serving.engine import load_engine, served_build
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_engine(
         model, args.engine, args.backend, args.threads, say=print, device=args.device
     )
-    pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
+    defaults = generation_defaults(model, served_build(model, args.engine, args.backend))
+    pipe = Pipeline(engine, TextTokenizer(model), defaults, Limits())
     chosen = held_out_prompts(args.prompts)
     prompts = [x.prompt for x in chosen]
     if args.context_chars:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
@@ -35,7 +36,7 @@ from dlm.sampling import Limits, Scheduler
 from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 from export import engine_dir
-from serving.engine import load_engine
+from serving.engine import load_engine, served_build
 from serving.metrics import FLUSH_S
 
 PROMPTS = [
@@ -81,22 +82,30 @@ def in_process(pipe: Pipeline, requests, concurrency: int) -> tuple[int, float]:
 
 
 def side_by_side(pipe, url, prompts, knobs: dict, concurrency: int, repeats: int):
-    """(tokens, seconds) in process and through Triton for the same requests, `repeats` times
-    each, alternating which side goes first (ABBA...), so that a machine whose speed drifts
-    (a shared VM) weighs on both sides alike."""
-    totals = {"process": [0, 0.0], "triton": [0, 0.0]}
+    """[(in-process (tokens, seconds), Triton (tokens, seconds))] for the same requests,
+    `repeats` pairs, alternating which side goes first (ABBA...), so that a machine whose speed
+    drifts (a shared VM) weighs on both sides alike."""
     runs = {
         "process": lambda: in_process(
             pipe, [pipe.request(p, **knobs) for p in prompts], concurrency
         ),
         "triton": lambda: through_triton(url, [(p, knobs) for p in prompts], concurrency),
     }
+    pairs = []
     for r in range(repeats):
-        for side in ("process", "triton") if r % 2 == 0 else ("triton", "process"):
-            tokens, seconds = runs[side]()
-            totals[side][0] += tokens
-            totals[side][1] += seconds
-    return (*totals["process"], *totals["triton"])
+        got = {side: runs[side]() for side in (("process", "triton"), ("triton", "process"))[r % 2]}
+        pairs.append((got["process"], got["triton"]))
+    return pairs
+
+
+def summary(pairs) -> tuple[int, int, float, float, float]:
+    """(tokens in process, through Triton, tok/s in process, through Triton, the median of the
+    pairs' Triton / in-process ratios: one slow moment of a shared VM moves it little)."""
+    (tok_a, sec_a), (tok_b, sec_b) = (
+        [sum(x) for x in zip(*side, strict=True)] for side in zip(*pairs, strict=True)
+    )
+    ratios = [(tb / sb) / (ta / sa) for (ta, sa), (tb, sb) in pairs]
+    return tok_a, tok_b, tok_a / sec_a, tok_b / sec_b, statistics.median(ratios)
 
 
 def through_triton(url: str, jobs: list[tuple[str, dict]], concurrency: int) -> tuple[int, float]:
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     engine = load_engine(model, args.engine, args.backend, args.threads, say=print)
-    pipe = Pipeline(engine, TextTokenizer(model), generation_defaults(model), Limits())
+    defaults = generation_defaults(model, served_build(model, args.engine, args.backend))
+    pipe = Pipeline(engine, TextTokenizer(model), defaults, Limits())
     levels = [int(x) for x in args.concurrency.split(",")]
     print(
         f"# serving overhead: {model} ({'random weights' if args.random else 'trained'}), "
@@ -200,38 +210,41 @@ def main(argv: list[str] | None = None) -> int:
             f"\n## concurrency 1, per mode (each prompt {args.repeats} times a side, one request "
             "at a time, alternating which side goes first)"
         )
-        print("| mode | tokens | in process tok/s | Triton tok/s | Triton / in process |")
-        print("|---|---|---|---|---|")
+        print(
+            "| mode | tokens | in process tok/s | Triton tok/s | Triton / in process | "
+            "median of the request pairs |"
+        )
+        print("|---|---|---|---|---|---|")
         for mode, knobs in MODES:
             knobs = {"max_tokens": args.max_tokens, "mode": mode, **knobs}
-            tok_a = sec_a = tok_b = sec_b = 0
+            pairs = []
             for prompt in PROMPTS:  # request by request, alternating sides: drift weighs alike
-                figures = side_by_side(pipe, url, [prompt], knobs, 1, args.repeats)
-                tok_a, sec_a, tok_b, sec_b = (
-                    a + b for a, b in zip((tok_a, sec_a, tok_b, sec_b), figures, strict=True)
-                )
+                pairs += side_by_side(pipe, url, [prompt], knobs, 1, args.repeats)
+            tok_a, tok_b, rate_a, rate_b, median = summary(pairs)
             print(
-                f"| {mode} | {tok_a} / {tok_b} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} |"
+                f"| {mode} | {tok_a} / {tok_b} | {rate_a:.1f} | {rate_b:.1f} | "
+                f"{rate_b / rate_a:.2f} | {median:.2f} |",
+                flush=True,
             )
         mode = args.throughput_mode
         print(f"\n## throughput vs concurrency ({mode}, {args.requests} requests per point)")
         print(
             "| concurrency | in process tok/s | Triton tok/s | Triton / in process | "
-            "Triton passes per engine step |"
+            "median of the run pairs | Triton passes per engine step |"
         )
-        print("|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|")
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
         knobs = {"max_tokens": args.max_tokens, "mode": mode}
         for n in levels:
             steps, passes = (server.metric(f"dlm_engine_{k}") for k in ("steps", "passes"))
-            tok_a, sec_a, tok_b, sec_b = side_by_side(pipe, url, prompts, knobs, n, args.repeats)
+            pairs = side_by_side(pipe, url, prompts, knobs, n, args.repeats)
+            _, _, rate_a, rate_b, median = summary(pairs)
             time.sleep(2 * FLUSH_S)  # the server reports its counts at most every FLUSH_S
             steps = server.metric("dlm_engine_steps") - steps
             passes = server.metric("dlm_engine_passes") - passes
             print(
-                f"| {n} | {tok_a / sec_a:.1f} | {tok_b / sec_b:.1f} | "
-                f"{(tok_b / sec_b) / (tok_a / sec_a):.2f} | {passes / max(1, steps):.1f} |",
+                f"| {n} | {rate_a:.1f} | {rate_b:.1f} | {rate_b / rate_a:.2f} | {median:.2f} | "
+                f"{passes / max(1, steps):.1f} |",
                 flush=True,
             )
     return 0

@@ -42,7 +42,7 @@ class Pipeline:
         return cls(
             load_engine(folder, engine_dir, device=device, dtype=dtype),
             TextTokenizer(folder),
-            generation_defaults(folder),
+            generation_defaults(folder, engine_dir),
             limits or Limits(),
         )
 
@@ -51,13 +51,20 @@ class Pipeline:
     ) -> GenerationRequest:
         """A validated request: the folder's defaults, overridden by the knobs that are not None.
         A request that names one of diffusion's rules (threshold, factor, steps) drops the
-        defaults' rule knobs: the default rule does not mix with the chosen one."""
+        defaults' rule knobs: the default rule does not mix with the chosen one. A self_spec or
+        diffusion request that names no block gets the one the build chose for its mode."""
         given = {k: v for k, v in knobs.items() if v is not None}
         keep = set(DEFAULT_KNOBS)
         if not given.keys() & RULE_KNOBS:
             keep |= RULE_KNOBS
         fields = {k: v for k, v in self.defaults.items() if k in keep}
         fields.update(given)
+        # the build's block for the mode (dlm.sampling.blocks), unless the request names its
+        # block, or fixed steps per block (which must divide it)
+        mode = fields.get("mode", GenerationRequest.mode)
+        chosen = self.defaults.get("block_lengths", {}).get(mode)
+        if chosen and "block_length" not in given and "steps" not in fields:
+            fields["block_length"] = chosen
         stops = [self.tokenizer.encode(s) for s in (stop_words or [])]
         req = GenerationRequest(self.tokenizer.encode(prompt), stop_sequences=stops, **fields)
         return req.validate(self.engine.config, self.limits)

@@ -13,8 +13,9 @@
 
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
-# 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties
-EXPORTER_VERSION = "5"
+# 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties;
+# 6: the manifest's chosen defaults (block lengths)
+EXPORTER_VERSION = "6"
 
 import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)
 from pathlib import Path  # noqa: E402

@@ -14,7 +14,10 @@ Steps, each printed with its time:
 5. backend tensorrt (or auto with TensorRT and a GPU present): the plugin-form graph
    `denoiser.trt.onnx` and the plan `denoiser.plan` (export/tensorrt_build.py);
 6. write `manifest.json`: source path and hash, shapes, precision, backend, opset, parity figures,
-   timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it.
+   timings. A failed parity check exits 1 and writes no manifest, so no engine loads from it;
+7. measure the engine's pass times (`dlm.cost`, cached as `cost_model.json`) and choose from them
+   the block length of self_spec and diffusion requests that name none (`dlm.sampling.blocks`),
+   kept in the manifest as `defaults`.
 
 Backend torch writes only the manifest (`dlm.engines.load_engine` then serves the checkpoint with
 `dlm.engine.TorchEngine`). A DiffusionGemma checkpoint (`dlm.gemma`) builds its two graphs
@@ -274,10 +277,16 @@ def build(
     # The engine's pass times on this machine (mode=auto's cost model), cached beside it; the
     # server measures them again on another machine.
     from dlm import cost
+    from dlm.sampling import blocks
 
     model = cost.load_or_measure(engines.load_engine(model_dir, out, threads=threads), out)
     log(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")
     log(model.table())
+    # the block a self_spec / diffusion request gets when it names none, from those pass times
+    manifest["defaults"] = {"block_length": blocks.block_lengths(model, cfg.block_length)}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    chosen = ", ".join(f"{m} {b}" for m, b in manifest["defaults"]["block_length"].items())
+    log(f"[defaults] block_length {chosen} (trained block {cfg.block_length}; dlm.sampling.blocks)")
     return manifest
 
 

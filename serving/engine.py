@@ -45,6 +45,20 @@ class MeteredEngine:
         return len(self.live)
 
 
+def served_build(model_dir: str | Path, engine_dir: str | Path | None, backend: str) -> Path | None:
+    """The build folder an engine is served from (backend auto: `engine_dir`, by default where
+    `make engine` builds it), None for the PyTorch engine of the checkpoint (backend torch)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return None
+    if engine_dir is None:
+        from export import engine_dir as default_engine_dir
+
+        engine_dir = default_engine_dir(model_dir)
+    return Path(engine_dir)
+
+
 def load_engine(
     model_dir: str | Path,
     engine_dir: str | Path | None = None,
@@ -66,13 +80,7 @@ def load_engine(
     own precision). pass_delay_s > 0: fault injection for tests, every step held that
     long (`dlm.engine.HeldEngine`, logged).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
-    if backend == "auto" and engine_dir is None:
-        from export import engine_dir as default_engine_dir
-
-        engine_dir = default_engine_dir(model_dir)
-    build = engine_dir if backend == "auto" else None
+    build = served_build(model_dir, engine_dir, backend)
     engine = engines.load_engine(model_dir, build, device=device, threads=threads, dtype=dtype)
     if build is None:
         name = engines.torch_dtype(dtype, device)

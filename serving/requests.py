@@ -41,8 +41,14 @@ MAX_BYTES_PER_TOKEN = 32
 
 class Preprocessor:
     def __init__(
-        self, folder: str | Path, limits: Limits | None = None, chat_template: bool = False
+        self,
+        folder: str | Path,
+        limits: Limits | None = None,
+        chat_template: bool = False,
+        build: str | Path | None = None,
     ) -> None:
+        """`build`: the folder of the engine served (`serving.engine.served_build`), whose
+        manifest holds the block lengths chosen for it; None: the folder's defaults alone."""
         self.config = model_config(folder)
         self.tokenizer = TextTokenizer(folder)
         limits = limits or Limits()
@@ -51,7 +57,7 @@ class Preprocessor:
         self.pipeline = Pipeline(
             _ConfigOnly(self.config),
             self.tokenizer,
-            generation_defaults(folder),
+            generation_defaults(folder, build),
             limits,
         )
         if chat_template and not self.tokenizer.chat_template:

@@ -13,10 +13,10 @@ def test_serving_overhead_prints_both_tables(tiny_checkpoint, capsys):
     args += ["--max-tokens", "8", "--concurrency", "1,2", "--requests", "2", "--repeats", "2"]
     assert serving_overhead.main(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    modes = {c[1].strip(): c for c in (line.split("|") for line in lines) if len(c) == 7}
+    modes = {c[1].strip(): c for c in (line.split("|") for line in lines) if len(c) == 8}
     for mode in ("ar", "diffusion", "self_spec"):
         done, sent = modes[mode][2].split("/")
         assert int(done) == int(sent) > 0  # every request answered, as many tokens both sides
-        assert float(modes[mode][5]) > 0
+        assert float(modes[mode][5]) > 0 and float(modes[mode][6]) > 0
     levels = [line for line in lines if line.startswith(("| 1 |", "| 2 |"))]
     assert len(levels) == 2

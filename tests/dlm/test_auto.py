@@ -219,3 +219,21 @@ def test_a_split_step_gives_what_one_call_gives(mode):
     assert got["dear"] == got["flat"]
     assert len(got["dear calls"]) > len(got["flat calls"])  # some steps took two calls
     assert sum(got["dear calls"]) == sum(got["flat calls"])  # every pass ran once
+
+
+def test_default_blocks_follow_the_pass_times():
+    """The block of a request that names none (dlm.sampling.blocks): the trained block where
+    passes cost the same whatever their size, a short one where a 32-token pass costs 3.6x a
+    1-token one (this 2-core CPU's ONNX Runtime table)."""
+    from dlm.sampling import blocks
+
+    assert blocks.block_lengths(flat(), 32) == {"self_spec": 32, "diffusion": 32}
+    # a little dearer with every token: self_spec's drafts (3 tokens by the prior) fill a block
+    # of 4; diffusion commits a little more per pass in a longer block
+    assert blocks.block_lengths(linear(), 32) == {"self_spec": 4, "diffusion": 24}
+    cpu = cost.CostModel(
+        [1, 2], [1, 4, 12, 32, 96], [[0.0031, 0.0043, 0.0063, 0.0113, 0.0198]] * 2, "2-core CPU"
+    )
+    assert blocks.block_lengths(cpu, 32) == {"self_spec": 4, "diffusion": 4}
+    assert blocks.block_lengths(cpu, 3) == {"self_spec": 3, "diffusion": 3}  # the trained bound
+    assert blocks.block_lengths(dear(), 32) == {"self_spec": 2, "diffusion": 4}  # 4 at least

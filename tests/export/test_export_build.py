@@ -11,8 +11,11 @@ import sys
 import pytest
 
 import export
+from dlm import cost
 from dlm.engine import TorchEngine
 from dlm.engines import TORCH_LOADER, EngineError, load_engine
+from dlm.pipeline import Pipeline
+from dlm.sampling import blocks
 from export import build as build_mod
 from export.ort_engine import OrtEngine
 
@@ -30,6 +33,12 @@ def test_manifest(nld_build):
     assert {"load", "export", "check", "parity"} <= m["timings"].keys()
     assert json.loads((nld_build.out / "manifest.json").read_text()) == m
     assert any(line.startswith("[parity]") for line in nld_build.log)
+    # the blocks chosen from the build's own measured pass times (dlm.sampling.blocks)
+    measured = cost.CostModel(**json.loads((nld_build.out / cost.FILE).read_text()))
+    trained = nld_build.model.cfg.block_length
+    assert m["defaults"] == {"block_length": blocks.block_lengths(measured, trained)}
+    assert all(2 <= b <= trained for b in m["defaults"]["block_length"].values())
+    assert any(line.startswith("[defaults] block_length self_spec") for line in nld_build.log)
 
 
 def test_rerun_with_nothing_changed_skips(nld_build, monkeypatch):
@@ -171,3 +180,17 @@ def test_bad_backend_and_precision(nld_build, tmp_path):
         build_mod.build(nld_build.model_dir, tmp_path, backend="tvm")
     with pytest.raises(ValueError, match="--precision=bf16"):
         build_mod.build(nld_build.model_dir, tmp_path, backend="onnxruntime", precision="bf16")
+
+
+def test_a_request_that_names_no_block_gets_the_builds(nld_build):
+    """In process from the build, a self_spec or diffusion request without block_length or steps
+    gets the block the manifest chose for its mode; one that names them keeps them."""
+    chosen = nld_build.manifest["defaults"]["block_length"]
+    pipe = Pipeline.load(nld_build.model_dir, engine_dir=nld_build.out)
+    trained = pipe.engine.config.block_length
+    for mode in ("self_spec", "diffusion"):
+        assert pipe.request("def f(x):", mode=mode).block_length == chosen[mode]
+        assert pipe.request("def f(x):", mode=mode, block_length=8).block_length == 8
+    assert pipe.request("def f(x):", mode="diffusion", steps=2).block_length == trained
+    assert pipe.request("def f(x):", mode="auto").block_length == trained  # auto's bound
+    assert Pipeline.load(nld_build.model_dir).request("x", mode="diffusion").block_length == trained

@@ -56,3 +56,19 @@ def test_stream_equals_non_stream(server, grpc, mode):
     assert streamed.num_forward_passes == one.num_forward_passes
     http = HttpClient(f"127.0.0.1:{server.http}", timeout=300)
     assert http.generate(PROMPTS[0], 40, mode=mode, stream=True).text == one.text
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "self_spec"])
+def test_a_request_without_a_block_gets_the_builds_as_in_process(grpc, mode):
+    """preprocessing gives a request that names no block_length the block the build chose for
+    its mode (the manifest's defaults, dlm.sampling.blocks), as `python -m dlm generate --engine`
+    does in process: same tokens, same passes."""
+    from dlm.pipeline import Pipeline
+
+    pipe = Pipeline.load(MODEL, engine_dir=engine_dir(MODEL))
+    request = pipe.request(PROMPTS[1], mode=mode, max_tokens=40)
+    assert request.block_length == pipe.defaults["block_lengths"][mode]
+    want = pipe.generate([request])[0]
+    got = grpc.generate(PROMPTS[1], 40, mode=mode)
+    assert got.text == pipe.tokenizer.decode(want.token_ids)
+    assert got.num_forward_passes == want.num_forward_passes

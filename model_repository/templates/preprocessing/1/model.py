@@ -1,7 +1,8 @@
 """preprocessing: text and knobs -> token ids and a validated request.
 
 Inputs: the request schema's (dlm/schema.py, as in the ensemble); all but text_input and
-max_tokens optional, absent ones take the model folder's generation_config.json defaults. The
+max_tokens optional, absent ones take the model folder's generation_config.json defaults (and the
+block length that the build dlm serves chose per mode, dlm.sampling.blocks). The
 two required ones are optional to Triton and checked here, so that their absence is an error
 naming them on every endpoint.
 Outputs: input_ids INT32 [n]; request BYTES [1] (the knobs as JSON, serving.requests).
@@ -24,12 +25,15 @@ class TritonPythonModel:
         sys.path.insert(0, params["REPO_ROOT"])
         from dlm.sampling import RequestError
         from dlm.schema import KNOBS
+        from serving.engine import served_build
         from serving.requests import Preprocessor, from_inputs
 
         self.errors, self.inputs = (RequestError,), [k.name for k in KNOBS]
         self.from_inputs = from_inputs
         chat = params["APPLY_CHAT_TEMPLATE"].lower() in ("1", "true", "yes")
-        self.pre = Preprocessor(params["MODEL_DIR"], chat_template=chat)
+        folder = params["MODEL_DIR"]
+        build = served_build(folder, params["ENGINE_DIR"], params["BACKEND"])  # dlm's engine
+        self.pre = Preprocessor(folder, chat_template=chat, build=build)
 
     def execute(self, requests):
         responses = []
