@@ -101,7 +101,8 @@ KNOBS: tuple[Knob, ...] = (
         "block_length",
         "INT32",
         "tokens per block (diffusion, self_spec; auto: the largest it may choose; "
-        "DiffusionGemma: its canvas)",
+        "DiffusionGemma: its canvas); default: the block the build chose for the mode from its "
+        "pass times, else the model's",
         field="block_length",
     ),
     Knob(

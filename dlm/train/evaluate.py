@@ -41,6 +41,9 @@ SETTINGS: list[tuple[str, dict]] = [
     ("diffusion steps=8", {"mode": "diffusion", "block_length": 32, "steps": 8}),
     ("self_spec", {"mode": "self_spec"}),
     ("self_spec block=8", {"mode": "self_spec", "block_length": 8}),
+    # the trained block, beside what a build chose for requests that name none (dlm.sampling.blocks)
+    ("diffusion t=0.9 block=32", {"mode": "diffusion", "threshold": 0.9, "block_length": 32}),
+    ("self_spec block=32", {"mode": "self_spec", "block_length": 32}),
     # penalties (off by default): what they do to loops and to validity
     ("ar rep=1.2", {"mode": "ar", "repetition_penalty": 1.2}),
     ("ar freq=0.5", {"mode": "ar", "frequency_penalty": 0.5}),

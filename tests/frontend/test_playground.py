@@ -49,6 +49,8 @@ def test_the_race_shows_blocks_filling_in(browser, front, oai):
     prompt.send_keys(PROMPT)
     browser.find_element("id", "max_tokens").clear()
     browser.find_element("id", "max_tokens").send_keys("48")
+    # a block of 16 (not the build's choice, 4 on a 2-core CPU): blocks that visibly fill in
+    browser.find_element("id", "block_length").send_keys("16")
     browser.find_element("id", "race").click()
     states = "return [...document.querySelectorAll('.column')].map(c => c.dataset.state)"
     assert poll_until(lambda: js(browser, states) == ["done"] * 4, 120), js(browser, states)
@@ -61,7 +63,7 @@ def test_the_race_shows_blocks_filling_in(browser, front, oai):
             max_tokens=48,
             temperature=0,
             seed=0,
-            extra_body={"mode": mode},
+            extra_body={"mode": mode, "block_length": 16},
         )
         assert text == greedy.choices[0].text, mode
         stats = js(browser, f"return {col}.querySelector('.stats').textContent")

@@ -35,14 +35,16 @@ def models(tiny_checkpoint):
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = pb
     common = {"MODEL_DIR": tiny_checkpoint, "REPO_ROOT": ROOT}
+    engine = {"ENGINE_DIR": "/nonexistent", "BACKEND": "torch"}  # the checkpoint's PyTorch engine
     loaded = {
-        "preprocessing": load_model("preprocessing", {**common, "APPLY_CHAT_TEMPLATE": "false"}),
+        "preprocessing": load_model(
+            "preprocessing", {**common, **engine, "APPLY_CHAT_TEMPLATE": "false"}
+        ),
         "dlm": load_model(
             "dlm",
             {
                 **common,
-                "ENGINE_DIR": "/nonexistent",
-                "BACKEND": "torch",
+                **engine,
                 "THREADS": 0,
                 "DEVICE": "cpu",
                 "DTYPE": "auto",
