@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dlm.config import ModelConfig
+from dlm.kv import SlotCache, SlotPass
 from dlm.model import DiffusionLM
 from dlm.passes import NO_PENALTIES, run_pass
 
@@ -184,8 +185,8 @@ class KVStore:
 
 class CachedEngine:
     """`step()` shared by every engine: check each pass, roll its cache back to `start`, pack the
-    batch, gather the past, run `forward`, keep the new K/V of writing passes. Subclasses set
-    `config` and `kv` and implement `forward` (one graph run)."""
+    batch, `run_batch` it. Subclasses set `config` and `kv`; the default gathers the past, runs
+    `forward` (one graph run: ONNX Runtime, TensorRT) and keeps the new K/V of writing passes."""
 
     config: ModelConfig
     kv: KVStore
@@ -203,22 +204,31 @@ class CachedEngine:
                 raise ValueError(f"pass.fork={p.fork}: must be 0 for logits_shift families")
             self.kv.truncate(p.seq_id, p.start)
         feed = pack_batch(passes, [self.kv.cached(p.seq_id) for p in passes])
+        tokens, conf = self.run_batch(passes, feed)
+        return [
+            PassResult(tokens[i, : p.n_out].copy(), conf[i, : p.n_out].copy())
+            for i, p in enumerate(passes)
+        ]
+
+    def run_batch(self, passes: list[PassRequest], feed: dict[str, np.ndarray]):
+        """(token [B, K], confidence [B, K]) of the packed batch; the cache keeps what the
+        writing passes wrote."""
         past_k, past_v = self.kv.gather([p.seq_id for p in passes], [p.start for p in passes])
         tokens, conf, new_k, new_v = self.forward(feed, past_k, past_v)
-        results = []
         for i, p in enumerate(passes):
             if p.write:
                 n = len(p.tokens) - p.fork
                 self.kv.write(p.seq_id, p.start, new_k[:, i, :, :n], new_v[:, i, :, :n])
-            results.append(PassResult(tokens[i, : p.n_out].copy(), conf[i, : p.n_out].copy()))
-        return results
+        return tokens, conf
 
     def release(self, seq_id: int) -> None:
         self.kv.release(seq_id)
 
 
 class TorchEngine(CachedEngine):
-    """The PyTorch engine: the reference for every other engine, and the GPU fallback."""
+    """The PyTorch engine: the GPU engine where TensorRT is absent, and the reference model's
+    engine. Its KV cache is read and written in place (`dlm.kv`); the ONNX graph's engines take
+    the past as inputs instead (`KVStore`), which gives the same tokens (tested)."""
 
     def __init__(
         self,
@@ -231,20 +241,22 @@ class TorchEngine(CachedEngine):
         if dtype is not None:
             self.model = self.model.to(dtype)
         self.config = model.cfg
-        kv_dtype = next(self.model.parameters()).dtype
-        self.kv = KVStore(
-            self.config, lambda shape: torch.zeros(shape, device=self.device, dtype=kv_dtype)
-        )
+        self.kv = SlotCache(self.config, self.device, next(self.model.parameters()).dtype)
 
     @torch.inference_mode()
-    def forward(self, feed, past_k, past_v):
+    def run_batch(self, passes, feed):
         from plugins.denoise_step.reference import denoise_step_torch
 
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
-        x.update(past_k=past_k, past_v=past_v)
+        slots = self.kv.slots_of([p.seq_id for p in passes])
+        self.kv.reserve(max(p.start + len(p.tokens) for p in passes))
+        layout = SlotPass(self.kv, slots, x["past_len"], x["n_new"])
         penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
-        tokens, conf, new_k, new_v, _ = run_pass(self.model, x, denoise_step_torch, penalties)
-        return tokens.cpu().numpy(), conf.float().cpu().numpy(), new_k, new_v
+        tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
+        for p in passes:
+            if p.write:
+                self.kv.commit(p.seq_id, p.start + len(p.tokens) - p.fork)
+        return tokens.cpu().numpy(), conf.float().cpu().numpy()
 
 
 class HeldEngine:

@@ -3,9 +3,11 @@
 Module names follow Nemotron-Labs Diffusion checkpoints (`encoder.*`, `diffusion_head`), so those
 load without renaming; other families are mapped in `dlm.checkpoint`.
 
-The forward pass is a pure function of its inputs (no cache object, no side effects), so that it
-exports to ONNX whole: committed keys/values come in as `past_k`/`past_v`, the new ones go out, and
-the caller (an engine) decides what to keep. The attention pattern of a pass is given by
+`forward` is a pure function of its inputs (no cache object, no side effects), so that it exports
+to ONNX whole: committed keys/values come in as `past_k`/`past_v`, the new ones go out, and the
+caller (an engine) decides what to keep (`ConcatKV`). `run` is the same pass over any K/V layout:
+the PyTorch engine's reads and writes its cache in place (`dlm.kv`). The attention pattern of a
+pass is given by
 
     past_len [B]  cached positions each row sees (rows may differ: ragged batches, rollback)
     n_new    [B]  valid new tokens per row (new tokens are right-padded to T)
@@ -75,21 +77,32 @@ def pass_mask(
     n_new: torch.Tensor,
     tail: torch.Tensor,
     fork: torch.Tensor,
-    past: int,
+    keys: int,
     new: int,
+    new_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean attention mask [B, new, past + new]: True where a query may attend to a key."""
-    j_past = torch.arange(past, device=past_len.device)
-    t = torch.arange(new, device=past_len.device)
-    past_ok = (j_past[None, :] < past_len[:, None])[:, None, :].expand(-1, new, -1)
-    q, k = t[None, :, None], t[None, None, :]
+    """Boolean attention mask [B, new, keys]: True where a query may attend to a key.
+
+    Key j is cached position j where j < past_len, else new token j - new_start (`new_start`
+    [B]: where a row's new tokens sit on the key axis; default keys - new, the layout
+    [past padded to P | new] of `ConcatKV`; `dlm.kv.SlotPass` puts them right after the row's
+    cache). Padded queries (past n_new) see the cache and the first new token: their outputs are
+    never read, and a query that sees no key would be NaN."""
+    dev = past_len.device
+    if new_start is None:
+        new_start = torch.full_like(past_len, keys - new)
+    j = torch.arange(keys, device=dev)[None, None, :]
+    q = torch.arange(new, device=dev)[None, :, None]
+    k = j - new_start[:, None, None]  # the new token that key j holds (if 0 <= k < n_new)
+    n = n_new[:, None, None]
     trunk_end = (n_new - fork)[:, None, None]  # the first path; the fork follows it
     block_start = trunk_end - tail[:, None, None]
     in_block = (q >= block_start) & (k >= block_start)
     trunk = (q < trunk_end) & (k < trunk_end) & ((k <= q) | in_block)
-    in_fork = (k >= trunk_end) & (k < n_new[:, None, None])
+    in_fork = (k >= trunk_end) & (k < n)
     branch = (q >= trunk_end) & ((k == 0) | in_fork)
-    return torch.cat([past_ok, trunk | branch | (k == q)], dim=-1)
+    past = j < past_len[:, None, None]
+    return past | ((k >= 0) & (k < n) & (trunk | branch))
 
 
 def pass_positions(past_len: torch.Tensor, n_new: torch.Tensor, fork: torch.Tensor, new: int):
@@ -99,18 +112,52 @@ def pass_positions(past_len: torch.Tensor, n_new: torch.Tensor, fork: torch.Tens
     return past_len[:, None] + torch.where(t < trunk_end, t, t - trunk_end + 1)
 
 
+class ConcatKV:
+    """The K/V layout of the pure forward pass (the ONNX export and the engines that run it,
+    training, the parity references): past keys/values [L, B, Hkv, P, D] in, each layer's new
+    ones kept for `new()`; a layer attends to [past | new], GQA by repeating K/V (what every
+    exporter and engine supports). `dlm.kv.SlotPass` is the other layout: K/V read and written
+    in place in preallocated slots (the PyTorch engine)."""
+
+    def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor) -> None:
+        self.past_k, self.past_v = past_k, past_v
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    def keys(self, new: int) -> int:
+        return self.past_k.shape[3] + new
+
+    new_start = None  # pass_mask's default: the new tokens after the padded past
+
+    def attend(self, layer: int, q, k, v, mask: torch.Tensor) -> torch.Tensor:
+        """Attention of q [B, H, T, D] over the layer's past and the pass's k/v [B, Hkv, T, D]."""
+        self.k.append(k)
+        self.v.append(v)
+        keys = torch.cat([self.past_k[layer].to(k.dtype), k], dim=2)  # past: maybe another dtype
+        values = torch.cat([self.past_v[layer].to(v.dtype), v], dim=2)
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            keys = keys.repeat_interleave(rep, dim=1)
+            values = values.repeat_interleave(rep, dim=1)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
+
+    def new(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pass's keys/values [L, B, Hkv, T, D]."""
+        return torch.stack(self.k), torch.stack(self.v)
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.index = cfg, index
         h, d = cfg.hidden_size, cfg.head_dim
         self.q_proj = nn.Linear(h, cfg.num_heads * d, bias=cfg.qkv_bias)
         self.k_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(h, cfg.num_kv_heads * d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(cfg.num_heads * d, h, bias=False)
 
-    def forward(self, x, cos, sin, qscale, mask, past_k, past_v):
-        # x [B, T, hidden]; past_k/v [B, Hkv, P, D]; mask [B, T, P + T]
+    def forward(self, x, cos, sin, qscale, mask, kv):
+        # x [B, T, hidden]; mask [B, T, keys]; kv: the pass's K/V layout (ConcatKV, SlotPass)
         b, t, _ = x.shape
         cfg = self.cfg
         q = self.q_proj(x).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
@@ -119,14 +166,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if qscale is not None:
             q = q * qscale.to(q.dtype)
-        keys = torch.cat([past_k.to(k.dtype), k], dim=2)  # past may be stored in another dtype
-        values = torch.cat([past_v.to(v.dtype), v], dim=2)
-        rep = cfg.num_heads // cfg.num_kv_heads
-        if rep > 1:
-            keys = keys.repeat_interleave(rep, dim=1)
-            values = values.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None])
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1)), k, v
+        out = kv.attend(self.index, q, k, v, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
@@ -141,26 +182,24 @@ class MLP(nn.Module):
 
 
 class Layer(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, qscale, mask, past_k, past_v):
-        a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, past_k, past_v)
-        x = x + self.dropout(a)
-        x = x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
-        return x, k, v
+    def forward(self, x, cos, sin, qscale, mask, kv):
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), cos, sin, qscale, mask, kv))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
 
 
 class Encoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -197,6 +236,11 @@ class DiffusionLM(nn.Module):
 
         input_ids/positions [B, T]; mask [B, T, P + T] bool; past_k/v [L, B, Hkv, P, D].
         """
+        kv = ConcatKV(past_k, past_v)
+        return self.hidden_over(input_ids, positions, mask, kv), *kv.new()
+
+    def hidden_over(self, input_ids, positions, mask, kv) -> torch.Tensor:
+        """Final hidden states [B, T, hidden], attending through the K/V layout `kv`."""
         freqs = positions.float()[..., None] * self.inv_freq  # [B, T, D/2]
         cos = (freqs.cos() * self.rope_mscale)[:, None]
         sin = (freqs.sin() * self.rope_mscale)[:, None]
@@ -206,12 +250,9 @@ class DiffusionLM(nn.Module):
             steps = torch.floor((positions.float() + 1) / self.cfg.query_scale_max_position)
             qscale = (1 + self.cfg.query_scale_beta * torch.log1p(steps))[:, None, :, None]
         x = self.encoder.embed_tokens(input_ids)
-        new_k, new_v = [], []
-        for i, layer in enumerate(self.encoder.layers):
-            x, k, v = layer(x, cos, sin, qscale, mask, past_k[i], past_v[i])
-            new_k.append(k)
-            new_v.append(v)
-        return self.encoder.norm(x), torch.stack(new_k), torch.stack(new_v)
+        for layer in self.encoder.layers:
+            x = layer(x, cos, sin, qscale, mask, kv)
+        return self.encoder.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.diffusion_head(hidden)
@@ -222,14 +263,19 @@ class DiffusionLM(nn.Module):
         For `logits_shift` models (Dream) the logits at new position i are those the network
         produced at position i - 1: every family then predicts a position's own token.
         """
+        kv = ConcatKV(past_k, past_v)
+        return self.run(input_ids, kv, past_len, n_new, tail, fork, out_index), *kv.new()
+
+    def run(self, input_ids, kv, past_len, n_new, tail, fork, out_index) -> torch.Tensor:
+        """`forward` over any K/V layout: the logits [B, K, V] at `out_index`."""
         b, t = input_ids.shape
         positions = pass_positions(past_len, n_new, fork, t)
-        mask = pass_mask(past_len, n_new, tail, fork, past_k.shape[3], t)
-        h, new_k, new_v = self.hidden(input_ids, positions, mask, past_k, past_v)
+        mask = pass_mask(past_len, n_new, tail, fork, kv.keys(t), t, kv.new_start)
+        h = self.hidden_over(input_ids, positions, mask, kv)
         if self.cfg.logits_shift:
             h = torch.cat([h[:, :1], h[:, :-1]], dim=1)
         idx = out_index[..., None].expand(-1, -1, h.shape[-1])
-        return self.logits(torch.gather(h, 1, idx)), new_k, new_v
+        return self.logits(torch.gather(h, 1, idx))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -50,20 +50,17 @@ def penalize(
     return logits - cut.to(logits.dtype)
 
 
-def run_pass(model: DiffusionLM, x: dict[str, torch.Tensor], step, penalties: bool = True):
+def run_pass(model: DiffusionLM, x: dict[str, torch.Tensor], step, penalties: bool = True, kv=None):
     """(token [B, K], confidence [B, K], new_k, new_v, logits [B, K, V]) of one graph run on the
     inputs of export/contract.INPUTS; `step` is a DenoiseStep implementation; `penalties=False`
-    skips them (exact when no row's penalty_len is above 0)."""
-    logits, new_k, new_v = model(
-        x["input_ids"],
-        x["past_k"],
-        x["past_v"],
-        x["past_len"],
-        x["n_new"],
-        x["tail"],
-        x["fork"],
-        x["out_index"],
-    )
+    skips them (exact when no row's penalty_len is above 0). With a K/V layout `kv`
+    (`dlm.kv.SlotPass`) the pass attends through it instead of `past_k`/`past_v`, and new_k /
+    new_v are None (the layout kept them)."""
+    shape = [x[k] for k in ("past_len", "n_new", "tail", "fork", "out_index")]
+    if kv is None:
+        logits, new_k, new_v = model(x["input_ids"], x["past_k"], x["past_v"], *shape)
+    else:
+        logits, new_k, new_v = model.run(x["input_ids"], kv, *shape), None, None
     if penalties:
         logits = penalize(
             logits,

@@ -177,8 +177,9 @@ _TORCH_DTYPES = {
 class TrtEngine(CachedEngine):
     """The denoiser on a TensorRT plan, KV cache per sequence on the GPU (torch tensors).
 
-    Same packing and cache as `dlm.engine.TorchEngine`; one `execute_async_v3` per step on a
-    private CUDA stream, in the first optimization profile that covers the call's shapes.
+    Same packing and cache as the ONNX Runtime engine (`dlm.engine.KVStore`); one
+    `execute_async_v3` per step on a private CUDA stream, in the first optimization profile
+    that covers the call's shapes.
     """
 
     def __init__(

@@ -36,16 +36,30 @@ def test_block_pass_sees_later_block_positions():
 
 def test_pass_mask_shapes_and_padding():
     zero = torch.tensor([0, 0])
-    mask = pass_mask(torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([0, 1]), zero, 2, 3)
-    assert mask.shape == (2, 3, 5)
+    mask = pass_mask(torch.tensor([2, 0]), torch.tensor([3, 1]), torch.tensor([0, 1]), zero, 5, 3)
+    assert mask.shape == (2, 3, 5)  # keys: [past padded to 2 | 3 new]
     assert mask[0, 0].tolist() == [True, True, True, False, False]
     assert mask[1, 0].tolist() == [False, False, True, False, False]
-    assert mask[1, 2].tolist() == [False, False, True, False, True]  # pad sees only itself
+    assert mask[1, 2].tolist() == [False, False, True, False, False]  # a pad: the first new token
+    # the slot layout (dlm.kv): a row's new tokens right after its own cache, keys up to the
+    # longest row; the same pattern, moved
+    slots = pass_mask(
+        torch.tensor([2, 0]),
+        torch.tensor([3, 1]),
+        torch.tensor([0, 1]),
+        zero,
+        5,
+        3,
+        new_start=torch.tensor([2, 0]),
+    )
+    assert torch.equal(slots[0], mask[0])
+    assert slots[1, 0].tolist() == [True, False, False, False, False]
+    assert slots[1, 2].tolist() == [True, False, False, False, False]
 
 
 def test_pass_mask_fork():
     # one cached position; new: root, 2 draft tokens, 2 tail masks, then a fork of 2
-    mask = pass_mask(*(torch.tensor([x]) for x in (1, 7, 2, 2)), 1, 7)[0].int().tolist()
+    mask = pass_mask(*(torch.tensor([x]) for x in (1, 7, 2, 2)), 8, 7)[0].int().tolist()
     assert mask == [
         [1, 1, 0, 0, 0, 0, 0, 0],  # root: causal
         [1, 1, 1, 0, 0, 0, 0, 0],

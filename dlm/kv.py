@@ -1,0 +1,131 @@
+"""The PyTorch engine's KV cache: preallocated slots, written once per token, read in place.
+
+`SlotCache` holds two tensors [L, slots, Hkv, capacity, D] on the engine's device and in its
+dtype; a sequence owns one slot while it lives, and its length is all a rollback or a release
+changes. Both dimensions grow by doubling when a sequence finds no free slot or a pass reaches
+past the capacity (up to the model's context: 262,144 positions for the 8B preset would be 18 GB
+a slot in bf16, so a slot starts at FIRST_CAPACITY); serving's limits keep the pool at its
+first size or one doubling. `SlotPass` is one pass's view of it, the K/V layout that
+`DiffusionLM.run` attends through (the other is `dlm.model.ConcatKV`): in each layer the pass's
+new keys/values are written into their rows' slots right after the cached ones (the valid
+tokens only, one indexed copy per tensor), then the rows' slots up to the longest row are the
+attention's keys. Rows whose slots are consecutive (a batch of one always) are a view of the
+cache, so nothing of the past is copied; other batches gather their rows once per layer. GQA
+runs in the attention kernel (`enable_gqa`), without repeating K/V. A pass that does not write
+(a diffusion denoise pass) leaves the length as it was: what it wrote past it is overwritten
+later, never read.
+
+Against `ConcatKV` (what the ONNX graph does): no gather of every row's past into fresh tensors,
+no concatenation of past and new in every layer, no repeated K/V for GQA, no growth copies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dlm.config import ModelConfig
+
+FIRST_SLOTS = 8  # slots allocated at first; doubled whenever a sequence finds none free
+FIRST_CAPACITY = 1024  # positions a slot holds at first (at most the model's context)
+
+
+class SlotCache:
+    def __init__(
+        self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, slots: int = FIRST_SLOTS
+    ) -> None:
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+        self.capacity = min(cfg.max_position, FIRST_CAPACITY)
+        self.k = self._zeros(slots, self.capacity)
+        self.v = self._zeros(slots, self.capacity)
+        self.free = list(range(slots))
+        self.slot: dict[int, int] = {}  # seq_id -> its slot
+        self.length: dict[int, int] = {}  # seq_id -> cached positions
+
+    def _zeros(self, slots: int, capacity: int) -> torch.Tensor:
+        # zeros, never uninitialised memory: a masked-out NaN would still leak through 0 x NaN
+        c = self.cfg
+        shape = (c.num_layers, slots, c.num_kv_heads, capacity, c.head_dim)
+        return torch.zeros(shape, device=self.device, dtype=self.dtype)
+
+    @property
+    def slots(self) -> int:
+        return self.k.shape[1]
+
+    def cached(self, seq_id: int) -> int:
+        return self.length.get(seq_id, 0)
+
+    def truncate(self, seq_id: int, length: int) -> None:
+        if seq_id in self.length:
+            self.length[seq_id] = min(self.length[seq_id], length)
+
+    def commit(self, seq_id: int, length: int) -> None:
+        """The sequence's first `length` positions hold its keys/values."""
+        self.length[seq_id] = length
+
+    def slots_of(self, seq_ids: list[int]) -> list[int]:
+        """The slot of each sequence, a free one for a new sequence (more slots if none is)."""
+        for sid in seq_ids:
+            if sid not in self.slot:
+                if not self.free:
+                    self._grow()
+                self.slot[sid] = self.free.pop(0)
+                self.length.setdefault(sid, 0)
+        return [self.slot[sid] for sid in seq_ids]
+
+    def _grow(self) -> None:
+        old = self.slots
+        self.k = torch.cat([self.k, self._zeros(old, self.capacity)], dim=1)
+        self.v = torch.cat([self.v, self._zeros(old, self.capacity)], dim=1)
+        self.free.extend(range(old, 2 * old))
+
+    def reserve(self, end: int) -> None:
+        """Room for positions [0, end) in every slot (`end` is checked against the context)."""
+        if end > self.capacity:
+            more = min(self.cfg.max_position, max(2 * self.capacity, end)) - self.capacity
+            self.k = torch.cat([self.k, self._zeros(self.slots, more)], dim=3)
+            self.v = torch.cat([self.v, self._zeros(self.slots, more)], dim=3)
+            self.capacity += more
+
+    def release(self, seq_id: int) -> None:
+        if seq_id in self.slot:
+            self.free.append(self.slot.pop(seq_id))
+            self.free.sort()  # the lowest free slots first: batches stay consecutive more often
+        self.length.pop(seq_id, None)
+
+    def __len__(self) -> int:
+        return len(self.slot)
+
+
+class SlotPass:
+    """One pass over a `SlotCache`: rows `slots`, each with `past_len` cached positions and
+    `n_new` valid new tokens (of T); the K/V layout `DiffusionLM.run` attends through."""
+
+    def __init__(
+        self, cache: SlotCache, slots: list[int], past_len: torch.Tensor, n_new: torch.Tensor
+    ) -> None:
+        self.cache = cache
+        self.new_start = past_len  # a row's new tokens go right after its cache
+        self.end = int((past_len + n_new).max())  # the keys: positions [0, end) of every row
+        t = int(n_new.max())
+        valid = torch.arange(t, device=past_len.device)[None, :] < n_new[:, None]
+        self.row, self.token = valid.nonzero(as_tuple=True)  # the valid new tokens, flattened
+        slot = torch.tensor(slots, device=past_len.device)
+        self.slot_of_token = slot[self.row]
+        self.position = past_len[self.row] + self.token
+        first = slots[0]
+        self.consecutive = slots == list(range(first, first + len(slots)))
+        self.rows = slice(first, first + len(slots)) if self.consecutive else slot
+
+    def keys(self, new: int) -> int:
+        return self.end
+
+    def attend(self, layer: int, q, k, v, mask: torch.Tensor) -> torch.Tensor:
+        cache_k, cache_v = self.cache.k[layer], self.cache.v[layer]  # [S, Hkv, capacity, D]
+        at = (self.slot_of_token, slice(None), self.position)
+        cache_k[at] = k[self.row, :, self.token]  # [N, Hkv, D]
+        cache_v[at] = v[self.row, :, self.token]
+        keys, values = (c[:, :, : self.end][self.rows] for c in (cache_k, cache_v))
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1]
+        )

@@ -1,0 +1,112 @@
+"""The PyTorch engine's KV cache read and written in place (dlm.kv) against the layout the ONNX
+graph runs (past as inputs, `KVStore`): the same tokens and passes in every mode, ragged
+batches, cancellations mid-block, slots reused after release and grown when full."""
+
+import pytest
+
+from benchmarks.kv_layout import PastAsInputs
+from dlm import kv as kv_mod
+from dlm.engine import TorchEngine
+from dlm.sampling import GenerationRequest, Scheduler, generate
+from tests.conftest import random_prompts, tiny_model
+
+END = 63
+MODES = ("ar", "diffusion", "self_spec", "auto")
+
+
+def confident(seed: int = 3):
+    model = tiny_model(seed=seed)
+    model.diffusion_head.weight.data *= 8  # confident: diffusion commits several per pass
+    return model.eval()
+
+
+def requests(prompts, mode, **kw):
+    return [GenerationRequest(list(p), mode=mode, end_id=END, max_tokens=30, **kw) for p in prompts]
+
+
+def same(got, want, passes: bool = True):
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    if passes:
+        assert [g.num_forward_passes for g in got] == [w.num_forward_passes for w in want]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_slots_give_the_tokens_and_passes_of_past_as_inputs(mode, one_thread):
+    model = confident()
+    slots, reference = TorchEngine(model), PastAsInputs(model)
+    prompts = random_prompts(10, lo=2, hi=40, seed=4)  # ragged: 10 rows, 8 slots at first
+    for kw in ({}, {"temperature": 0.8, "seed": 5}, {"frequency_penalty": 0.5}):
+        got = generate(slots, requests(prompts, mode, **kw))
+        # auto's passes follow the step times it measures: its tokens are ar's either way
+        same(got, generate(reference, requests(prompts, mode, **kw)), passes=mode != "auto")
+    assert slots.kv.slots == 16 and len(slots.kv) == 0  # grown once, every slot released
+    assert sorted(slots.kv.free) == list(range(16))
+
+
+def test_cancelled_mid_block_frees_its_slot_and_the_others_go_on(one_thread):
+    model = tiny_model(seed=3).eval()  # unsure: a block takes a pass per token or so
+    engine = TorchEngine(model)
+    prompts = random_prompts(4, lo=5, hi=30, seed=6)
+    want = generate(PastAsInputs(model), requests(prompts, "diffusion", block_length=8))
+    sched = Scheduler(engine, max_batch=8)
+    seqs = [sched.add(r) for r in requests(prompts, "diffusion", block_length=8)]
+    for _ in range(2):  # the prefills, then a denoise pass inside the first block
+        sched.step()
+    assert seqs[1].block_view is not None and len(engine.kv) == 4  # mid-block
+    sched.cancel(seqs[1])
+    assert len(engine.kv) == 3 and 1 in engine.kv.free
+    late = sched.add(requests(prompts[1:2], "diffusion", block_length=8)[0])
+    sched.step()
+    assert engine.kv.slot[late.seq_id] == 1  # the freed slot, its old K/V still in it
+    while len(sched):
+        sched.step()
+    for i, seq in ((0, seqs[0]), (2, seqs[2]), (3, seqs[3]), (1, late)):
+        assert seq.output == want[i].token_ids, i
+        assert seq.nfe == want[i].num_forward_passes
+    assert len(engine.kv) == 0
+
+
+def test_rows_in_slots_apart_are_gathered(one_thread, monkeypatch):
+    """After releases a batch's slots are not consecutive: its rows are gathered, same tokens."""
+    model = confident()
+    engine = TorchEngine(model)
+    prompts = random_prompts(5, lo=3, hi=25, seed=8)
+    sched = Scheduler(engine, max_batch=8)
+    seqs = [sched.add(r) for r in requests(prompts, "self_spec", block_length=4)]
+    sched.step()
+    for s in (seqs[1], seqs[3]):
+        sched.cancel(s)
+    layouts = []
+
+    def recorded(*args):
+        layouts.append(kv_mod.SlotPass(*args))
+        return layouts[-1]
+
+    monkeypatch.setattr("dlm.engine.SlotPass", recorded)
+    while len(sched):
+        sched.step()
+    assert not layouts[0].consecutive  # rows in slots 0, 2, 4
+    kept = [prompts[i] for i in (0, 2, 4)]
+    want = generate(PastAsInputs(model), requests(kept, "self_spec", block_length=4))
+    assert [seqs[i].output for i in (0, 2, 4)] == [w.token_ids for w in want]
+
+
+def test_a_slot_is_reused_after_release(one_thread):
+    engine = TorchEngine(confident())
+    prompts = random_prompts(3, lo=3, hi=20, seed=9)
+    first = generate(engine, requests(prompts, "ar"))
+    assert sorted(engine.kv.free) == list(range(kv_mod.FIRST_SLOTS))
+    again = generate(engine, requests(prompts, "ar"))  # the same slots, old K/V still in them
+    same(again, first)
+
+
+def test_slots_grow_longer_as_passes_reach_past_them(one_thread, monkeypatch):
+    monkeypatch.setattr(kv_mod, "FIRST_CAPACITY", 16)
+    model = confident()
+    engine = TorchEngine(model)
+    assert engine.kv.capacity == 16
+    prompts = random_prompts(3, lo=10, hi=40, seed=10)
+    for mode in ("ar", "self_spec"):
+        want = generate(PastAsInputs(model), requests(prompts, mode))
+        same(generate(engine, requests(prompts, mode)), want)
+    assert 16 < engine.kv.capacity <= model.cfg.max_position  # doubled as the passes reached
