@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.gpu_harness import build_model
 from dlm import checkpoint
 from dlm.config import preset
 from dlm.engine import CachedEngine, KVStore, PassRequest, TorchEngine
@@ -69,12 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = torch_dtype(args.dtype, args.device)
-    if args.preset:
-        torch.manual_seed(0)
-        model = DiffusionLM(preset(args.preset).validate())
+    weights = getattr(torch, TORCH_DTYPES[dtype])
+    if args.preset:  # random weights made where they live (8B: ~17 GB in bf16)
+        model = build_model(preset(args.preset).validate(), device, weights)
     else:
-        model = checkpoint.load(args.model)
-    model = model.to(device=device, dtype=getattr(torch, TORCH_DTYPES[dtype])).eval()
+        model = checkpoint.load(args.model).to(device=device, dtype=weights).eval()
     engines = {
         "in place": TorchEngine(model, device),
         "past as inputs": PastAsInputs(model, device),

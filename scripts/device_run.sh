@@ -4,7 +4,8 @@
 #   python -m dlm.train.corpus --out build/corpus
 #   OUT=dir bash scripts/device_run.sh [train|checks|gemma|all]
 # train:  trains the default model on the GPU (same recipe as the CPU one, bigger budget)
-# checks: the DenoiseStep kernel check (plugins) and the 8B-shaped forward benchmark
+# checks: the DenoiseStep kernel check (plugins), the 8B-shaped forward benchmark and the
+#         PyTorch engine's KV cache in place against the past as inputs (benchmarks.kv_layout)
 # gemma:  DiffusionGemma's PyTorch engine on the GPU (bf16): step times, tokens/s at c=1 and 8
 set -uo pipefail
 OUT=${OUT:-build/device}
@@ -33,6 +34,9 @@ if [[ $WHAT == checks || $WHAT == all ]]; then
   timeout 150 $PY -m plugins.denoise_step.gpu_check --out "$OUT/gpu_check.md" 2>&1 | tail -n 80
   log "8B-shaped forward benchmark"
   timeout 180 $PY -m benchmarks.gpu_forward --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
+  log "KV cache in place vs past as inputs (8B preset, random bf16 weights, 2,048 cached)"
+  timeout 150 $PY -m benchmarks.kv_layout --preset ${KV_PRESET:-nemotron-labs-diffusion-8b} \
+    --device ${DEVICE:-cuda} --context 2048 --rows 1 8 --tokens 1 32 2>&1 | tee "$OUT/kv_layout.md"
 fi
 if [[ $WHAT == gemma || $WHAT == all ]]; then
   log "DiffusionGemma engine (random small shape, bf16)"
