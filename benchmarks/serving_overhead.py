@@ -5,9 +5,13 @@
     python -m benchmarks.serving_overhead --random default     # random weights, same shapes
 
 1. concurrency 1, per mode: tokens/s of `dlm.sampling.generate` in this process against the
-   same requests through the real tritonserver (gRPC, non-streaming), one at a time, request by
-   request alternating the side that goes first (ABBA), so that a shared VM whose speed drifts
-   weighs on both sides alike; clients connect before the clock starts;
+   same requests through the real tritonserver (gRPC, non-streaming), one at a time, back to
+   back, `--repeats` runs a side alternating which goes first (ABBA), so that a shared VM whose
+   speed drifts weighs on both sides alike; the median of the run pairs' ratios beside the
+   totals' (one slow moment moves it little); clients connect before the clock starts.
+   Alternating request by request instead leaves the server idle before each of its requests:
+   on the 2-core VM that cost about 18 ms a request (three stub processes and the engine's
+   threads woken), `results/serving_overhead_cpu/run5_request_pairs_idle_server.md`;
 2. throughput at concurrency 1/4/8/16: N requests kept in flight (in process: one Scheduler
    holding N requests, refilled as they finish; through Triton: N client threads).
 Both sides use the same engine (`--backend auto`: the build's, ONNX Runtime on CPU after `make
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=16, help="requests per throughput point")
     p.add_argument("--throughput-mode", default="self_spec")
     p.add_argument(
-        "--repeats", type=int, default=4, help="runs of each side, alternating which goes first"
+        "--repeats", type=int, default=6, help="runs of each side, alternating which goes first"
     )
     args = p.parse_args(argv)
     args.engine = str(args.engine or engine_dir(args.model))
@@ -209,19 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         through_triton(url, [(PROMPTS[0], {"max_tokens": 8, "mode": "ar"})], 1)  # warm up
         in_process(pipe, [pipe.request(PROMPTS[0], max_tokens=8, mode="ar")], 1)
         print(
-            f"\n## concurrency 1, per mode (each prompt {args.repeats} times a side, one request "
-            "at a time, alternating which side goes first)"
+            f"\n## concurrency 1, per mode (the prompts one after another, {args.repeats} runs "
+            "a side, alternating which goes first)"
         )
         print(
             "| mode | tokens | in process tok/s | Triton tok/s | Triton / in process | "
-            "median of the request pairs |"
+            "median of the run pairs |"
         )
         print("|---|---|---|---|---|---|")
         for mode, knobs in MODES:
             knobs = {"max_tokens": args.max_tokens, "mode": mode, **knobs}
-            pairs = []
-            for prompt in PROMPTS:  # request by request, alternating sides: drift weighs alike
-                pairs += side_by_side(pipe, url, [prompt], knobs, 1, args.repeats)
+            pairs = side_by_side(pipe, url, PROMPTS, knobs, 1, args.repeats)
             tok_a, tok_b, rate_a, rate_b, median = summary(pairs)
             print(
                 f"| {mode} | {tok_a} / {tok_b} | {rate_a:.1f} | {rate_b:.1f} | "
