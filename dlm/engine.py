@@ -250,7 +250,7 @@ class TorchEngine(CachedEngine):
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         slots = self.kv.slots_of([p.seq_id for p in passes])
         self.kv.reserve(max(p.start + len(p.tokens) for p in passes))
-        layout = SlotPass(self.kv, slots, x["past_len"], x["n_new"])
+        layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"])
         penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
         tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
         for p in passes:

@@ -21,6 +21,7 @@ no concatenation of past and new in every layer, no repeated K/V for GQA, no gro
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -98,24 +99,29 @@ class SlotCache:
 
 
 class SlotPass:
-    """One pass over a `SlotCache`: rows `slots`, each with `past_len` cached positions and
-    `n_new` valid new tokens (of T); the K/V layout `DiffusionLM.run` attends through."""
+    """One pass over a `SlotCache`: rows in `slots`, each with `past_len` cached positions and
+    `n_new` valid new tokens, host arrays (the indices are made on the host and reach the device
+    in one copy, with no sync back); the K/V layout `DiffusionLM.run` attends through."""
 
     def __init__(
-        self, cache: SlotCache, slots: list[int], past_len: torch.Tensor, n_new: torch.Tensor
+        self, cache: SlotCache, slots: list[int], past_len: np.ndarray, n_new: np.ndarray
     ) -> None:
         self.cache = cache
-        self.new_start = past_len  # a row's new tokens go right after its cache
         self.end = int((past_len + n_new).max())  # the keys: positions [0, end) of every row
-        t = int(n_new.max())
-        valid = torch.arange(t, device=past_len.device)[None, :] < n_new[:, None]
-        self.row, self.token = valid.nonzero(as_tuple=True)  # the valid new tokens, flattened
-        slot = torch.tensor(slots, device=past_len.device)
-        self.slot_of_token = slot[self.row]
-        self.position = past_len[self.row] + self.token
+        row, token = np.nonzero(np.arange(n_new.max())[None, :] < n_new[:, None])  # valid tokens
+        b, n = len(slots), len(row)  # n >= b: every row has a token
+
+        def per_row(x) -> np.ndarray:
+            return np.pad(np.asarray(x, np.int64), (0, n - b))
+
+        where = np.stack([row, token, np.asarray(slots)[row], past_len[row] + token])
+        index = torch.from_numpy(np.concatenate([where, [per_row(past_len), per_row(slots)]]))
+        index = index.to(cache.device)
+        self.row, self.token, self.slot_of_token, self.position = index[:4]
+        self.new_start = index[4, :b]  # a row's new tokens go right after its cache
         first = slots[0]
-        self.consecutive = slots == list(range(first, first + len(slots)))
-        self.rows = slice(first, first + len(slots)) if self.consecutive else slot
+        self.consecutive = slots == list(range(first, first + b))
+        self.rows = slice(first, first + b) if self.consecutive else index[5, :b]
 
     def keys(self, new: int) -> int:
         return self.end
