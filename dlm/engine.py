@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dlm.config import ModelConfig
-from dlm.kv import SlotCache, SlotPass
+from dlm.kv import SlotCache, SlotPass, dense
 from dlm.model import DiffusionLM
 from dlm.passes import NO_PENALTIES, run_pass
 
@@ -250,7 +250,7 @@ class TorchEngine(CachedEngine):
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         slots = self.kv.slots_of([p.seq_id for p in passes])
         self.kv.reserve(max(p.start + len(p.tokens) for p in passes))
-        layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"])
+        layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"], dense(feed))
         penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
         tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
         for p in passes:

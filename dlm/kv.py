@@ -104,9 +104,16 @@ class SlotPass:
     in one copy, with no sync back); the K/V layout `DiffusionLM.run` attends through."""
 
     def __init__(
-        self, cache: SlotCache, slots: list[int], past_len: np.ndarray, n_new: np.ndarray
+        self,
+        cache: SlotCache,
+        slots: list[int],
+        past_len: np.ndarray,
+        n_new: np.ndarray,
+        dense: bool = False,
     ) -> None:
-        self.cache = cache
+        """dense: every query sees every key (see `dense`): the attention then gets no mask,
+        which lets a fused kernel run (flash attention on a GPU)."""
+        self.cache, self.dense = cache, dense
         self.end = int((past_len + n_new).max())  # the keys: positions [0, end) of every row
         row, token = np.nonzero(np.arange(n_new.max())[None, :] < n_new[:, None])  # valid tokens
         b, n = len(slots), len(row)  # n >= b: every row has a token
@@ -133,5 +140,19 @@ class SlotPass:
         cache_v[at] = v[self.row, :, self.token]
         keys, values = (c[:, :, : self.end][self.rows] for c in (cache_k, cache_v))
         return F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1]
+            q,
+            keys,
+            values,
+            attn_mask=None if self.dense else mask[:, None],
+            enable_gqa=q.shape[1] != k.shape[1],
         )
+
+
+def dense(feed: dict[str, np.ndarray]) -> bool:
+    """Whether every query of a packed batch sees every key of its pass: rows of one length,
+    cache and new tokens alike, no fork, each either one token (an AR step) or all
+    bidirectional (a diffusion denoise pass)."""
+    n, past = feed["n_new"], feed["past_len"]
+    t = feed["input_ids"].shape[1]
+    one_shape = bool((n == t).all() and (past == past[0]).all())
+    return one_shape and not feed["fork"].any() and (t == 1 or bool((feed["tail"] == n).all()))

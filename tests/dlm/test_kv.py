@@ -110,3 +110,26 @@ def test_slots_grow_longer_as_passes_reach_past_them(one_thread, monkeypatch):
         want = generate(PastAsInputs(model), requests(prompts, mode))
         same(generate(engine, requests(prompts, mode)), want)
     assert 16 < engine.kv.capacity <= model.cfg.max_position  # doubled as the passes reached
+
+
+def test_a_pass_whose_queries_see_every_key_runs_without_a_mask():
+    """`dlm.kv.dense`: one shape for every row and AR steps or bidirectional blocks only (the
+    attention then runs unmasked, a fused kernel's case); anything else keeps its mask."""
+    import numpy as np
+
+    def feed(past, n, tail, fork, t):
+        arr = lambda x: np.array(x, np.int64)  # noqa: E731
+        return {
+            "past_len": arr(past),
+            "n_new": arr(n),
+            "tail": arr(tail),
+            "fork": arr(fork),
+            "input_ids": np.zeros((len(n), t), np.int64),
+        }
+
+    assert kv_mod.dense(feed([5], [1], [0], [0], 1))  # an AR step
+    assert kv_mod.dense(feed([5, 5], [8, 8], [8, 8], [0, 0], 8))  # denoise passes, one shape
+    assert not kv_mod.dense(feed([5], [8], [0], [0], 8))  # causal: a commit pass
+    assert not kv_mod.dense(feed([5, 6], [1, 1], [0, 0], [0, 0], 1))  # ragged caches
+    assert not kv_mod.dense(feed([5, 5], [8, 4], [8, 4], [0, 0], 8))  # padded
+    assert not kv_mod.dense(feed([5], [9], [4], [4], 9))  # a fork
