@@ -35,9 +35,9 @@ import time
 from pathlib import Path
 
 from benchmarks.bench import machine
+from dlm.engines import served_defaults
 from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, generate
-from dlm.schema import generation_defaults
 from dlm.train.evaluate import SETTINGS, ar_perplexity, valid_python
 from dlm.train.prompts import file_context, held_out_prompts
 from dlm.train.sources import collect_files
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_engine(
         model, args.engine, args.backend, args.threads, say=print, device=args.device
     )
-    defaults = generation_defaults(model, served_build(model, args.engine, args.backend))
+    defaults = served_defaults(model, served_build(model, args.engine, args.backend))
     pipe = Pipeline(engine, TextTokenizer(model), defaults, Limits())
     chosen = held_out_prompts(args.prompts)
     prompts = [x.prompt for x in chosen]

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
+from dlm.engines import served_defaults
 from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, Scheduler
-from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 from export import engine_dir
 from serving.engine import load_engine, served_build
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     engine = load_engine(model, args.engine, args.backend, args.threads, say=print)
-    defaults = generation_defaults(model, served_build(model, args.engine, args.backend))
+    defaults = served_defaults(model, served_build(model, args.engine, args.backend))
     pipe = Pipeline(engine, TextTokenizer(model), defaults, Limits())
     levels = [int(x) for x in args.concurrency.split(",")]
     print(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from dlm.config import ModelConfig
 from dlm.gemma import MODEL_TYPE as GEMMA
 from dlm.hf_config import config_from_hf
+from dlm.schema import generation_defaults
 
 if TYPE_CHECKING:
     from dlm.engine import Engine
@@ -51,6 +52,18 @@ def read_manifest(build_dir: str | Path) -> dict:
             f"`python -m export --model MODEL --out {build_dir}`)"
         )
     return json.loads(path.read_text())
+
+
+def served_defaults(model_dir: str | Path, build_dir: str | Path | None) -> dict:
+    """A request's defaults where the build in `build_dir` serves the model: the folder's
+    `generation_config.json` (`dlm.schema.generation_defaults`) and, as `block_lengths`, the
+    block its manifest chose per mode (`dlm.sampling.blocks`); None: the folder's alone."""
+    found = generation_defaults(model_dir)
+    if build_dir is not None and (Path(build_dir) / MANIFEST).exists():
+        chosen = read_manifest(build_dir).get("defaults", {}).get("block_length")
+        if chosen:
+            found["block_lengths"] = chosen
+    return found
 
 
 def is_gemma(model_dir: str | Path) -> bool:

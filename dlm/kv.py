@@ -16,7 +16,8 @@ runs in the attention kernel (`enable_gqa`), without repeating K/V. A pass that 
 later, never read.
 
 Against `ConcatKV` (what the ONNX graph does): no gather of every row's past into fresh tensors,
-no concatenation of past and new in every layer, no repeated K/V for GQA, no growth copies.
+no concatenation of past and new in every layer, no repeated K/V for GQA, no copy when one
+sequence outgrows its storage (the pool copies only when it doubles).
 """
 
 from __future__ import annotations

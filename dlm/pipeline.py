@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlm.engine import Engine
-from dlm.engines import load_engine
+from dlm.engines import load_engine, served_defaults
 from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
-from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
@@ -42,7 +41,7 @@ class Pipeline:
         return cls(
             load_engine(folder, engine_dir, device=device, dtype=dtype),
             TextTokenizer(folder),
-            generation_defaults(folder, engine_dir),
+            served_defaults(folder, engine_dir),
             limits or Limits(),
         )
 

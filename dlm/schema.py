@@ -177,21 +177,17 @@ BY_NAME = {k.name: k for k in KNOBS}
 REQUIRED = tuple(k.name for k in KNOBS if k.required)
 
 
-def generation_defaults(folder: str | Path, build: str | Path | None = None) -> dict:
+def generation_defaults(folder: str | Path) -> dict:
     """`generation_config.json` of a model folder (block_length, threshold, ...), or {}; the
     keys that are null left out, and transformers' DiffusionGemma `sampler_config` read as
-    the `entropy_bound` it holds. With the `build` folder an engine is served from: the block
-    length its manifest chose per mode (`dlm.sampling.blocks`), as `block_lengths`."""
+    the `entropy_bound` it holds."""
     path = Path(folder) / "generation_config.json"
-    found = json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    found = json.loads(path.read_text())
     sampler = found.pop("sampler_config", None) or {}
     if sampler.get("entropy_bound") is not None:
         found["entropy_bound"] = sampler["entropy_bound"]
-    manifest = Path(build) / "manifest.json" if build is not None else None
-    if manifest is not None and manifest.exists():
-        chosen = json.loads(manifest.read_text()).get("defaults", {}).get("block_length")
-        if chosen:
-            found["block_lengths"] = chosen
     return {k: v for k, v in found.items() if v is not None}
 
 

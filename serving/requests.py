@@ -16,11 +16,10 @@ import numpy as np
 
 from dlm import schema
 from dlm.config import ModelConfig
-from dlm.engines import model_config
+from dlm.engines import model_config, served_defaults
 from dlm.gemma.config import GemmaConfig
 from dlm.pipeline import Pipeline
 from dlm.sampling import GenerationRequest, Limits, RequestError
-from dlm.schema import generation_defaults
 from dlm.tokenizer import TextTokenizer
 
 # Request fields that travel as JSON (prompt_ids travel as a tensor).
@@ -57,7 +56,7 @@ class Preprocessor:
         self.pipeline = Pipeline(
             _ConfigOnly(self.config),
             self.tokenizer,
-            generation_defaults(folder, build),
+            served_defaults(folder, build),
             limits,
         )
         if chat_template and not self.tokenizer.chat_template:
