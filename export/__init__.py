@@ -14,8 +14,8 @@
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
 # 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties;
-# 6: the manifest's chosen defaults (block lengths)
-EXPORTER_VERSION = "6"
+# 6: the manifest's chosen defaults (block lengths); 7: weights beside the graph (external data)
+EXPORTER_VERSION = "7"
 
 import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)
 from pathlib import Path  # noqa: E402
@@ -23,7 +23,8 @@ from pathlib import Path  # noqa: E402
 from dlm.engines import MANIFEST  # noqa: E402, F401  (torch-free; the factory reads it)
 
 # The files of a build folder (every step and loader names them from here).
-ONNX_FILE = "denoiser.onnx"
+ONNX_FILE = "denoiser.onnx"  # its weights beside it in denoiser.onnx.data (onnx_export.data_path)
+PARITY_ONNX_FILE = "denoiser.parity.onnx"  # the same graph with logits out, the same weights
 ONNX_INT8_FILE = "denoiser.int8.onnx"  # export/quantize.py
 TRT_ONNX_FILE = "denoiser.trt.onnx"
 PLAN_FILE = "denoiser.plan"

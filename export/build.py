@@ -7,7 +7,8 @@ Steps, each printed with its time:
 2. skip everything if `manifest.json` in --out names the same checkpoint hash, exporter version,
    backend and precision and its files exist (re-running with nothing changed takes a second);
 3. export the denoiser graph (export/onnx_export.py), check it (onnx.checker, I/O contract, one
-   ONNX Runtime run), write `denoiser.onnx`;
+   ONNX Runtime run), write `denoiser.onnx`, its weights `denoiser.onnx.data` and the parity
+   graph `denoiser.parity.onnx` (the same with logits as an output, reading the same weights);
 4. parity, PyTorch vs ONNX Runtime (export/parity.py): logits on random inputs of several shapes
    incl. cached prefixes, then whole generations in every mode at temperature 0 (identical tokens
    and pass counts required; sampled generations are compared by tests/export on tiny models);
@@ -44,6 +45,7 @@ from export import (
     MANIFEST,
     ONNX_FILE,
     ONNX_INT8_FILE,
+    PARITY_ONNX_FILE,
     PLAN_FILE,
     TRT_ONNX_FILE,
     ParityError,
@@ -229,19 +231,19 @@ def build(
         manifest["files"] = dict(GEMMA_FILES)
         done("export", f"{', '.join(GEMMA_FILES.values())}, checked against PyTorch")
     elif backend != "torch":
-        parity_graph = onnx_export.export_parity_graph(model)
-        graph = onnx_export.deployment_graph(parity_graph)
+        graph = onnx_export.export_denoiser(
+            model, out / ONNX_FILE, parity_path=out / PARITY_ONNX_FILE
+        )
+        manifest["opset"] = onnx_export.opset_of(graph)
+        manifest["files"]["onnx"] = ONNX_FILE
         done(
             "export",
-            f"denoiser graph, {len(graph.graph.node)} nodes, opset " f"{onnx_export.DEFAULT_OPSET}",
+            f"{out / ONNX_FILE}: {len(graph.graph.node)} nodes, opset {manifest['opset']}, "
+            f"weights in {onnx_export.data_path(ONNX_FILE)}; onnx.checker + I/O contract + "
+            "ONNX Runtime run",
         )
-        summary = onnx_export.check_graph(graph, cfg)
-        onnx_export.save(graph, out / ONNX_FILE)
-        manifest["opset"] = summary["opset"]
-        manifest["files"]["onnx"] = ONNX_FILE
-        done("check", f"onnx.checker + I/O contract + ONNX Runtime run; wrote {out / ONNX_FILE}")
         manifest["parity"] = check_parity(
-            model, model_dir, parity_graph, out / ONNX_FILE, threads, log
+            model, model_dir, out / PARITY_ONNX_FILE, out / ONNX_FILE, threads, log
         )
         done(
             "parity",
@@ -252,7 +254,7 @@ def build(
     if resolved_precision == "int8":
         from export import quantize
 
-        onnx_export.save(quantize.per_row_int8(graph), out / ONNX_INT8_FILE)
+        onnx_export.save(quantize.per_row_int8(graph, out), out / ONNX_INT8_FILE)
         manifest["files"]["onnx"] = ONNX_INT8_FILE  # what the loader runs
         manifest["files"]["onnx_fp32"] = ONNX_FILE
         manifest["parity"]["int8"] = check_int8(out, cfg, model_dir, threads, log)
@@ -291,14 +293,19 @@ def build(
 
 
 def check_parity(
-    model, model_dir: Path, parity_graph, onnx_path: Path, threads: int, log: Callable[[str], None]
+    model,
+    model_dir: Path,
+    parity_path: Path,
+    onnx_path: Path,
+    threads: int,
+    log: Callable[[str], None],
 ) -> dict:
     """Pass and generation parity (export/parity.py); raises ParityError with the figures."""
     from dlm.engine import TorchEngine
     from export import parity
     from export.ort_engine import OrtEngine, ort_session
 
-    session = ort_session(parity_graph, threads)
+    session = ort_session(parity_path, threads)
     names = [o.name for o in session.get_outputs()]
     passes = parity.pass_parity(
         model, lambda feed: dict(zip(names, session.run(names, feed), strict=True))

@@ -24,6 +24,7 @@ B, T (C) and P are dynamic; V, the layer counts, heads and head dims come from t
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -34,7 +35,7 @@ from dlm.gemma.config import GemmaConfig
 from dlm.gemma.layers import Experts
 from dlm.gemma.model import DiffusionGemma
 from dlm.gemma.passes import KINDS, canvas_pass, encode_pass, layers_of
-from export.onnx_export import _quiet_exporter
+from export.onnx_export import _quiet_exporter, save_program
 from plugins.denoise_step.onnx_op import DEFAULT_OPSET
 from plugins.denoise_step.reference import denoise_step_torch
 
@@ -118,8 +119,11 @@ def _dynamic_shapes(names: tuple[str, ...]) -> dict:
     return {"inputs": tuple(axes.get(n, {0: batch}) for n in names)}
 
 
-def export_graph(model: DiffusionGemma, graph: str, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """The `graph` ("encoder" | "canvas") of `model`, float32, as an ONNX proto."""
+def export_graph(
+    model: DiffusionGemma, graph: str, path: Path, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """Write the `graph` ("encoder" | "canvas") of `model`, float32, to `path`, its weights beside
+    it (`onnx_export.data_path`), and check it; returns its proto without the weights."""
     module, names, outputs = {
         "encoder": (EncoderGraph, ENCODER_INPUTS, ENCODER_OUTPUTS),
         "canvas": (CanvasGraph, CANVAS_INPUTS, CANVAS_OUTPUTS),
@@ -137,9 +141,8 @@ def export_graph(model: DiffusionGemma, graph: str, opset: int = DEFAULT_OPSET) 
             opset_version=opset,
             optimize=True,
         )
-    proto = program.model_proto
-    proto.doc_string = f"dlm-triton DiffusionGemma {graph} pass"
-    onnx.checker.check_model(proto, full_check=True)
+    proto = save_program(program, path, f"dlm-triton DiffusionGemma {graph} pass")
+    onnx.checker.check_model(str(path), full_check=True)
     return proto
 
 

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 from dlm.gemma.config import GemmaConfig
@@ -67,9 +66,8 @@ def export_checked(
     Raises ParityError naming the output that differs."""
     figures: dict = {}
     for graph, (names, outputs, module) in GRAPHS.items():
-        proto = export_graph(model, graph)
         path = out / GEMMA_FILES[graph]
-        onnx.save(proto, str(path))
+        proto = export_graph(model, graph, path)
         log(f"[export] {path}: {len(proto.graph.node)} nodes")
         x = example_inputs(model.cfg, graph, seed=1)
         got = ort_session(path, threads).run(

@@ -27,16 +27,23 @@ B, T, P, K, H are dynamic (axes named batch, block, past, k, history; H >= 1); L
 from the config. (`dlm.passes.run_pass`, `dlm.model.DiffusionLM.forward` and
 `plugins/denoise_step/contract.py` define the semantics.)
 Logits [B, K, V] are computed inside and consumed by DenoiseStep: they never leave the deployed
-graph. The parity graph (`export_parity_graph`) is the same export with logits as a fifth output,
-used only to compare against PyTorch; `deployment_graph` drops that output.
+graph. The parity graph (`export_denoiser(parity_path=)`) is the same export with logits as a
+fifth output, used only to compare against PyTorch; `deployment_graph` drops that output.
 
 DenoiseStep comes in two forms (plugins/denoise_step/onnx_op.py): standard ONNX ops (what ONNX
 Runtime runs; the default) and, with `plugin=True`, one custom `dlm::DenoiseStep` node rewritten
 to TensorRT's plugin convention. Precision: fp32 for ONNX Runtime; bf16/fp16 for TensorRT's
 strongly typed networks, where the ONNX types decide the kernels: weights and compute in that
 type, and the KV inputs/outputs cast at the graph's edges so that I/O stays float32 for every
-engine. Graphs are handled as in-memory protos: fine up to protobuf's 2 GB (the shipped models
-are far smaller); multi-GB checkpoints would need the external-data path, which is not written.
+engine.
+
+Weights: a graph `X.onnx` keeps its weights in `X.onnx.data` beside it (ONNX external data), so
+no graph is capped by protobuf's 2 GB: the exporter streams the weights there (`onnx_ir.save`) and
+every later step handles the graph's proto without them (`onnx.load(..., load_external_data=
+False)`) and names files, not protos, to onnx.checker, ONNX Runtime and TensorRT's parser. The
+parity graph (`export_denoiser(parity_path=)`) is a second small proto in the same folder that
+reads the same weights file. (The 8B preset's embedding alone, 131,072 x 4,096 in float32, is 2.1
+GB.)
 """
 
 from __future__ import annotations
@@ -53,7 +60,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import torch
+from onnx.external_data_helper import uses_external_data
 from torch import nn
 
 from dlm.config import ModelConfig
@@ -71,6 +80,7 @@ from plugins.denoise_step.reference import denoise_step_torch
 PARITY_OUTPUT = "logits"  # [B, K, V]: only in the parity graph
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CUSTOM_OP = ("dlm", "DenoiseStep")
+INLINE_BYTES = 1024  # tensors up to this size stay in the graph's proto, larger ones in X.onnx.data
 
 
 class DenoiserGraph(nn.Module):
@@ -158,10 +168,28 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
-def export_parity_graph(
-    model: DiffusionLM, plugin: bool = False, precision: str = "fp32", opset: int = DEFAULT_OPSET
+def data_path(graph_path: str | Path) -> Path:
+    """Where the weights of the graph at `graph_path` lie: `X.onnx` -> `X.onnx.data` beside it."""
+    path = Path(graph_path)
+    return path.with_name(path.name + ".data")
+
+
+def save_program(program, path: Path, doc: str) -> onnx.ModelProto:
+    """Write an exported program to `path`, its weights streamed to `data_path(path)`; returns
+    the graph's proto without the weights (they stay in the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.model.doc_string = doc
+    onnx_ir.save(
+        program.model, path, external_data=data_path(path).name, size_threshold_bytes=INLINE_BYTES
+    )
+    return onnx.load(str(path), load_external_data=False)
+
+
+def _export(
+    model: DiffusionLM, path: Path, plugin: bool, precision: str, opset: int
 ) -> onnx.ModelProto:
-    """Export the denoiser pass with logits as an extra output (see module doc).
+    """Export the denoiser pass with logits as an extra output (the parity graph, module doc) to
+    `path`; returns its proto without the weights.
 
     plugin=True: DenoiseStep as the `dlm::DenoiseStep` node in TensorRT's plugin form.
     precision: fp32 | bf16 | fp16 (weights and compute; the I/O stays as in INPUTS/OUTPUTS).
@@ -185,11 +213,11 @@ def export_parity_graph(
             opset_version=opset,
             optimize=True,
         )
-    proto = program.model_proto
-    proto.doc_string = (
+    doc = (
         f"dlm-triton denoiser pass: {model.cfg.family}, precision {precision}, "
         f"DenoiseStep {'plugin' if plugin else 'standard ops'}"
     )
+    proto = save_program(program, path, doc)
     return to_tensorrt_plugin_form(proto) if plugin else proto
 
 
@@ -217,37 +245,65 @@ def deployment_graph(parity_graph: onnx.ModelProto) -> onnx.ModelProto:
 
 def export_denoiser(
     model: DiffusionLM,
-    path: str | Path | None = None,
+    path: str | Path,
     plugin: bool = False,
     precision: str = "fp32",
     opset: int = DEFAULT_OPSET,
+    parity_path: str | Path | None = None,
 ) -> onnx.ModelProto:
-    """Export, check and (if `path`) save the deployed graph; returns it."""
-    graph = deployment_graph(export_parity_graph(model, plugin, precision, opset))
-    check_graph(graph, model.cfg, plugin=plugin)
-    if path is not None:
-        save(graph, path)
+    """Export the deployed graph to `path` (weights in `data_path(path)`) and check it; with
+    `parity_path` (in the same folder) also the parity graph, which reads the same weights.
+    Returns the deployed graph's proto without the weights."""
+    path = Path(path)
+    parity = _export(model, path, plugin, precision, opset)
+    if parity_path is not None:
+        if Path(parity_path).parent.resolve() != path.parent.resolve():
+            raise ValueError(f"parity_path={parity_path}: must be in {path.parent} (its weights)")
+        save(parity, parity_path)
+    graph = deployment_graph(parity)
+    save(graph, path)
+    check_graph(path, model.cfg, plugin=plugin)
     return graph
 
 
 def save(graph: onnx.ModelProto, path: str | Path) -> Path:
+    """Write `graph` to `path`. Tensors it holds over INLINE_BYTES go to `data_path(path)`,
+    written anew; tensors already in a file keep theirs (which is relative to the graph's folder,
+    so such a graph is saved in the folder it was loaded from)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(graph, str(path))
+    held = [
+        t
+        for t in graph.graph.initializer
+        if not uses_external_data(t) and len(t.raw_data) > INLINE_BYTES
+    ]
+    if held:
+        data_path(path).unlink(missing_ok=True)  # onnx appends to an existing file
+    onnx.save_model(
+        graph,
+        str(path),
+        save_as_external_data=bool(held),
+        location=data_path(path).name,
+        size_threshold=INLINE_BYTES + 1,
+    )
     return path
+
+
+def opset_of(graph: onnx.ModelProto) -> int:
+    return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _dims(value: onnx.ValueInfoProto) -> tuple:
     return tuple(d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim)
 
 
-def check_graph(
-    graph: onnx.ModelProto, cfg: ModelConfig, plugin: bool = False, run: bool = True
-) -> dict:
-    """onnx.checker (full), the I/O contract, the op domains and, for the standard form, one ONNX
-    Runtime run on the example inputs. Raises ValueError naming what differs; returns a summary.
+def check_graph(path: str | Path, cfg: ModelConfig, plugin: bool = False) -> dict:
+    """onnx.checker (full, on the file: no 2 GB cap), the I/O contract, the op domains and, for
+    the standard form, one ONNX Runtime run on the example inputs. Raises ValueError naming what
+    differs; returns a summary.
     """
-    onnx.checker.check_model(graph, full_check=True)
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False)
     fixed = static_axes(cfg)
     for kind, spec, values in (
         ("input", INPUTS, graph.graph.input),
@@ -275,15 +331,15 @@ def check_graph(
             f"{'plugin' if plugin else 'standard'} form"
         )
     summary = {
-        "opset": next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+        "opset": opset_of(graph),
         "nodes": len(graph.graph.node),
         "plugin": plugin,
     }
-    if run and not plugin:
+    if not plugin:
         from export.ort_engine import ort_session
 
         feed = {n: t.numpy() for n, t in zip(INPUTS, example_inputs(cfg), strict=True)}
-        outs = ort_session(graph).run(list(OUTPUTS), feed)
+        outs = ort_session(path).run(list(OUTPUTS), feed)
         b, t = feed["input_ids"].shape
         k = feed["out_index"].shape[1]
         want = {

@@ -24,6 +24,8 @@ ran 3.6x slower than uint8 ones, which take the CPU's u8 x s8 VNNI kernels.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -33,8 +35,10 @@ ZERO = 128  # the uint8 zero point of the activations
 EPS = 1e-12  # an all-zero row or column keeps a finite scale
 
 
-def per_row_int8(graph: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `graph` with every constant-weight MatMul in per-row int8 (module doc)."""
+def per_row_int8(graph: onnx.ModelProto, folder: str | Path) -> onnx.ModelProto:
+    """A copy of `graph` with every constant-weight MatMul in per-row int8 (module doc). The
+    graph's weights are read from their files in `folder`; the int8 ones are held in the copy
+    (`onnx_export.save` writes them beside it), the others still point to their files."""
     out = onnx.ModelProto()
     out.CopyFrom(graph)
     g = out.graph
@@ -57,7 +61,7 @@ def per_row_int8(graph: onnx.ModelProto) -> onnx.ModelProto:
             continue
         p = f"q{count}_"
         count += 1
-        wf = numpy_helper.to_array(w).astype(np.float32)
+        wf = numpy_helper.to_array(w, base_dir=str(folder)).astype(np.float32)
         sw = np.maximum(np.abs(wf).max(axis=0), EPS) / LEVELS
         added += [
             numpy_helper.from_array(np.round(wf / sw).astype(np.int8), p + "w"),

@@ -18,10 +18,14 @@ from tests.export.conftest import confident_nld_model
 
 
 @pytest.fixture(scope="module")
-def graphs():
-    model = confident_nld_model()
-    fp32 = onnx_export.export_parity_graph(model)  # with logits as an output
-    return model, ort_session(fp32, 1), ort_session(quantize.per_row_int8(fp32), 1)
+def graphs(tmp_path_factory):
+    """The parity graphs (logits as an output) in fp32 and int8, and their folder."""
+    model, folder = confident_nld_model(), tmp_path_factory.mktemp("int8_graphs")
+    onnx_export.export_denoiser(model, folder / ONNX_FILE, parity_path=folder / "fp32.onnx")
+    fp32 = onnx.load(folder / "fp32.onnx", load_external_data=False)
+    onnx_export.save(quantize.per_row_int8(fp32, folder), folder / "int8.onnx")
+    sessions = [ort_session(folder / f"{p}.onnx", 1) for p in ("fp32", "int8")]
+    return model, *sessions, folder
 
 
 def run(session, feed) -> dict[str, np.ndarray]:
@@ -37,7 +41,7 @@ def rows(feed: dict, keep: list[int]) -> dict:
 
 def test_a_row_gets_the_same_logits_alone_or_batched(graphs):
     """Per-row scales and exact integer sums: batching never changes a request's tokens."""
-    model, _, int8 = graphs
+    model, _, int8, _ = graphs
     case = parity.PassCase("ragged", (12, 3, 30), (8, 8, 3), (-1, -1, 0), (8, 8, 3))
     feed = parity.case_inputs(model.cfg, case)
     batched = run(int8, feed)["logits"]
@@ -48,7 +52,7 @@ def test_a_row_gets_the_same_logits_alone_or_batched(graphs):
 
 
 def test_int8_logits_stay_near_fp32(graphs):
-    model, fp32, int8 = graphs
+    model, fp32, int8, _ = graphs
     for case in parity.pass_cases(model.cfg.block_length):
         feed = parity.case_inputs(model.cfg, case)
         a, b = run(fp32, feed)["logits"], run(int8, feed)["logits"]
@@ -57,11 +61,12 @@ def test_int8_logits_stay_near_fp32(graphs):
 
 
 def test_every_weight_matmul_is_quantized(graphs):
-    model, _, _ = graphs
-    fp32 = onnx_export.export_parity_graph(model)
+    *_, folder = graphs
+    fp32, int8 = (
+        onnx.load(folder / f"{g}.onnx", load_external_data=False) for g in ("fp32", "int8")
+    )
     weights = {i.name for i in fp32.graph.initializer}
     n = sum(1 for x in fp32.graph.node if x.op_type == "MatMul" and x.input[1] in weights)
-    int8 = quantize.per_row_int8(fp32)
     assert sum(1 for x in int8.graph.node if x.op_type == "MatMulInteger") == n > 0
     assert not any(x.op_type == "MatMul" and x.input[1] in weights for x in int8.graph.node)
 
