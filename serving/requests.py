@@ -92,26 +92,36 @@ class Preprocessor:
         return self.pipeline.request(text, stop_words=stops, **knobs)
 
 
-def to_wire(
-    request: GenerationRequest, stream: bool = False, block_views: bool = False
-) -> tuple[np.ndarray, str]:
-    """(input_ids INT32 [n], JSON of the knobs and the response options)."""
+# How the responses of a request go, beside its knobs on the wire (all False unless given):
+# stream; block_views (the rest of the block being denoised); ensemble: it came through the
+# ensemble, whose cancellations arrive in the dlm instance's inbox (serving.cancel), so the
+# request's own is_cancelled(), an IPC to the server that never says yes there, is not asked.
+DELIVERY = ("stream", "block_views", "ensemble")
+
+
+def to_wire(request: GenerationRequest, **delivery: bool) -> tuple[np.ndarray, str]:
+    """(input_ids INT32 [n], JSON of the knobs and the DELIVERY flags given)."""
+    unknown = sorted(set(delivery) - set(DELIVERY))
+    if unknown:
+        raise ValueError(f"delivery flags {unknown}: known {list(DELIVERY)}")
     knobs = {k: getattr(request, k) for k in FIELDS}
-    knobs.update(stream=bool(stream), block_views=bool(block_views))
+    knobs.update({k: bool(v) for k, v in delivery.items()})
     return np.asarray(request.prompt_ids, np.int32), json.dumps(knobs)
 
 
-def from_wire(input_ids: np.ndarray, payload: str | bytes) -> tuple[GenerationRequest, bool, bool]:
-    """(request, stream, block_views) from `to_wire`'s form."""
+def from_wire(
+    input_ids: np.ndarray, payload: str | bytes
+) -> tuple[GenerationRequest, dict[str, bool]]:
+    """(request, every DELIVERY flag) from `to_wire`'s form."""
     knobs = json.loads(payload)  # a JSONDecodeError is a ValueError: the caller's error reply
     if not isinstance(knobs, dict):
         raise RequestError(f"request: must be a JSON object, got {type(knobs).__name__}")
-    stream, block_views = bool(knobs.pop("stream", False)), bool(knobs.pop("block_views", False))
+    delivery = {k: bool(knobs.pop(k, False)) for k in DELIVERY}
     unknown = sorted(set(knobs) - set(FIELDS))
     if unknown:
         raise RequestError(f"request: unknown fields {unknown}; known: {list(FIELDS)}")
     ids = [int(i) for i in np.asarray(input_ids).reshape(-1)]
-    return GenerationRequest(ids, **knobs), stream, block_views
+    return GenerationRequest(ids, **knobs), delivery
 
 
 # Ensemble input -> GenerationRequest field, for the knobs of one value (dlm.schema).
@@ -163,4 +173,6 @@ def from_inputs(pre: Preprocessor, inputs: dict[str, np.ndarray]):
             "exclude_input_in_output: only true is supported (text_output never repeats the "
             "prompt); leave it out or send true"
         )
-    return to_wire(request, stream=flags["stream"], block_views=flags["return_block_text"])
+    return to_wire(
+        request, stream=flags["stream"], block_views=flags["return_block_text"], ensemble=True
+    )

@@ -50,7 +50,7 @@ def test_same_request_as_the_pipeline(pre, pipe, knobs):
     that `python -m dlm generate` builds from the same knobs."""
     tensors = {("random_seed" if k == "seed" else k): v for k, v in knobs.items()}
     ids, payload = from_inputs(pre, inputs(max_tokens=9, stop_words=["\n\n"], **tensors))
-    served, _, _ = from_wire(ids, payload)
+    served, _ = from_wire(ids, payload)
     assert served == pipe.request("def f(x):", stop_words=["\n\n"], max_tokens=9, **knobs)
     assert served.prompt_ids == pipe.tokenizer.encode("def f(x):")
     assert served.stop_sequences == [pipe.tokenizer.encode("\n\n")]
@@ -96,7 +96,7 @@ def test_inputs_to_wire_and_back(pre, pipe):
             stream=True,
         ),
     )
-    req, stream, views = from_wire(ids.reshape(1, -1), payload)
+    req, delivery = from_wire(ids.reshape(1, -1), payload)
     assert req == pipe.request(
         "def f(x):",
         stop_words=["return", "\n"],
@@ -106,9 +106,10 @@ def test_inputs_to_wire_and_back(pre, pipe):
         seed=2**64 - 1,
     )
     assert req.threshold == 0.9  # FP32 0.9 arrives as 0.9, as on the command line
-    assert (stream, views) == (True, False)
+    assert delivery == {"stream": True, "block_views": False, "ensemble": True}
     assert ids.dtype == np.int32 and json.loads(payload)["stream"] is True
-    assert from_wire(*to_wire(req, stream=False, block_views=True)) == (req, False, True)
+    direct = {"stream": False, "block_views": True, "ensemble": False}
+    assert from_wire(*to_wire(req, block_views=True)) == (req, direct)
 
 
 BAD = [
@@ -212,6 +213,6 @@ def test_dlm_payload_sent_directly_is_checked(pre, payload, message):
     """The `dlm` model is reachable by clients too: its JSON payload is no trusted input."""
     ids = np.array([5, 6, 7], np.int32)
     with pytest.raises(ValueError) as e:
-        request, _, _ = from_wire(ids, payload)
+        request, _ = from_wire(ids, payload)
         request.validate(pre.config)
     assert message in str(e.value)

@@ -9,7 +9,8 @@ as a placeholder, or "").
 Each request gets one response: none for a heartbeat (FINAL flag alone), the error response for
 one that carries dlm's `error`. A request marked cancelled (the client cancelled the ensemble
 request) gets the FINAL flag alone, and its key is sent to the dlm instance that runs it
-(serving.cancel), whose scheduler drops it and frees its cache before its next pass.
+(serving.cancel), whose scheduler drops it and frees its cache before its next pass. dlm's final
+response is not asked (the sequence is over; each asking is an IPC to the server).
 """
 
 import functools
@@ -42,7 +43,9 @@ class TritonPythonModel:
         for request in requests:
             get = functools.partial(_input, request)
             sender = request.get_response_sender()
-            if request.is_cancelled():
+            final = bool(get("final").reshape(-1)[0])
+            # dlm's last response ends the request anyway: only the others ask (an IPC each)
+            if not final and request.is_cancelled():
                 cancel.append(int(get("seq_key").reshape(-1)[0]))
                 # FINAL flag alone: an error response here leaves the ensemble request in
                 # flight for ever in 2.51 (dlm is still sending), and blocks shutdown.
@@ -60,7 +63,7 @@ class TritonPythonModel:
             text, view = self.post(
                 get("output_ids").reshape(-1),
                 int(get("shown").reshape(-1)[0]),
-                bool(get("final").reshape(-1)[0]),
+                final,
                 get("block_ids").reshape(-1),
             )
             sender.send(
