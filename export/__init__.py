@@ -14,7 +14,8 @@
 # Bumped whenever the exported graph, its I/O contract or the manifest changes: a build whose
 # manifest names another version is redone even if the checkpoint is unchanged.
 # 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties;
-# 6: the manifest's chosen defaults (block lengths); 7: weights beside the graph (external data)
+# 6: the manifest's chosen defaults (block lengths); 7: weights beside the graph (external data),
+# RMSNorm as x / sqrt (one fused kernel in ONNX Runtime)
 EXPORTER_VERSION = "7"
 
 import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)

@@ -196,7 +196,7 @@ def build(
                 f"exporter {export.EXPORTER_VERSION}, backend {backend}): nothing to do"
             )
             return manifest
-    from dlm import checkpoint
+    from dlm import checkpoint, cost
     from dlm.gemma import checkpoint as gemma_checkpoint
     from export import onnx_export
 
@@ -208,6 +208,7 @@ def build(
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # a half-done build must not look finished
+    (out / cost.FILE).unlink(missing_ok=True)  # a new engine's pass times are measured anew
     manifest: dict = {
         "format": 1,
         "backend": backend,
@@ -278,7 +279,6 @@ def build(
         return manifest
     # The engine's pass times on this machine (mode=auto's cost model), cached beside it; the
     # server measures them again on another machine.
-    from dlm import cost
     from dlm.sampling import blocks
 
     model = cost.load_or_measure(engines.load_engine(model_dir, out, threads=threads), out)

@@ -151,6 +151,18 @@ def test_torch_backend_writes_only_a_manifest(nld_build, tmp_path):
     assert isinstance(load_engine(nld_build.model_dir, tmp_path / "t"), TorchEngine)
 
 
+def test_a_rebuild_measures_its_pass_times_anew(nld_build, tmp_path):
+    """The cached cost model belongs to the engine it measured: a rebuild drops it."""
+    out = tmp_path / "t"
+    build_mod.build(nld_build.model_dir, out, backend="torch", log=lambda s: None)
+    stale = json.loads((out / cost.FILE).read_text())
+    stale["seconds"] = [[1.0] * len(line) for line in stale["seconds"]]
+    (out / cost.FILE).write_text(json.dumps(stale))
+    build_mod.build(nld_build.model_dir, out, backend="torch", force=True, log=lambda s: None)
+    fresh = json.loads((out / cost.FILE).read_text())
+    assert fresh["machine"] == stale["machine"] and all(s < 1.0 for s in fresh["seconds"][0])
+
+
 def dlm_generate(*args: str) -> dict:
     r = subprocess.run(
         [sys.executable, "-m", "dlm", "generate", "--json", *args],

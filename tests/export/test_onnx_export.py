@@ -47,6 +47,20 @@ def test_weights_lie_beside_the_graph(nld_build):
         assert {ExternalDataInfo(t).location for t in big} == {data.name}
 
 
+def test_onnx_runtime_fuses_every_rms_norm(nld_build, tmp_path):
+    """The exported norms (x / sqrt(mean(x^2) + eps) * w) load as one kernel each in ONNX Runtime
+    (SimplifiedLayerNormalization): two per layer and the final one."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(nld_build.out / "denoiser.onnx"), opts, ["CPUExecutionProvider"])
+    graph = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+    fused = [n for n in graph.graph.node if n.op_type == "SimplifiedLayerNormalization"]
+    assert len(fused) == 2 * nld_build.model.cfg.num_layers + 1
+
+
 def test_parity_figures_in_the_manifest(nld_build):
     """Logits tolerance: LOGITS_ATOL (1e-4) x max(1, max |logits|); fp32 lands near 1e-6."""
     p = nld_build.manifest["parity"]["pass"]
