@@ -255,10 +255,10 @@ def export_denoiser(
     `parity_path` (in the same folder) also the parity graph, which reads the same weights.
     Returns the deployed graph's proto without the weights."""
     path = Path(path)
+    if parity_path is not None and Path(parity_path).parent.resolve() != path.parent.resolve():
+        raise ValueError(f"parity_path={parity_path}: must be in {path.parent} (its weights)")
     parity = _export(model, path, plugin, precision, opset)
     if parity_path is not None:
-        if Path(parity_path).parent.resolve() != path.parent.resolve():
-            raise ValueError(f"parity_path={parity_path}: must be in {path.parent} (its weights)")
         save(parity, parity_path)
     graph = deployment_graph(parity)
     save(graph, path)
