@@ -61,14 +61,30 @@ class CostModel:
             1e-6, lo + (hi - lo) * (rows - self.rows[i - 1]) / (self.rows[i] - self.rows[i - 1])
         )
 
-    def pass_seconds(self, rows: int, tokens: int) -> float:
-        """The time of one step of `rows` rows of `tokens` tokens each: the measured pass plus
-        the overhead the steps observed nearest to it."""
-        extra = self.overhead[_nearest(self.rows, rows)][_nearest(self.tokens, tokens)]
-        return max(1e-6, self.table_seconds(rows, tokens) + extra)
+    def pass_seconds(self, rows: int, tokens: float) -> float:
+        """The time of one step of `rows` rows of `tokens` tokens each (on average): the
+        measured pass plus the overhead the steps observed nearest to it (`_overhead`)."""
+        return max(1e-6, self.table_seconds(rows, tokens) + self._overhead(rows, tokens))
 
-    def observe(self, rows: int, tokens: int, seconds: float) -> None:
-        """A step of `rows` rows padded to `tokens` tokens took `seconds`, start to next start."""
+    def _overhead(self, rows: int, tokens: float) -> float:
+        """The learnt overhead of the cell nearest (rows, tokens); a cell no step has reached
+        yet takes that of the nearest one that a step did, in its line of rows first (a choice
+        the scheduler has not tried looks no cheaper than the ones it has): 0 before any."""
+        i, j = _nearest(self.rows, rows), _nearest(self.tokens, tokens)
+        seen = [
+            (abs(a - i), abs(b - j), a, b)
+            for a, line in enumerate(self.observed)
+            for b, n in enumerate(line)
+            if n
+        ]
+        if not seen:
+            return 0.0
+        _, _, a, b = min(seen)
+        return self.overhead[a][b]
+
+    def observe(self, rows: int, tokens: float, seconds: float) -> None:
+        """A step of `rows` rows of `tokens` tokens each on average took `seconds`, start to
+        next start (padded, split in two calls or not: what that costs is learnt too)."""
         i, j = _nearest(self.rows, rows), _nearest(self.tokens, tokens)
         self.observed[i][j] += 1
         # the mean of a cell's first steps, then an average over about 1 / OBSERVED steps: a

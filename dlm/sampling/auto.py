@@ -5,16 +5,20 @@ well the model has been drafting.
 A round of size s verifies the draft made by the round before (at most s - 1 tokens) and drafts
 the next with s masks, plus the fork's s when there is a draft to reject; s = 1 is a plain AR
 step. The model drafts only where it is confident (self_spec cuts drafts at confidence 0.2), so
-its drafts have a length L, and a share a of their tokens is accepted. A
-round of size s then commits about 1 + a * min(s - 1, L) tokens and carries about
-1 + min(s - 1, L) + 2s tokens per row, and auto picks the s, up to the request's
-`block_length`, that maximises committed tokens per second:
+its drafts have a length D that varies from round to round, and a share a of their tokens is
+accepted. A round of size s then commits about 1 + a * E[min(s - 1, D)] tokens and carries about
+1 + E[min(s - 1, D)] + s + s * P(D >= 1) tokens per row, and auto picks the s, up to the
+request's `block_length`, that maximises committed tokens per second:
 
-    (1 + a * min(s - 1, L)) / pass_seconds(rows in the batch, tokens of the round)
+    (1 + a * E[min(s - 1, D)]) / pass_seconds(rows in the batch, tokens of the round)
 
-against 1 / pass_seconds(rows, 1) for an AR step. A machine where long passes cost about what
-short ones do gets long drafts; one where they are dear (a busy CPU, a large batch) gets AR
-steps. L and a start at priors and follow the recent rounds of the scheduler's auto requests.
+against 1 / pass_seconds(rows, 1) for an AR step. E[min(s - 1, D)] is the sum of P(D >= k) for
+k < s (`Drafting`: each P(D >= k) follows the recent rounds that could draft k tokens; past the
+longest any round could draft, it goes on as the last two did up to twice that length, so block
+sizes can grow, at most doubling as the rounds confirm it). A machine
+where long passes cost about what short ones do gets long drafts; one where they are dear (a busy
+CPU, a large batch) gets AR steps. D and a start at priors and follow the recent rounds of the
+scheduler's auto requests.
 
 Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so the
 output equals `ar` token for token, greedy or with the same seed (tested over ragged batches).
@@ -32,7 +36,7 @@ from dlm.sampling.sequence import Sequence
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
 # Before the first rounds: drafts of 3 tokens, 2 in 3 of their tokens accepted (the shipped
 # model drafts 2-3 tokens and accepts about 0.6 of them).
-PRIOR_DRAFT, PRIOR_SHARE = 3.0, 2.0 / 3.0
+PRIOR_DRAFT, PRIOR_SHARE = 3, 2.0 / 3.0
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
 # Now and then a step takes the other choice (AR or speculation) so the cost model keeps
 # measuring it: at most one step in EXPLORE, and no more often than its estimated extra time
@@ -45,42 +49,65 @@ EXPLORE_BUDGET = 0.02
 class Drafting:
     """How well the model drafts, over the recent speculative rounds of every auto request of a
     scheduler (one request's first rounds say little; an AR step says nothing, so the figures
-    stay as they were while load keeps every request on AR steps)."""
+    stay as they were while load keeps every request on AR steps): `reach[k - 1]` is P(D >= k),
+    the chance that a round's next draft has at least k tokens, and `share` the accepted share
+    of the drafts' tokens."""
 
     def __init__(self) -> None:
-        self.length, self.share = PRIOR_DRAFT, PRIOR_SHARE
+        self.reach = [1.0] * PRIOR_DRAFT + [0.0] * (SIZES[-1] - PRIOR_DRAFT)
+        self.share = PRIOR_SHARE
+        self.seen = 0  # the longest draft a round could make so far (0: the prior alone)
+        self._drafted: list[float] | None = None  # E[min(s - 1, D)] by s, kept till a round
 
     def observe(self, size: int, draft: int, accepted: int, next_draft: int) -> None:
+        if size == 1:
+            return
         w = 1.0 / MEMORY
-        if size > 1:
-            # a draft as long as the round allowed says only "at least": count it twice as
-            # long, so that L (and with it the block size) can grow past the size in use
-            made = next_draft if next_draft < size - 1 else 2 * next_draft
-            self.length += w * (made - self.length)
+        # the next draft comes from the lookahead if the whole draft was accepted, else from
+        # the fork past the accepted tokens: at most that many positions were left to draft
+        room = size - 1 if accepted == draft else size - 1 - accepted
+        for k in range(1, room + 1):
+            self.reach[k - 1] += w * ((next_draft >= k) - self.reach[k - 1])
+        self.seen = max(self.seen, room)
         if draft:
             self.share += w * (accepted / draft - self.share)
+        self._drafted = None
+
+    def drafted(self, size: int) -> float:
+        """E[min(size - 1, D)]: draft tokens a round of `size` verifies."""
+        if self._drafted is None:
+            reach = list(self.reach)
+            if self.seen >= 2:  # past the longest draft seen: as the last two went, up to
+                last, before = reach[self.seen - 1], reach[self.seen - 2]  # twice as long
+                ratio = min(1.0, last / before) if before else 0.0
+                for k in range(self.seen, len(reach)):
+                    reach[k] = reach[k - 1] * ratio if k < 2 * self.seen else 0.0
+            self._drafted = [0.0]
+            for p in reach:
+                self._drafted.append(self._drafted[-1] + p)
+        return self._drafted[min(size, len(self._drafted)) - 1]
+
+    def committed(self, size: int) -> float:
+        """Tokens a round of `size` commits per row."""
+        return 1 + self.share * self.drafted(size)
+
+    def tokens(self, size: int) -> float:
+        """Tokens of one row of a round: the pending token, the draft, the lookahead masks and
+        the fork's when there is a draft (1: a plain AR step)."""
+        if size == 1:
+            return 1
+        return 1 + self.drafted(size) + size * (1 + self.drafted(2))  # drafted(2): P(D >= 1)
 
 
-def round_tokens(size: int, draft: float) -> float:
-    """Tokens of one row of a round: the pending token, the draft, the lookahead masks and the
-    fork's (1: a plain AR step)."""
-    return 1 if size == 1 else 1 + min(size - 1, draft) + 2 * size
-
-
-def explore_interval(cost: CostModel, rows: int, best: int, other: int, draft: float) -> int:
+def explore_interval(cost: CostModel, rows: int, best: int, other: int, d: Drafting) -> int:
     """Steps between two explorations of `other` while `best` is the choice (see EXPLORE)."""
-    ratio = cost.pass_seconds(rows, round_tokens(other, draft)) / cost.pass_seconds(
-        rows, round_tokens(best, draft)
-    )
+    ratio = cost.pass_seconds(rows, d.tokens(other)) / cost.pass_seconds(rows, d.tokens(best))
     return max(EXPLORE, math.ceil((ratio - 1) / EXPLORE_BUDGET))
 
 
-def best_size(
-    cost: CostModel, rows: int, draft: float, share: float, limit: int, smallest: int = 1
-) -> int:
+def best_size(cost: CostModel, rows: int, d: Drafting, limit: int, smallest: int = 1) -> int:
     def rate(s: int) -> float:
-        tokens = 1 + share * min(s - 1, draft)
-        return tokens / cost.pass_seconds(rows, round_tokens(s, draft))
+        return d.committed(s) / cost.pass_seconds(rows, d.tokens(s))
 
     # ties (a flat cost past the drafts' length) go to the larger size: longer drafts may come
     sizes = [s for s in SIZES if smallest <= s < limit] + [limit]
@@ -101,9 +128,8 @@ class Planner:
     def size(self, limit: int) -> int:
         step = self.step()
         if self._decided is None or self._decided[0] != step:
-            d = self.drafting
             rows = self.rows()
-            size = best_size(self.cost, rows, d.length, d.share, SIZES[-1])
+            size = best_size(self.cost, rows, self.drafting, SIZES[-1])
             if self._since >= EXPLORE - 1 and self._explore(rows, size):
                 size, self._since = self._other(rows, size), 0  # the cost model keeps learning
             else:  # both choices at this batch
@@ -112,13 +138,10 @@ class Planner:
         return min(self._decided[1], limit)
 
     def _other(self, rows: int, size: int) -> int:
-        d = self.drafting
-        return 1 if size > 1 else best_size(self.cost, rows, d.length, d.share, SIZES[-1], 2)
+        return 1 if size > 1 else best_size(self.cost, rows, self.drafting, SIZES[-1], 2)
 
     def _explore(self, rows: int, size: int) -> bool:
-        interval = explore_interval(
-            self.cost, rows, size, self._other(rows, size), self.drafting.length
-        )
+        interval = explore_interval(self.cost, rows, size, self._other(rows, size), self.drafting)
         return self._since >= interval - 1
 
 

@@ -11,8 +11,8 @@ with no build, keeps the trained block. On a GPU, where a 32-token pass costs ab
 much, it is 4 (measured: self_spec 1.9-2.1x ar at block 3-4 against 0.66-0.77x at 32;
 diffusion 1.2-1.6x at 4-8 against 0.67-0.73x; benchmarks/results/block_defaults_cpu).
 
-- self_spec: a round of size s commits about 1 + a * min(s - 1, L) tokens in one pass of about
-  1 + min(s - 1, L) + 2s tokens (`dlm.sampling.auto`, with its priors for L and a);
+- self_spec: a round of size s commits about 1 + a * E[min(s - 1, D)] tokens in one pass of
+  about 1 + E[min(s - 1, D)] + 2s tokens (`dlm.sampling.auto`, with its priors for D and a);
 - diffusion: a block of s tokens costs one commit pass and max(1, (s - 1) / c) denoise passes,
   each of s tokens, where c is how many masked positions a denoise pass commits.
 """
@@ -20,7 +20,7 @@ diffusion 1.2-1.6x at 4-8 against 0.67-0.73x; benchmarks/results/block_defaults_
 from __future__ import annotations
 
 from dlm.cost import CostModel
-from dlm.sampling.auto import PRIOR_DRAFT, PRIOR_SHARE, SIZES, best_size
+from dlm.sampling.auto import SIZES, Drafting, best_size
 
 # Masked positions a denoise pass commits at the threshold 0.9 default: 1.7-1.9 on the shipped
 # model at blocks 4-32 (tokens per forward 1.45 / 1.65 / 1.79 / 1.63 at 4 / 8 / 16 / 32). Blocks
@@ -40,7 +40,7 @@ def diffusion_block(cost: CostModel, trained: int) -> int:
 
 
 def self_spec_block(cost: CostModel, trained: int) -> int:
-    return best_size(cost, 1, PRIOR_DRAFT, PRIOR_SHARE, trained, smallest=2)
+    return best_size(cost, 1, Drafting(), trained, smallest=2)
 
 
 def block_lengths(cost: CostModel, trained: int) -> dict[str, int]:

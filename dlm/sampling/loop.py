@@ -64,7 +64,7 @@ class Scheduler:
         # once an auto request comes: splits steps, and learns what a step costs here
         self.cost: cost.CostModel | None = cost.attached(engine)
         self.steps = 0
-        self._last: tuple[int, int, float] | None = None  # the last step: rows, tokens, start
+        self._last: tuple[int, float, float] | None = None  # the last step: rows, tokens, start
         self._next_id = 0
 
     def add(self, request: GenerationRequest, on_commit=None) -> Sequence:
@@ -101,7 +101,7 @@ class Scheduler:
         if self.cost is not None and self._last is not None:  # the cost model learns what a
             rows, tokens, start = self._last  # step costs here, from its start to the next's
             self.cost.observe(rows, tokens, now - start)
-        results, calls = self.run_passes(passes)
+        results = self.run_passes(passes)
         self.steps += 1
         finished = []
         for i, res in zip(ids, results, strict=False):
@@ -113,25 +113,25 @@ class Scheduler:
                 self._close(seq)
                 finished.append(seq)
         # back to back unless the scheduler went empty (the next step then starts after a wait)
-        if self.cost is not None:  # (a split step is not one cell of the table: not learnt)
-            tokens = max(len(p.tokens) for p in passes)
-            self._last = (len(passes), tokens, now) if self.pending and calls == 1 else None
+        if self.cost is not None:  # learnt by the rows' mean tokens, as auto plans its rounds
+            tokens = sum(len(p.tokens) for p in passes) / len(passes)
+            self._last = (len(passes), tokens, now) if self.pending else None
         return finished
 
-    def run_passes(self, passes: list[PassRequest]) -> tuple[list[PassResult], int]:
-        """The passes' results and how many engine calls gave them: one, or two if the cost
-        model splits the step (the rows with fewer tokens apart)."""
+    def run_passes(self, passes: list[PassRequest]) -> list[PassResult]:
+        """The passes' results, from one engine call, or two if the cost model splits the step
+        (the rows with fewer tokens apart)."""
         order = sorted(range(len(passes)), key=lambda k: len(passes[k].tokens))
         cut = None
         if self.cost is not None and len(passes) > 1:
             cut = self.cost.split([len(passes[k].tokens) for k in order])
         if cut is None:
-            return self.engine.step(passes), 1
+            return self.engine.step(passes)
         results: list[PassResult] = [None] * len(passes)  # type: ignore[list-item]
         for group in (order[:cut], order[cut:]):
             for k, res in zip(group, self.engine.step([passes[k] for k in group]), strict=True):
                 results[k] = res
-        return results, 2
+        return results
 
     def _close(self, seq: Sequence) -> None:
         seq.seconds = time.perf_counter() - seq.started

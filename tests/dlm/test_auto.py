@@ -19,7 +19,6 @@ from dlm.sampling.auto import (
     Planner,
     best_size,
     explore_interval,
-    round_tokens,
 )
 from tests.conftest import random_prompts, tiny_model
 
@@ -106,28 +105,48 @@ def test_auto_picks_long_drafts_when_passes_are_free_and_ar_when_dear(monkeypatc
     assert runs["dear"].num_forward_passes == ar.num_forward_passes
 
 
+def drafting(length: int, share: float) -> Drafting:
+    """Statistics after many rounds of size 32 whose next drafts had `length` tokens and whose
+    drafts lost 1 - `share` of their tokens."""
+    d = Drafting()
+    for _ in range(8 * MEMORY):
+        d.observe(size=32, draft=length, accepted=length, next_draft=length)
+    d.share = share
+    return d
+
+
 def test_best_size_follows_cost_batch_and_drafting():
-    assert best_size(flat(), 1, 31.0, 0.9, 32) == 32  # long confident drafts, free passes
-    assert best_size(dear(), 1, 31.0, 0.9, 32) == 1
-    assert best_size(flat(), 1, 31.0, 0.9, 5) == 5  # block_length is the bound
-    assert best_size(linear(), 1, 3.0, 0.9, 32) == 4  # drafts of 3: a larger block buys nothing
+    long = drafting(31, 0.9)
+    assert best_size(flat(), 1, long, 32) == 32  # long confident drafts, free passes
+    assert best_size(dear(), 1, long, 32) == 1
+    assert best_size(flat(), 1, long, 5) == 5  # block_length is the bound
+    assert best_size(linear(), 1, drafting(3, 0.9), 32) == 4  # a larger block buys nothing
     # a pass of 8 rows costs 8x: the same drafting buys shorter blocks at the larger batch
     mixed = cost.CostModel([1, 8], [1, 96], [[0.004, 0.010], [0.010, 0.900]], "mixed")
-    assert best_size(mixed, 1, 31.0, 0.8, 32) > best_size(mixed, 8, 31.0, 0.8, 32)
-    assert best_size(linear(), 1, 3.0, 0.0, 32) == 1  # nothing is ever accepted: AR
+    assert best_size(mixed, 1, drafting(31, 0.8), 32) > best_size(mixed, 8, drafting(31, 0.8), 32)
+    assert best_size(linear(), 1, drafting(3, 0.0), 32) == 1  # nothing is ever accepted: AR
 
 
 def test_drafting_statistics_follow_the_rounds():
     d = Drafting()
-    assert (d.length, d.share) == (PRIOR_DRAFT, PRIOR_SHARE)
-    for _ in range(4 * MEMORY):  # rounds of size 8 whose drafts of 6 lose half their tokens
-        d.observe(size=8, draft=6, accepted=3, next_draft=6)
-    assert d.length == pytest.approx(6, abs=0.1) and d.share == pytest.approx(0.5, abs=0.01)
+    assert d.share == PRIOR_SHARE
+    assert [d.drafted(s) for s in (1, 2, 4, 8)] == [0, 1, PRIOR_DRAFT, PRIOR_DRAFT]
+    for _ in range(8 * MEMORY):  # rounds of size 8 whose drafts of 6 lose half their tokens
+        d.observe(size=8, draft=6, accepted=3, next_draft=2)  # the fork drafts 2 of 4 left
+    assert d.drafted(8) == pytest.approx(2, abs=0.01) and d.share == pytest.approx(0.5, abs=0.01)
     d.observe(size=1, draft=0, accepted=0, next_draft=0)  # an AR step tells nothing
-    assert d.length == pytest.approx(6, abs=0.1)
-    for _ in range(4 * MEMORY):  # drafts as long as size 4 allows: at least 3, taken as 6
+    assert d.drafted(8) == pytest.approx(2, abs=0.01)
+    # drafts of 0 or 6 tokens, one round in two: E[min(s - 1, D)] is 3 at 8, not min(7, 3)
+    d = Drafting()
+    for i in range(16 * MEMORY):
+        d.observe(size=8, draft=0, accepted=0, next_draft=6 * (i % 2))
+    assert d.drafted(8) == pytest.approx(3, abs=0.1) and d.drafted(2) == pytest.approx(0.5, 0.05)
+    # drafts as long as size 4 allows: taken to go on as the last two did, up to twice as long
+    d = Drafting()
+    for _ in range(8 * MEMORY):
         d.observe(size=4, draft=3, accepted=3, next_draft=3)
-    assert d.length == pytest.approx(6, abs=0.1) and d.share == pytest.approx(1.0, abs=0.01)
+    assert d.drafted(4) == pytest.approx(3) and d.drafted(16) == pytest.approx(6)
+    assert d.tokens(4) == pytest.approx(1 + 3 + 4 + 4) and d.tokens(1) == 1
 
 
 def test_the_cost_model_learns_the_overhead_of_steps():
@@ -136,8 +155,13 @@ def test_the_cost_model_learns_the_overhead_of_steps():
     for _ in range(200):  # steps at 8 rows take 4 ms more than the pass here
         m.observe(8, 1, 0.084)
     assert m.pass_seconds(8, 1) == pytest.approx(0.084, rel=0.01)
-    assert m.pass_seconds(8, 96) == pytest.approx(7.68)  # other cells as measured
-    assert m.pass_seconds(1, 1) == pytest.approx(0.01)
+    # a cell no step has reached looks no cheaper than the nearest one a step did
+    assert m.pass_seconds(8, 96) == pytest.approx(7.684, rel=0.01)
+    assert m.pass_seconds(1, 1) == pytest.approx(0.014, rel=0.01)
+    for _ in range(200):
+        m.observe(1, 96, 0.95)  # and then as its own steps go
+    assert m.pass_seconds(1, 96) == pytest.approx(0.95, rel=0.01)
+    assert m.pass_seconds(8, 96) == pytest.approx(7.684, rel=0.01)  # nearer in its own line
 
 
 def test_auto_explores_the_other_choice_within_its_budget():
@@ -146,9 +170,9 @@ def test_auto_explores_the_other_choice_within_its_budget():
     sizes = [planner.size(32) for _ in range(4 * EXPLORE)]
     assert sizes.count(1) == 4 and all(s == 1 for s in sizes[EXPLORE - 1 :: EXPLORE])
     # speculation is dear: taken only as often as keeps its extra time within EXPLORE_BUDGET
-    other = best_size(dear(), 1, PRIOR_DRAFT, PRIOR_SHARE, SIZES[-1], smallest=2)
-    k = explore_interval(dear(), 1, 1, other, PRIOR_DRAFT)
-    ratio = dear().pass_seconds(1, round_tokens(other, PRIOR_DRAFT)) / dear().pass_seconds(1, 1)
+    other = best_size(dear(), 1, Drafting(), SIZES[-1], smallest=2)
+    k = explore_interval(dear(), 1, 1, other, Drafting())
+    ratio = dear().pass_seconds(1, Drafting().tokens(other)) / dear().pass_seconds(1, 1)
     assert k > EXPLORE and (ratio - 1) / k <= EXPLORE_BUDGET
     planner = Planner(dear(), rows=lambda: 1, step=iter(range(10**6)).__next__)
     sizes = [planner.size(32) for _ in range(3 * k)]
