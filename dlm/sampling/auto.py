@@ -38,11 +38,14 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block s
 # model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_DRAFT, PRIOR_SHARE = 3, 2.0 / 3.0
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
-# Now and then a step takes the other choice (AR or speculation) so the cost model keeps
-# measuring it: at most one step in EXPLORE, and no more often than its estimated extra time
-# stays within EXPLORE_BUDGET of the steps' (where a speculative round costs 4x an AR step, as
-# at 16 rows on the 2-core CPU, one in 16 would cost 20% of the throughput).
+# Now and then EXPLORE_STEPS steps in a row take the other choice (AR or speculation), so the
+# cost model keeps measuring it (it learns a step only after one of the same shape: the first
+# pays for what the step before left, `CostModel.observe`): no more often than every EXPLORE
+# steps, nor than keeps the tokens the other choice is expected to lose within EXPLORE_BUDGET
+# of the steps' (where it commits 40% fewer tokens per second, as speculation at 16 rows on
+# the 2-core CPU, once in 80 steps).
 EXPLORE = 16
+EXPLORE_STEPS = 4
 EXPLORE_BUDGET = 0.02
 
 
@@ -99,19 +102,22 @@ class Drafting:
         return 1 + self.drafted(size) + size * (1 + self.drafted(2))  # drafted(2): P(D >= 1)
 
 
+def rate(cost: CostModel, rows: int, d: Drafting, size: int) -> float:
+    """Tokens a row commits per second in rounds of `size` at `rows` rows."""
+    return d.committed(size) / cost.pass_seconds(rows, d.tokens(size))
+
+
 def explore_interval(cost: CostModel, rows: int, best: int, other: int, d: Drafting) -> int:
-    """Steps between two explorations of `other` while `best` is the choice (see EXPLORE)."""
-    ratio = cost.pass_seconds(rows, d.tokens(other)) / cost.pass_seconds(rows, d.tokens(best))
-    return max(EXPLORE, math.ceil((ratio - 1) / EXPLORE_BUDGET))
+    """Steps from one exploration of `other` to the next while `best` is the choice (see
+    EXPLORE)."""
+    loss = 1 - rate(cost, rows, d, other) / rate(cost, rows, d, best)
+    return max(EXPLORE, math.ceil(EXPLORE_STEPS * loss / EXPLORE_BUDGET))
 
 
 def best_size(cost: CostModel, rows: int, d: Drafting, limit: int, smallest: int = 1) -> int:
-    def rate(s: int) -> float:
-        return d.committed(s) / cost.pass_seconds(rows, d.tokens(s))
-
     # ties (a flat cost past the drafts' length) go to the larger size: longer drafts may come
     sizes = [s for s in SIZES if smallest <= s < limit] + [limit]
-    return max(sizes, key=lambda s: (rate(s), s))
+    return max(sizes, key=lambda s: (rate(cost, rows, d, s), s))
 
 
 class Planner:
@@ -123,17 +129,19 @@ class Planner:
         self.cost, self.rows, self.step = cost, rows, step
         self.drafting = Drafting()
         self._decided: tuple[int, int] | None = None  # (step, size)
-        self._since = 0  # decisions since the last exploration
+        self._since = 0  # decisions since the last exploration began
+        self._exploring = 0  # steps of the current exploration still to take
 
     def size(self, limit: int) -> int:
         step = self.step()
         if self._decided is None or self._decided[0] != step:
             rows = self.rows()
             size = best_size(self.cost, rows, self.drafting, SIZES[-1])
-            if self._since >= EXPLORE - 1 and self._explore(rows, size):
-                size, self._since = self._other(rows, size), 0  # the cost model keeps learning
-            else:  # both choices at this batch
-                self._since += 1
+            if self._exploring == 0 and self._since >= EXPLORE - 1 and self._explore(rows, size):
+                self._exploring, self._since = EXPLORE_STEPS, -1  # the cost model keeps learning
+            self._since += 1
+            if self._exploring:  # both choices at this batch
+                size, self._exploring = self._other(rows, size), self._exploring - 1
             self._decided = (step, size)
         return min(self._decided[1], limit)
 

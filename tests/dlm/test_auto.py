@@ -7,10 +7,11 @@ import pytest
 from dlm import cost
 from dlm.engine import TorchEngine
 from dlm.pipeline import DEFAULT_MODEL, Pipeline
-from dlm.sampling import GenerationRequest, generate
+from dlm.sampling import GenerationRequest, auto, generate
 from dlm.sampling.auto import (
     EXPLORE,
     EXPLORE_BUDGET,
+    EXPLORE_STEPS,
     MEMORY,
     PRIOR_DRAFT,
     PRIOR_SHARE,
@@ -164,19 +165,39 @@ def test_the_cost_model_learns_the_overhead_of_steps():
     assert m.pass_seconds(8, 96) == pytest.approx(7.684, rel=0.01)  # nearer in its own line
 
 
-def test_auto_explores_the_other_choice_within_its_budget():
-    # passes cost the same: AR, the other choice, is taken once in EXPLORE steps
-    planner = Planner(flat(), rows=lambda: 1, step=iter(range(10**6)).__next__)
-    sizes = [planner.size(32) for _ in range(4 * EXPLORE)]
-    assert sizes.count(1) == 4 and all(s == 1 for s in sizes[EXPLORE - 1 :: EXPLORE])
-    # speculation is dear: taken only as often as keeps its extra time within EXPLORE_BUDGET
-    other = best_size(dear(), 1, Drafting(), SIZES[-1], smallest=2)
-    k = explore_interval(dear(), 1, 1, other, Drafting())
-    ratio = dear().pass_seconds(1, Drafting().tokens(other)) / dear().pass_seconds(1, 1)
-    assert k > EXPLORE and (ratio - 1) / k <= EXPLORE_BUDGET
-    planner = Planner(dear(), rows=lambda: 1, step=iter(range(10**6)).__next__)
-    sizes = [planner.size(32) for _ in range(3 * k)]
-    assert [i for i, s in enumerate(sizes) if s > 1] == [k - 1, 2 * k - 1, 3 * k - 1]
+def explorations(sizes: list[int], other) -> list[tuple[int, int]]:
+    """(first step, steps) of every run of steps whose size satisfies `other`."""
+    runs, i = [], 0
+    while i < len(sizes):
+        if other(sizes[i]):
+            j = i
+            while j < len(sizes) and other(sizes[j]):
+                j += 1
+            runs.append((i, j - i))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+@pytest.mark.parametrize("machine", ["flat", "dear"])
+def test_auto_explores_the_other_choice_within_its_budget(machine):
+    """Flat passes: speculation is the choice, AR steps the exploration; dear passes: the
+    reverse. EXPLORE_STEPS steps in a row, as often as keeps the tokens the other choice is
+    expected to lose within EXPLORE_BUDGET, never more often than every EXPLORE steps."""
+    model = flat() if machine == "flat" else dear()
+    d = Drafting()
+    best = best_size(model, 1, d, SIZES[-1])
+    other = 1 if best > 1 else best_size(model, 1, d, SIZES[-1], smallest=2)
+    assert (best > 1) == (machine == "flat")
+    k = explore_interval(model, 1, best, other, d)
+    loss = 1 - auto.rate(model, 1, d, other) / auto.rate(model, 1, d, best)
+    assert k >= EXPLORE and EXPLORE_STEPS * loss / k <= EXPLORE_BUDGET
+    planner = Planner(model, rows=lambda: 1, step=iter(range(10**6)).__next__)
+    sizes = [planner.size(128) for _ in range(3 * k + EXPLORE_STEPS)]
+    runs = explorations(sizes, (lambda s: s == 1) if best > 1 else (lambda s: s > 1))
+    assert runs == [(k - 1, EXPLORE_STEPS), (2 * k - 1, EXPLORE_STEPS), (3 * k - 1, EXPLORE_STEPS)]
+    assert set(sizes) == {best, other}
 
 
 def test_the_scheduler_reports_its_steps_to_the_cost_model():
