@@ -59,6 +59,7 @@ class Drafting:
     def __init__(self) -> None:
         self.reach = [1.0] * PRIOR_DRAFT + [0.0] * (SIZES[-1] - PRIOR_DRAFT)
         self.share = PRIOR_SHARE
+        self.rounds = [0] * len(self.reach)  # rounds that could draft k tokens, by k - 1
         self.seen = 0  # the longest draft a round could make so far (0: the prior alone)
         self._drafted: list[float] | None = None  # E[min(s - 1, D)] by s, kept till a round
 
@@ -69,8 +70,10 @@ class Drafting:
         # the next draft comes from the lookahead if the whole draft was accepted, else from
         # the fork past the accepted tokens: at most that many positions were left to draft
         room = size - 1 if accepted == draft else size - 1 - accepted
-        for k in range(1, room + 1):
-            self.reach[k - 1] += w * ((next_draft >= k) - self.reach[k - 1])
+        for k in range(1, room + 1):  # the first rounds that could draft k set P(D >= k)
+            self.rounds[k - 1] += 1
+            wk = max(w, 1.0 / self.rounds[k - 1])
+            self.reach[k - 1] += wk * ((next_draft >= k) - self.reach[k - 1])
         self.seen = max(self.seen, room)
         if draft:
             self.share += w * (accepted / draft - self.share)

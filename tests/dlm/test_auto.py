@@ -142,6 +142,10 @@ def test_drafting_statistics_follow_the_rounds():
     for i in range(16 * MEMORY):
         d.observe(size=8, draft=0, accepted=0, next_draft=6 * (i % 2))
     assert d.drafted(8) == pytest.approx(3, abs=0.1) and d.drafted(2) == pytest.approx(0.5, 0.05)
+    # the first round that could draft k tokens sets P(D >= k): one round of 8 drafting 6
+    d = Drafting()
+    d.observe(size=8, draft=3, accepted=3, next_draft=6)
+    assert d.drafted(8) == pytest.approx(6) and d.drafted(4) == pytest.approx(3)
     # drafts as long as size 4 allows: taken to go on as the last two did, up to twice as long
     d = Drafting()
     for _ in range(8 * MEMORY):
