@@ -5,20 +5,20 @@ well the model has been drafting.
 A round of size s verifies the draft made by the round before (at most s - 1 tokens) and drafts
 the next with s masks, plus the fork's s when there is a draft to reject; s = 1 is a plain AR
 step. The model drafts only where it is confident (self_spec cuts drafts at confidence 0.2), so
-its drafts have a length D that varies from round to round, and a share a of their tokens is
-accepted. A round of size s then commits about 1 + a * E[min(s - 1, D)] tokens and carries about
-1 + E[min(s - 1, D)] + s + s * P(D >= 1) tokens per row, and auto picks the s, up to the
-request's `block_length`, that maximises committed tokens per second:
+its drafts have a length D that varies from round to round, taken as geometric: a round drafts
+with P(D >= 1) = f, a draft goes on from one token to the next with probability g; and the
+verifier accepts each draft token after the ones before it with probability a. A round of size
+s then commits 1 + sum over k < s of f g^(k-1) a^k tokens per row and carries
+1 + E[min(s - 1, D)] + s + s f tokens, and auto picks the s, up to the request's
+`block_length`, that maximises committed tokens per second:
 
-    (1 + a * E[min(s - 1, D)]) / pass_seconds(rows in the batch, tokens of the round)
+    committed(s) / pass_seconds(rows in the batch, tokens of the round)
 
-against 1 / pass_seconds(rows, 1) for an AR step. E[min(s - 1, D)] is the sum of P(D >= k) for
-k < s (`Drafting`: each P(D >= k) follows the recent rounds that could draft k tokens; past the
-longest any round could draft, it goes on as the last two did up to twice that length, so block
-sizes can grow, at most doubling as the rounds confirm it). A machine
-where long passes cost about what short ones do gets long drafts; one where they are dear (a busy
-CPU, a large batch) gets AR steps. D and a start at priors and follow the recent rounds of the
-scheduler's auto requests.
+against 1 / pass_seconds(rows, 1) for an AR step. f, g and a are counted over the recent rounds
+of the scheduler's auto requests (`Drafting`; a draft that ran out of room did not stop, nor a
+draft accepted to its end: so the estimates, and the block size with them, can grow past the
+size in use). A machine where long passes cost about what short ones do gets long drafts; one
+where they are dear (a busy CPU, a large batch) gets AR steps.
 
 Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so the
 output equals `ar` token for token, greedy or with the same seed (tested over ragged batches).
@@ -34,9 +34,10 @@ from dlm.sampling.self_spec import self_spec
 from dlm.sampling.sequence import Sequence
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
-# Before the first rounds: drafts of 3 tokens, 2 in 3 of their tokens accepted (the shipped
-# model drafts 2-3 tokens and accepts about 0.6 of them).
-PRIOR_DRAFT, PRIOR_SHARE = 3, 2.0 / 3.0
+# Before the first rounds, worth PRIOR_ROUNDS rounds: a round drafts at least one token 9 times
+# in 10, its drafts are 3 tokens long on average, and each draft token is accepted, after the
+# ones before it, 4 times in 5 (the shipped model drafts 2-3 tokens and accepts about 0.6 of them).
+PRIOR_FIRST, PRIOR_DRAFT, PRIOR_ACCEPT, PRIOR_ROUNDS = 0.9, 3.0, 0.8, 8
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
 # Now and then EXPLORE_STEPS steps in a row take the other choice (AR or speculation), so the
 # cost model keeps measuring it (it learns a step only after one of the same shape: the first
@@ -52,62 +53,76 @@ EXPLORE_BUDGET = 0.02
 class Drafting:
     """How well the model drafts, over the recent speculative rounds of every auto request of a
     scheduler (one request's first rounds say little; an AR step says nothing, so the figures
-    stay as they were while load keeps every request on AR steps): `reach[k - 1]` is P(D >= k),
-    the chance that a round's next draft has at least k tokens, and `share` the accepted share
-    of the drafts' tokens."""
+    stay as they were while load keeps every request on AR steps): `first` = P(D >= 1),
+    `go_on` = P(D >= k + 1 | D >= k) and `accept`, the chance that a draft token is accepted
+    after the ones before it, each as (hits, trials) counts that fade over about MEMORY
+    rounds."""
 
     def __init__(self) -> None:
-        self.reach = [1.0] * PRIOR_DRAFT + [0.0] * (SIZES[-1] - PRIOR_DRAFT)
-        self.share = PRIOR_SHARE
-        self.rounds = [0] * len(self.reach)  # rounds that could draft k tokens, by k - 1
-        self.seen = 0  # the longest draft a round could make so far (0: the prior alone)
-        self._drafted: list[float] | None = None  # E[min(s - 1, D)] by s, kept till a round
+        go_on = 1 - PRIOR_FIRST / PRIOR_DRAFT  # the geometric mean of D is first / (1 - go_on)
+        self._first = [PRIOR_FIRST * PRIOR_ROUNDS, PRIOR_ROUNDS]  # (hits, trials), decayed
+        self._go_on = [go_on * PRIOR_ROUNDS, PRIOR_ROUNDS]
+        self._accept = [PRIOR_ACCEPT * PRIOR_ROUNDS, PRIOR_ROUNDS]
+
+    @property
+    def first(self) -> float:
+        return self._first[0] / self._first[1]
+
+    @property
+    def go_on(self) -> float:
+        return self._go_on[0] / self._go_on[1]
+
+    @property
+    def accept(self) -> float:
+        return self._accept[0] / self._accept[1]
 
     def observe(self, size: int, draft: int, accepted: int, next_draft: int) -> None:
         if size == 1:
             return
-        w = 1.0 / MEMORY
+        keep = 1.0 - 1.0 / MEMORY
         # the next draft comes from the lookahead if the whole draft was accepted, else from
         # the fork past the accepted tokens: at most that many positions were left to draft
         room = size - 1 if accepted == draft else size - 1 - accepted
-        for k in range(1, room + 1):  # the first rounds that could draft k set P(D >= k)
-            self.rounds[k - 1] += 1
-            wk = max(w, 1.0 / self.rounds[k - 1])
-            self.reach[k - 1] += wk * ((next_draft >= k) - self.reach[k - 1])
-        self.seen = max(self.seen, room)
-        if draft:
-            self.share += w * (accepted / draft - self.share)
-        self._drafted = None
+        if room >= 1:
+            self._first = [keep * self._first[0] + (next_draft >= 1), keep * self._first[1] + 1]
+        if next_draft >= 1:  # went on from 1 to next_draft; stopped there unless out of room
+            stopped = next_draft < room
+            hits, trials = next_draft - 1, next_draft - 1 + stopped
+            self._go_on = [keep * self._go_on[0] + hits, keep * self._go_on[1] + trials]
+        if draft:  # accepted one after another up to the first rejected, if any
+            hits, trials = accepted, accepted + (accepted < draft)
+            self._accept = [keep * self._accept[0] + hits, keep * self._accept[1] + trials]
 
     def drafted(self, size: int) -> float:
         """E[min(size - 1, D)]: draft tokens a round of `size` verifies."""
-        if self._drafted is None:
-            reach = list(self.reach)
-            if self.seen >= 2:  # past the longest draft seen: as the last two went, up to
-                last, before = reach[self.seen - 1], reach[self.seen - 2]  # twice as long
-                ratio = min(1.0, last / before) if before else 0.0
-                for k in range(self.seen, len(reach)):
-                    reach[k] = reach[k - 1] * ratio if k < 2 * self.seen else 0.0
-            self._drafted = [0.0]
-            for p in reach:
-                self._drafted.append(self._drafted[-1] + p)
-        return self._drafted[min(size, len(self._drafted)) - 1]
+        return _geometric(self.first, self.go_on, size - 1)
 
     def committed(self, size: int) -> float:
-        """Tokens a round of `size` commits per row."""
-        return 1 + self.share * self.drafted(size)
+        """Tokens a round of `size` commits per row: the bonus token and the accepted drafts
+        (the k-th is there with P(D >= k) and accepted with accept^k)."""
+        a = self.accept
+        return 1 + _geometric(self.first * a, self.go_on * a, size - 1)
 
     def tokens(self, size: int) -> float:
         """Tokens of one row of a round: the pending token, the draft, the lookahead masks and
         the fork's when there is a draft (1: a plain AR step)."""
         if size == 1:
             return 1
-        return 1 + self.drafted(size) + size * (1 + self.drafted(2))  # drafted(2): P(D >= 1)
+        return 1 + self.drafted(size) + size * (1 + self.first)
 
 
 def rate(cost: CostModel, rows: int, d: Drafting, size: int) -> float:
     """Tokens a row commits per second in rounds of `size` at `rows` rows."""
     return d.committed(size) / cost.pass_seconds(rows, d.tokens(size))
+
+
+def _geometric(first: float, ratio: float, n: int) -> float:
+    """first * (1 + ratio + ... + ratio^(n - 1))."""
+    if n <= 0:
+        return 0.0
+    if ratio >= 1 - 1e-9:
+        return first * n
+    return first * (1 - ratio**n) / (1 - ratio)
 
 
 def explore_interval(cost: CostModel, rows: int, best: int, other: int, d: Drafting) -> int:

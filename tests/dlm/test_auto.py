@@ -13,8 +13,9 @@ from dlm.sampling.auto import (
     EXPLORE_BUDGET,
     EXPLORE_STEPS,
     MEMORY,
+    PRIOR_ACCEPT,
     PRIOR_DRAFT,
-    PRIOR_SHARE,
+    PRIOR_FIRST,
     SIZES,
     Drafting,
     Planner,
@@ -106,52 +107,51 @@ def test_auto_picks_long_drafts_when_passes_are_free_and_ar_when_dear(monkeypatc
     assert runs["dear"].num_forward_passes == ar.num_forward_passes
 
 
-def drafting(length: int, share: float) -> Drafting:
-    """Statistics after many rounds of size 32 whose next drafts had `length` tokens and whose
-    drafts lost 1 - `share` of their tokens."""
+def drafting(length: int, accept: float) -> Drafting:
+    """Statistics after many rounds of size 32 that drafted `length` tokens each, whose draft
+    tokens were accepted with probability `accept` after the ones before them."""
     d = Drafting()
     for _ in range(8 * MEMORY):
-        d.observe(size=32, draft=length, accepted=length, next_draft=length)
-    d.share = share
+        d.observe(size=32, draft=0, accepted=0, next_draft=length)
+    d._accept = [accept, 1.0]
     return d
 
 
 def test_best_size_follows_cost_batch_and_drafting():
-    long = drafting(31, 0.9)
+    long = drafting(31, 0.95)
     assert best_size(flat(), 1, long, 32) == 32  # long confident drafts, free passes
     assert best_size(dear(), 1, long, 32) == 1
     assert best_size(flat(), 1, long, 5) == 5  # block_length is the bound
-    assert best_size(linear(), 1, drafting(3, 0.9), 32) == 4  # a larger block buys nothing
+    # short drafts: a larger block buys little
+    assert best_size(linear(), 1, drafting(3, 0.9), 32) < best_size(linear(), 1, long, 32) == 32
     # a pass of 8 rows costs 8x: the same drafting buys shorter blocks at the larger batch
     mixed = cost.CostModel([1, 8], [1, 96], [[0.004, 0.010], [0.010, 0.900]], "mixed")
-    assert best_size(mixed, 1, drafting(31, 0.8), 32) > best_size(mixed, 8, drafting(31, 0.8), 32)
+    assert best_size(mixed, 1, drafting(31, 0.9), 32) > best_size(mixed, 8, drafting(31, 0.9), 32)
     assert best_size(linear(), 1, drafting(3, 0.0), 32) == 1  # nothing is ever accepted: AR
 
 
 def test_drafting_statistics_follow_the_rounds():
     d = Drafting()
-    assert d.share == PRIOR_SHARE
-    assert [d.drafted(s) for s in (1, 2, 4, 8)] == [0, 1, PRIOR_DRAFT, PRIOR_DRAFT]
-    for _ in range(8 * MEMORY):  # rounds of size 8 whose drafts of 6 lose half their tokens
-        d.observe(size=8, draft=6, accepted=3, next_draft=2)  # the fork drafts 2 of 4 left
-    assert d.drafted(8) == pytest.approx(2, abs=0.01) and d.share == pytest.approx(0.5, abs=0.01)
+    assert (d.first, d.accept) == (PRIOR_FIRST, PRIOR_ACCEPT)
+    assert d.drafted(1) == 0 and d.drafted(2) == pytest.approx(PRIOR_FIRST)
+    assert d.drafted(128) == pytest.approx(PRIOR_DRAFT, rel=0.01)  # the mean draft
+    # rounds of size 8 whose drafts of 6 lose their 4th token; the fork drafts 2 of 4 left
+    for _ in range(8 * MEMORY):
+        d.observe(size=8, draft=6, accepted=3, next_draft=2)
+    assert (d.first, d.go_on, d.accept) == pytest.approx((1, 1 / 2, 3 / 4), abs=0.01)
+    assert d.drafted(8) == pytest.approx(2, abs=0.05)  # 1 + 1/2 + 1/4 + ...
+    assert d.committed(3) == pytest.approx(1 + 3 / 4 + 1 / 2 * (3 / 4) ** 2, abs=0.01)
+    before = (d.first, d.go_on, d.accept)
     d.observe(size=1, draft=0, accepted=0, next_draft=0)  # an AR step tells nothing
-    assert d.drafted(8) == pytest.approx(2, abs=0.01)
-    # drafts of 0 or 6 tokens, one round in two: E[min(s - 1, D)] is 3 at 8, not min(7, 3)
-    d = Drafting()
-    for i in range(16 * MEMORY):
-        d.observe(size=8, draft=0, accepted=0, next_draft=6 * (i % 2))
-    assert d.drafted(8) == pytest.approx(3, abs=0.1) and d.drafted(2) == pytest.approx(0.5, 0.05)
-    # the first round that could draft k tokens sets P(D >= k): one round of 8 drafting 6
-    d = Drafting()
-    d.observe(size=8, draft=3, accepted=3, next_draft=6)
-    assert d.drafted(8) == pytest.approx(6) and d.drafted(4) == pytest.approx(3)
-    # drafts as long as size 4 allows: taken to go on as the last two did, up to twice as long
+    assert (d.first, d.go_on, d.accept) == before
+    # drafts as long as size 4 allows, accepted to their end: neither ever stopped, so longer
+    # rounds are expected to draft and accept more
     d = Drafting()
     for _ in range(8 * MEMORY):
         d.observe(size=4, draft=3, accepted=3, next_draft=3)
-    assert d.drafted(4) == pytest.approx(3) and d.drafted(16) == pytest.approx(6)
-    assert d.tokens(4) == pytest.approx(1 + 3 + 4 + 4) and d.tokens(1) == 1
+    assert d.drafted(4) == pytest.approx(3, abs=0.01) and d.drafted(16) == pytest.approx(15, 0.01)
+    assert d.committed(16) == pytest.approx(16, 0.01)
+    assert d.tokens(4) == pytest.approx(1 + 3 + 4 + 4, abs=0.01) and d.tokens(1) == 1
 
 
 def test_the_cost_model_learns_the_overhead_of_steps():
@@ -277,12 +277,13 @@ def test_default_blocks_follow_the_pass_times():
     from dlm.sampling import blocks
 
     assert blocks.block_lengths(flat(), 32) == {"self_spec": 32, "diffusion": 32}
-    # a little dearer with every token: self_spec's drafts (3 tokens by the prior) fill a block
-    # of 4; diffusion commits a little more per pass in a longer block
-    assert blocks.block_lengths(linear(), 32) == {"self_spec": 4, "diffusion": 24}
+    # a little dearer with every token: self_spec's drafts (3 tokens on average by the prior,
+    # now and then longer) are best caught by a block of 12; diffusion commits a little more
+    # per pass in a longer block
+    assert blocks.block_lengths(linear(), 32) == {"self_spec": 12, "diffusion": 24}
     cpu = cost.CostModel(
         [1, 2], [1, 4, 12, 32, 96], [[0.0031, 0.0043, 0.0063, 0.0113, 0.0198]] * 2, "2-core CPU"
     )
-    assert blocks.block_lengths(cpu, 32) == {"self_spec": 4, "diffusion": 4}
+    assert blocks.block_lengths(cpu, 32) == {"self_spec": 3, "diffusion": 4}
     assert blocks.block_lengths(cpu, 3) == {"self_spec": 3, "diffusion": 3}  # the trained bound
     assert blocks.block_lengths(dear(), 32) == {"self_spec": 2, "diffusion": 4}  # 4 at least
