@@ -43,8 +43,8 @@ MEMORY = 64  # rounds: the statistics follow about this many recent rounds
 # cost model keeps measuring it (it learns a step only after one of the same shape: the first
 # pays for what the step before left, `CostModel.observe`): no more often than every EXPLORE
 # steps, nor than keeps the tokens the other choice is expected to lose within EXPLORE_BUDGET
-# of the steps' (where it commits 40% fewer tokens per second, as speculation at 16 rows on
-# the 2-core CPU, once in 80 steps).
+# of the steps' (where its steps take 3.5x as long and commit 20% fewer tokens per second, as
+# speculation at 16 rows on the 2-core CPU served, once in 140 steps).
 EXPLORE = 16
 EXPLORE_STEPS = 4
 EXPLORE_BUDGET = 0.02
@@ -127,9 +127,11 @@ def _geometric(first: float, ratio: float, n: int) -> float:
 
 def explore_interval(cost: CostModel, rows: int, best: int, other: int, d: Drafting) -> int:
     """Steps from one exploration of `other` to the next while `best` is the choice (see
-    EXPLORE)."""
+    EXPLORE): the tokens its steps are expected to lose (the time they take, at the rate they
+    fall short by) within EXPLORE_BUDGET of what the steps between commit."""
     loss = 1 - rate(cost, rows, d, other) / rate(cost, rows, d, best)
-    return max(EXPLORE, math.ceil(EXPLORE_STEPS * loss / EXPLORE_BUDGET))
+    time = cost.pass_seconds(rows, d.tokens(other)) / cost.pass_seconds(rows, d.tokens(best))
+    return max(EXPLORE, math.ceil(EXPLORE_STEPS * time * loss / EXPLORE_BUDGET))
 
 
 def best_size(cost: CostModel, rows: int, d: Drafting, limit: int, smallest: int = 1) -> int:

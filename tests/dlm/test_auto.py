@@ -188,7 +188,8 @@ def explorations(sizes: list[int], other) -> list[tuple[int, int]]:
 def test_auto_explores_the_other_choice_within_its_budget(machine):
     """Flat passes: speculation is the choice, AR steps the exploration; dear passes: the
     reverse. EXPLORE_STEPS steps in a row, as often as keeps the tokens the other choice is
-    expected to lose within EXPLORE_BUDGET, never more often than every EXPLORE steps."""
+    expected to lose (its time, at the rate it falls short by) within EXPLORE_BUDGET, never
+    more often than every EXPLORE steps."""
     model = flat() if machine == "flat" else dear()
     d = Drafting()
     best = best_size(model, 1, d, SIZES[-1])
@@ -196,7 +197,8 @@ def test_auto_explores_the_other_choice_within_its_budget(machine):
     assert (best > 1) == (machine == "flat")
     k = explore_interval(model, 1, best, other, d)
     loss = 1 - auto.rate(model, 1, d, other) / auto.rate(model, 1, d, best)
-    assert k >= EXPLORE and EXPLORE_STEPS * loss / k <= EXPLORE_BUDGET
+    time = model.pass_seconds(1, d.tokens(other)) / model.pass_seconds(1, d.tokens(best))
+    assert k >= EXPLORE and EXPLORE_STEPS * time * loss / k <= EXPLORE_BUDGET
     planner = Planner(model, rows=lambda: 1, step=iter(range(10**6)).__next__)
     sizes = [planner.size(128) for _ in range(3 * k + EXPLORE_STEPS)]
     runs = explorations(sizes, (lambda s: s == 1) if best > 1 else (lambda s: s > 1))
