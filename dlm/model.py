@@ -115,12 +115,28 @@ def pass_positions(past_len: torch.Tensor, n_new: torch.Tensor, fork: torch.Tens
     return past_len[:, None] + torch.where(t < trunk_end, t, t - trunk_end + 1)
 
 
+def grouped_attention(q, keys, values, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of q [B, H, T, D] over keys/values [B, Hkv, S, D] under mask [B, T, S], in the
+    ops the ONNX graph gets (`ConcatKV` while exporting). The query heads that share a K/V head
+    are a dimension of their own, so K/V broadcast over them instead of being repeated; and
+    written out, the graph carries none of the shape plumbing and NaN guard that
+    `scaled_dot_product_attention` decomposes into (every query sees a key: `pass_mask`). On the
+    default model's graph: 617 -> 504 nodes after ONNX Runtime's optimiser, a pass 1.07-1.23x
+    faster (benchmarks/results/graph_ab_cpu/grouped_attention.md)."""
+    groups = keys.shape[1]
+    q = q.unflatten(1, (groups, q.shape[1] // groups)) * q.shape[-1] ** -0.5
+    scores = q @ keys[:, :, None].transpose(-1, -2)  # [B, Hkv, H / Hkv, T, S]
+    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    return (scores.float().softmax(-1).to(values.dtype) @ values[:, :, None]).flatten(1, 2)
+
+
 class ConcatKV:
     """The K/V layout of the pure forward pass (the ONNX export and the engines that run it,
     training, the parity references): past keys/values [L, B, Hkv, P, D] in, each layer's new
-    ones kept for `new()`; a layer attends to [past | new], GQA by repeating K/V (what every
-    exporter and engine supports). `dlm.kv.SlotPass` is the other layout: K/V read and written
-    in place in preallocated slots (the PyTorch engine)."""
+    ones kept for `new()`; a layer attends to [past | new]: in eager PyTorch by
+    `scaled_dot_product_attention` over K/V repeated for GQA (its fused kernels, e.g. in
+    training), in the exported graph by `grouped_attention`. `dlm.kv.SlotPass` is the other
+    layout: K/V read and written in place in preallocated slots (the PyTorch engine)."""
 
     def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor) -> None:
         self.past_k, self.past_v = past_k, past_v
@@ -138,6 +154,8 @@ class ConcatKV:
         self.v.append(v)
         keys = torch.cat([self.past_k[layer].to(k.dtype), k], dim=2)  # past: maybe another dtype
         values = torch.cat([self.past_v[layer].to(v.dtype), v], dim=2)
+        if torch.onnx.is_in_onnx_export():
+            return grouped_attention(q, keys, values, mask)
         rep = q.shape[1] // k.shape[1]
         if rep > 1:
             keys = keys.repeat_interleave(rep, dim=1)

@@ -15,8 +15,8 @@
 # manifest names another version is redone even if the checkpoint is unchanged.
 # 2: the fork input; 3: the manifest names its loader; 4: noise by position; 5: penalties;
 # 6: the manifest's chosen defaults (block lengths); 7: weights beside the graph (external data),
-# RMSNorm as x / sqrt (one fused kernel in ONNX Runtime)
-EXPORTER_VERSION = "7"
+# RMSNorm as x / sqrt (one fused kernel in ONNX Runtime); 8: grouped attention (K/V not repeated)
+EXPORTER_VERSION = "8"
 
 import hashlib  # noqa: E402  (no torch: the Makefile and fill import this without it)
 from pathlib import Path  # noqa: E402

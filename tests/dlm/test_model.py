@@ -1,9 +1,10 @@
 """The forward pass: cache equivalence, attention patterns, ragged batches, RoPE variants."""
 
 import torch
+import torch.nn.functional as F
 
 from dlm.config import YarnScaling
-from dlm.model import pass_mask
+from dlm.model import grouped_attention, pass_mask
 from tests.conftest import tiny_model
 
 
@@ -32,6 +33,22 @@ def test_block_pass_sees_later_block_positions():
     block, _, _ = run(m, seq, tail=3)
     torch.testing.assert_close(block[:, :3], causal[:, :3])  # prefix stays causal
     assert not torch.allclose(block[:, 3], causal[:, 3])  # first block position sees the rest
+
+
+def test_grouped_attention_equals_sdpa_over_repeated_kv():
+    """The exported graph's attention (query heads grouped over shared K/V heads) is the eager
+    one's: SDPA over K/V repeated per query head, under a ragged, forked pass mask."""
+    g = torch.Generator().manual_seed(0)
+    b, heads, kv_heads, t, past, d = 3, 6, 2, 5, 4, 8
+    q = torch.randn(b, heads, t, d, generator=g)
+    k, v = (torch.randn(b, kv_heads, past + t, d, generator=g) for _ in range(2))
+    lengths = ([4, 0, 2], [5, 3, 1], [2, 0, 1], [1, 0, 0])
+    mask = pass_mask(*(torch.tensor(x) for x in lengths), past + t, t)
+    rep = heads // kv_heads
+    expected = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), attn_mask=mask[:, None]
+    )
+    torch.testing.assert_close(grouped_attention(q, k, v, mask), expected)
 
 
 def test_pass_mask_shapes_and_padding():

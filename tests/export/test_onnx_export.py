@@ -61,6 +61,24 @@ def test_onnx_runtime_fuses_every_rms_norm(nld_build, tmp_path):
     assert len(fused) == 2 * nld_build.model.cfg.num_layers + 1
 
 
+def test_attention_reads_kv_as_it_is(nld_build):
+    """GQA in the graph broadcasts K/V over the query heads that share them: the values reach
+    each attention's second MatMul straight from the concatenation of past and new (no Expand
+    repeating them), and the softmax feeds it directly (no NaN guard: every query sees a key)."""
+    graph = onnx.load(str(nld_build.out / "denoiser.onnx"), load_external_data=False).graph
+    made_by = {out: n for n in graph.node for out in n.output}
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == nld_build.model.cfg.num_layers
+    for s in softmaxes:
+        (matmul,) = [n for n in graph.node if s.output[0] in n.input]
+        assert matmul.op_type == "MatMul"
+        chain, node = [], made_by[matmul.input[1]]
+        while node.op_type not in ("Concat", "Cast"):
+            chain.append(node.op_type)
+            node = made_by[node.input[0]]
+        assert chain == ["Unsqueeze"], chain
+
+
 def test_parity_figures_in_the_manifest(nld_build):
     """Logits tolerance: LOGITS_ATOL (1e-4) x max(1, max |logits|); fp32 lands near 1e-6."""
     p = nld_build.manifest["parity"]["pass"]
