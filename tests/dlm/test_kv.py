@@ -2,11 +2,12 @@
 graph runs (past as inputs, `KVStore`): the same tokens and passes in every mode, ragged
 batches, cancellations mid-block, slots reused after release and grown when full."""
 
+import numpy as np
 import pytest
 
 from benchmarks.kv_layout import PastAsInputs
 from dlm import kv as kv_mod
-from dlm.engine import TorchEngine
+from dlm.engine import KVStore, TorchEngine
 from dlm.sampling import GenerationRequest, Scheduler, generate
 from tests.conftest import random_prompts, tiny_model
 
@@ -133,3 +134,26 @@ def test_a_pass_whose_queries_see_every_key_runs_without_a_mask():
     assert not kv_mod.dense(feed([5, 6], [1, 1], [0, 0], [0, 0], 1))  # ragged caches
     assert not kv_mod.dense(feed([5, 5], [8, 4], [8, 4], [0, 0], 8))  # padded
     assert not kv_mod.dense(feed([5], [9], [4], [4], 9))  # a fork
+
+
+def test_past_as_inputs_reuses_its_storage_and_pads_with_zeros():
+    """`KVStore.gather` fills the same storage pass after pass: a smaller batch after a larger
+    one gets each row's own past and zeros after it, never what the larger batch left there."""
+    cfg = tiny_model().cfg
+    store = KVStore(cfg, lambda shape: np.zeros(shape, np.float32))
+    kv_shape = (cfg.num_layers, cfg.num_kv_heads, 0, cfg.head_dim)
+    rng = np.random.default_rng(0)
+    for sid, n in enumerate((9, 5, 7)):
+        k, v = (
+            rng.normal(size=kv_shape[:2] + (n,) + kv_shape[3:]).astype(np.float32) for _ in "kv"
+        )
+        store.write(sid, 0, k, v)
+    big_k, _ = store.gather([0, 1, 2], [9, 5, 7])
+    storage = big_k.base
+    k, v = store.gather([2, 1], [7, 3])
+    assert k.base is storage and k.shape == (cfg.num_layers, 2, cfg.num_kv_heads, 7, cfg.head_dim)
+    np.testing.assert_array_equal(k[:, 0], store.k[2][:, :, :7])
+    np.testing.assert_array_equal(v[:, 1, :, :3], store.v[1][:, :, :3])
+    assert not k[:, 1, :, 3:].any() and not v[:, 1, :, 3:].any()
+    fresh = store.gather([0], [0])  # a sequence with nothing cached yet: zeros
+    assert fresh[0].shape[3] == 0
