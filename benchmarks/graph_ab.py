@@ -2,8 +2,8 @@
 
     python -m benchmarks.graph_ab --model models/default A/denoiser.onnx B/denoiser.onnx
 
-One pass over `--cached` positions of one row, of 1, 4 and 32 new tokens (an AR step, a small
-and a trained-size block), the parity cases' random inputs; the graphs take turns every
+One pass over `--cached` positions of `--rows` rows (default one), of 1, 4 and 32 new tokens
+each (an AR step, a small and a trained-size block), the parity cases' random inputs; the graphs take turns every
 `--passes` passes for `--rounds` rounds, so a shared VM's drift weighs on both. Prints each
 graph's median milliseconds and the speed of B against A. Used for graph-level changes (e.g. the
 RMSNorm form ONNX Runtime fuses, benchmarks/results/graph_ab_cpu/).
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("a", help="the reference graph")
     p.add_argument("b", help="the graph measured against it")
     p.add_argument("--cached", type=int, default=128)
+    p.add_argument("--rows", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--passes", type=int, default=20, help="passes per turn")
@@ -48,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = model_config(args.model)
     sessions = [ort_session(g, args.threads) for g in (args.a, args.b)]
     print(
-        f"# {args.a} (A) vs {args.b} (B): one row over {args.cached} cached positions, "
+        f"# {args.a} (A) vs {args.b} (B): {args.rows} row(s) over {args.cached} cached positions, "
         f"{args.threads} threads, {args.rounds} rounds of {args.passes} passes each"
     )
     print("| new tokens | A ms | B ms | B speed vs A |")
     print("|---:|---:|---:|---:|")
     for t in TOKENS:
-        case = parity.PassCase(f"{t}", (args.cached,), (t,), (0 if t == 1 else t,), (t,))
+        n = args.rows
+        case = parity.PassCase(
+            f"{t}", (args.cached,) * n, (t,) * n, (0 if t == 1 else t,) * n, (t,) * n
+        )
         feed = parity.case_inputs(cfg, case)
         times: list[list[float]] = [[], []]
         for s in sessions:  # warm up

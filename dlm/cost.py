@@ -52,6 +52,11 @@ class CostModel:
         self.overhead = [[0.0] * len(self.tokens) for _ in self.rows]
         self.observed = [[0] * len(self.tokens) for _ in self.rows]  # steps seen per cell
         self._previous: tuple[int, int] | None = None  # the cell of the last step observed
+        # auto asks for every candidate size of every step: cells are found by bisection
+        # between the grid's geometric midpoints, and a cell's borrowed one is kept until
+        # another cell is seen for the first time
+        self._bounds = tuple(_midpoints(xs) for xs in (self.rows, self.tokens))
+        self._borrowed: dict[tuple[int, int], tuple[int, int] | None] = {}
 
     def table_seconds(self, rows: int, tokens: int) -> float:
         """The measured table at (rows, tokens), interpolated (between the two lines of rows
@@ -71,17 +76,23 @@ class CostModel:
         """The learnt overhead of the cell nearest (rows, tokens); a cell no step has reached
         yet takes that of the nearest one that a step did, in its line of rows first (a choice
         the scheduler has not tried looks no cheaper than the ones it has): 0 before any."""
-        i, j = _nearest(self.rows, rows), _nearest(self.tokens, tokens)
-        seen = [
-            (abs(a - i), abs(b - j), a, b)
-            for a, line in enumerate(self.observed)
-            for b, n in enumerate(line)
-            if n
-        ]
-        if not seen:
-            return 0.0
-        _, _, a, b = min(seen)
-        return self.overhead[a][b]
+        cell = self._cell(rows, tokens)
+        if cell not in self._borrowed:
+            i, j = cell
+            seen = [
+                (abs(a - i), abs(b - j), a, b)
+                for a, line in enumerate(self.observed)
+                for b, n in enumerate(line)
+                if n
+            ]
+            self._borrowed[cell] = min(seen)[2:] if seen else None
+        borrowed = self._borrowed[cell]
+        return 0.0 if borrowed is None else self.overhead[borrowed[0]][borrowed[1]]
+
+    def _cell(self, rows: int, tokens: float) -> tuple[int, int]:
+        """The grid cell nearest (rows, tokens) on log scales (ties to the smaller)."""
+        row_bounds, token_bounds = self._bounds
+        return bisect.bisect_left(row_bounds, rows), bisect.bisect_left(token_bounds, tokens)
 
     def observe(self, rows: int, tokens: float, seconds: float) -> None:
         """A step of `rows` rows of `tokens` tokens each on average took `seconds`, start to
@@ -90,10 +101,12 @@ class CostModel:
         one before left (served, its responses still on their way through the server's other
         processes; measured: AR steps at 16 rows after speculative ones took 16-37 ms, 12 ms
         after AR steps)."""
-        i, j = _nearest(self.rows, rows), _nearest(self.tokens, tokens)
+        i, j = self._cell(rows, tokens)
         steady, self._previous = self._previous == (i, j), (i, j)
         if not steady:
             return
+        if not self.observed[i][j]:
+            self._borrowed.clear()  # the nearest seen cell may now be another
         self.observed[i][j] += 1
         # the mean of a cell's first steps, then an average over about 1 / OBSERVED steps: a
         # cell seen rarely (the other choice, once in a while) learns from its first step on
@@ -126,8 +139,9 @@ class CostModel:
         return "\n".join(lines)
 
 
-def _nearest(xs: list[int], x: float) -> int:
-    return min(range(len(xs)), key=lambda i: abs(math.log(xs[i]) - math.log(max(x, 1))))
+def _midpoints(xs: list[int]) -> list[float]:
+    """The geometric midpoints of a grid line: x is nearest xs[bisect_left(midpoints, x)]."""
+    return [math.sqrt(a * b) for a, b in zip(xs[:-1], xs[1:], strict=True)]
 
 
 def _segment(xs: list[int], x: float) -> int:
