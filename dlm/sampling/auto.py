@@ -154,9 +154,10 @@ class Planner:
         self._exploring = 0  # steps of the current exploration still to take
 
     def size(self, limit: int) -> int:
-        """One decision per step, cheap beside an AR step (tens of microseconds: at 8 rows on
-        the 2-core CPU, a planner that took 0.6 ms a step cost auto a tenth of AR's speed):
-        the best size, and the exploration interval only when the last one runs out."""
+        """One decision per step, cheap beside an AR step (50-80 us on the 2-core CPU; it took
+        125-254 us, 4-6.6% of an AR step, when it worked out the exploration interval every
+        step: benchmarks/results/planner_step_cpu): the best size, and the interval only when
+        the last one runs out."""
         step = self.step()
         if self._decided is None or self._decided[0] != step:
             rows = self.rows()
