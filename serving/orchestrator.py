@@ -24,11 +24,13 @@ request sent directly), asked every `cancel_check_s`. Either way its cache is fr
 next pass. A shutdown notice in the inbox ends streams at once and the rest at its deadline. So
 that a request with nothing to say still passes through `postprocessing` now and then (a non-
 streaming one says nothing until its end), a `heartbeat` event (no data, dropped there) is
-emitted for a request silent for `heartbeat_s`.
+emitted for a request silent for `heartbeat_s`. Events are sent by `serving.outbox`, from a
+thread of its own once started: a slow send does not hold up the next pass.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -43,6 +45,7 @@ from dlm.engine import Engine
 from dlm.sampling import GenerationRequest, Limits, RequestError, Scheduler
 from dlm.sampling.sequence import Sequence
 from serving import cancel
+from serving.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,8 @@ class Orchestrator:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._lost: deque[Job] = deque()  # jobs whose response could not be sent
+        self.outbox = Outbox(self._lost_response)
 
     # ------------------------------------------------------------------ any thread
     def submit(
@@ -169,6 +174,7 @@ class Orchestrator:
             )
 
     def start(self) -> Orchestrator:
+        self.outbox.start()
         self._thread = threading.Thread(target=self._run, name="dlm-scheduler", daemon=True)
         self._thread.start()
         return self
@@ -184,6 +190,7 @@ class Orchestrator:
                 log.error("dlm scheduler did not stop in %.0f s; its requests are dropped", timeout)
                 return
         self._fail_all("the server is shutting down")
+        self.outbox.close()
 
     def _fail_all(self, message: str) -> None:
         with self._cond:
@@ -204,6 +211,7 @@ class Orchestrator:
                         # still idle (a request may have come during the wait: then the
                         # next iteration ends its stream first and answers)
                         if self.inbox.deadline is not None and not self._queue:
+                            self.outbox.flush()
                             self.inbox.acknowledge()
                 if self._stopping:
                     return
@@ -265,6 +273,12 @@ class Orchestrator:
         )
 
     def _drop_cancelled(self) -> None:
+        while self._lost:  # a response could not be sent (client gone): stop generating for it
+            job = self._lost.popleft()
+            if job.seq is not None and job.seq.seq_id in self.jobs:
+                self.scheduler.cancel(job.seq)
+                self.jobs.pop(job.seq.seq_id)
+                self._release_kv(job)
         sent = self.inbox.drain() if self.inbox is not None else set()
         deadline = self.inbox.deadline if self.inbox is not None else None
         if deadline is not None:
@@ -273,6 +287,7 @@ class Orchestrator:
             # may still finish until the deadline.
             for job in [j for j in self.jobs.values() if j.stream or time.monotonic() >= deadline]:
                 self._fail(job, "the server is shutting down")
+            self.outbox.flush()
             self.inbox.acknowledge()  # the streams' errors are sent: the server may stop
             if time.monotonic() >= deadline:
                 self._fail_all("the server is shutting down")
@@ -372,16 +387,13 @@ class Orchestrator:
         job.done, job.last_sent = event.final, time.monotonic()
         if not event.heartbeat:
             job.shown, job.view = len(event.output_ids), event.block_view
-        try:
-            job.emit(event)
-        except Exception:
-            # A response that cannot be sent (client gone): stop generating for it.
-            log.exception("could not send a response; dropping the request")
-            if job.seq is not None and job.seq.seq_id in self.jobs:
-                self.scheduler.cancel(job.seq)
-                self.jobs.pop(job.seq.seq_id, None)
-                self._release_kv(job)
-            job.done = True
+        self.outbox.put(functools.partial(job.emit, event), job)
+
+    def _lost_response(self, job: Job) -> None:
+        """From the outbox: `job`'s response could not be sent. Nothing more is sent to it, and
+        the scheduler thread drops it before the next pass."""
+        job.done = True
+        self._lost.append(job)
 
 
 def event_arrays(event: Event) -> dict[str, np.ndarray]:

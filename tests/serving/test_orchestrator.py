@@ -226,6 +226,60 @@ def test_scheduler_thread(model, engine):
     assert [c.final.output_ids for c in clients] == [r.token_ids for r in reference]
 
 
+def test_a_slow_send_holds_up_no_pass(engine):
+    """The scheduler thread queues responses (serving.outbox): while a send hangs, the passes
+    of every request go on to their ends; the responses then follow, each request's in order."""
+    release = threading.Event()
+    slow, quick, done = Client(), Client(), threading.Semaphore(0)
+    orch = Orchestrator(engine).start()
+    try:
+        orch.submit(
+            requests("ar", n=1, max_tokens=8)[0],
+            lambda e: (release.wait(60), slow(e), e.final and done.release()),
+            stream=True,
+        )
+        orch.submit(requests("ar", n=1, max_tokens=30)[0], lambda e: (quick(e), done.release()))
+        deadline = time.monotonic() + 60
+        while (orch.jobs or orch._queue or engine.passes < 30) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not orch.jobs and engine.passes == 8 + 30, "a hanging send held up the passes"
+        assert not slow.events and not quick.events  # all still queued behind the first send
+        release.set()
+        assert done.acquire(timeout=60) and done.acquire(timeout=60)
+    finally:
+        orch.stop()
+    assert slow.final.num_output_tokens == 8 and quick.final.num_output_tokens == 30
+    assert [e.num_output_tokens for e in slow.events] == sorted(
+        e.num_output_tokens for e in slow.events
+    )
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_failed_send_drops_the_request_before_the_next_pass(model, threaded):
+    """A response that cannot be sent (the client is gone) ends the request: its cache is
+    freed before the next pass and nothing more is sent to it; the others go on."""
+    engine = MeteredEngine(TorchEngine(model))
+    orch = Orchestrator(engine)
+    if threaded:
+        orch.outbox.start()
+    calls, other = [], Client()
+
+    def gone(event):
+        calls.append(event)
+        raise RuntimeError("the client is gone")
+
+    orch.submit(requests("ar", n=1, max_tokens=200)[0], gone, stream=True)
+    orch.submit(requests("ar", n=1, max_tokens=12)[0], other)
+    orch.run_once()  # the prefill; its event fails
+    orch.outbox.flush()
+    orch.run_once()  # drops it, then the other's next pass
+    assert len(orch.jobs) == 1 and len(calls) == 1
+    drain(orch)
+    orch.outbox.close()
+    assert other.final.num_output_tokens == 12 and len(calls) == 1
+    assert engine.live_sequences == 0 and orch.kv_in_use == 0
+
+
 def test_event_arrays_shapes(engine):
     orch = Orchestrator(engine)
     c = Client()

@@ -1,6 +1,6 @@
 """dlm (decoupled): the engine, its KV cache and the scheduler in one process. Hands each request
 to one scheduler thread (serving.orchestrator) that runs one engine step for every request in
-flight, and sends the responses from that thread.
+flight; the responses go out from a thread of their own (serving.outbox).
 
 Inputs: input_ids INT32 [n]; request BYTES [1] (JSON knobs from preprocessing).
 Outputs, per response: output_ids INT32 [n] (ALL tokens so far); shown INT32 [1] (how many the

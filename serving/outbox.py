@@ -1,0 +1,74 @@
+"""The scheduler's responses, sent from a thread of their own in the order they were queued.
+
+A response's send in Triton's Python backend is an IPC that waits until the server has taken it:
+0.4 ms on an idle 2-core VM, several ms while the engine's threads hold the cores and the
+ensemble runs its other steps. Sent from the scheduler thread, each send held up the next pass
+of every request in flight: at 16 requests in flight a tenth of the scheduler's time went to
+waiting on sends (heartbeats and final answers), `benchmarks/results/serving_overhead_cpu`.
+With the outbox the scheduler queues a response and goes on; one thread sends them, so the
+responses of a request keep their order. A send that fails (the client is gone) is reported to
+`lost` from that thread; the scheduler drops the request before its next pass.
+
+Until `start()` (unit tests driving the scheduler by hand), a response is sent at once, by the
+caller: the same delivery, without the thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+STOP = object()
+
+
+class Outbox:
+    def __init__(self, lost: Callable[[object], None]) -> None:
+        """lost(tag): called with the tag of a response whose send raised."""
+        self.lost = lost
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Outbox:
+        self._thread = threading.Thread(target=self._run, name="dlm-outbox", daemon=True)
+        self._thread.start()
+        return self
+
+    def put(self, send: Callable[[], None], tag: object) -> None:
+        """Send by calling `send()`, after every response put before it."""
+        if self._thread is None:
+            self._deliver(send, tag)
+        else:
+            self._queue.put((send, tag))
+
+    def flush(self) -> None:
+        """Wait until every response put so far has been sent (or has failed)."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, then end the thread (at most `timeout` seconds)."""
+        if self._thread is not None:
+            self._queue.put((STOP, None))
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            send, tag = self._queue.get()
+            try:
+                if send is STOP:
+                    return
+                self._deliver(send, tag)
+            finally:
+                self._queue.task_done()
+
+    def _deliver(self, send: Callable[[], None], tag: object) -> None:
+        try:
+            send()
+        except Exception:
+            log.exception("could not send a response; dropping the request")
+            self.lost(tag)
