@@ -333,6 +333,20 @@ def test_bad_input_gets_a_clear_error_and_the_server_stays_up(server, grpc, knob
     assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
 
 
+def test_one_stream_carries_request_after_request(grpc):
+    """GrpcClient keeps its stream open between requests that end with their final response,
+    and opens a new one after a request it cancelled."""
+    assert grpc.generate(PROMPT, 4, mode="ar").num_output_tokens == 4
+    stream = grpc._responses
+    assert stream is not None
+    assert grpc.generate(PROMPT, 6, mode="self_spec", stream=True).num_output_tokens == 6
+    assert grpc._responses is stream
+    got = grpc.generate(PROMPT, 400, mode="ar", stream=True, cancel_after=2)
+    assert got.responses == 2 and grpc._responses is None
+    assert grpc.generate(PROMPT, 4, mode="diffusion").num_output_tokens == 4
+    assert grpc._responses is not None
+
+
 def test_wrong_type_is_refused_naming_the_input(server, grpc):
     import tritonclient.grpc as g
 
@@ -342,6 +356,7 @@ def test_wrong_type_is_refused_naming_the_input(server, grpc):
     bad.set_data_from_numpy(np.array([[8.0]], np.float32))
     errors = []
     done = threading.Event()
+    grpc.end_stream()  # the one its requests keep open: this raw request takes a stream of its own
     grpc.client.start_stream(callback=lambda result, error: (errors.append(error), done.set()))
     grpc.client.async_stream_infer("ensemble", [text, bad])
     assert done.wait(30)
