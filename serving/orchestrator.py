@@ -99,8 +99,10 @@ class NullMetrics:
     def progressed(self, mode: str, passes: int, tokens: int) -> None: ...
     def finished(self, seq: Sequence) -> None: ...
     def in_flight(self, n: int) -> None: ...
-    def stepped(self) -> None: ...
-    def flush(self) -> None: ...
+    def report(self, now: bool = False) -> Callable[[], None] | None:
+        """What accumulated, as a function that sends it (on the outbox thread); None when
+        nothing is due (`now`: whatever accumulated)."""
+        return None
 
 
 class Orchestrator:
@@ -135,8 +137,8 @@ class Orchestrator:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._lost: deque[Job] = deque()  # jobs whose response could not be sent
-        self.outbox = Outbox(self._lost_response)
+        self._lost_jobs: deque[Job] = deque()  # jobs whose response could not be sent
+        self.outbox = Outbox()
 
     # ------------------------------------------------------------------ any thread
     def submit(
@@ -203,7 +205,7 @@ class Orchestrator:
         while True:
             with self._cond:
                 if not (self._queue or self.jobs or self._stopping):
-                    self.metrics.flush()  # idle: report what the last passes counted
+                    self._report(now=True)  # idle: report what the last passes counted
                 while not (self._queue or self.jobs or self._stopping):
                     self._cond.wait(IDLE_POLL_S)
                     if self.inbox is not None:  # idle: a shutdown notice still wants its answer
@@ -229,7 +231,12 @@ class Orchestrator:
         if self.jobs:
             self._step()
         self.metrics.in_flight(len(self.jobs))
-        self.metrics.stepped()
+        self._report()
+
+    def _report(self, now: bool = False) -> None:
+        send = self.metrics.report(now)
+        if send is not None:
+            self.outbox.put(send)
 
     def _admit(self) -> None:
         """Admit queued jobs in order while the KV budget holds; the rest keep waiting."""
@@ -273,8 +280,8 @@ class Orchestrator:
         )
 
     def _drop_cancelled(self) -> None:
-        while self._lost:  # a response could not be sent (client gone): stop generating for it
-            job = self._lost.popleft()
+        while self._lost_jobs:  # a response could not be sent: stop generating for it
+            job = self._lost_jobs.popleft()
             if job.seq is not None and job.seq.seq_id in self.jobs:
                 self.scheduler.cancel(job.seq)
                 self.jobs.pop(job.seq.seq_id)
@@ -387,13 +394,13 @@ class Orchestrator:
         job.done, job.last_sent = event.final, time.monotonic()
         if not event.heartbeat:
             job.shown, job.view = len(event.output_ids), event.block_view
-        self.outbox.put(functools.partial(job.emit, event), job)
+        self.outbox.put(functools.partial(job.emit, event), functools.partial(self._lost, job))
 
-    def _lost_response(self, job: Job) -> None:
-        """From the outbox: `job`'s response could not be sent. Nothing more is sent to it, and
-        the scheduler thread drops it before the next pass."""
+    def _lost(self, job: Job) -> None:
+        """From the outbox: `job`'s response could not be sent (the client is gone). Nothing
+        more is sent to it, and the scheduler thread drops it before the next pass."""
         job.done = True
-        self._lost.append(job)
+        self._lost_jobs.append(job)
 
 
 def event_arrays(event: Event) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ of every request in flight: at 16 requests in flight a tenth of the scheduler's 
 waiting on sends (heartbeats and final answers), `benchmarks/results/serving_overhead_cpu`.
 With the outbox the scheduler queues a response and goes on; one thread sends them, so the
 responses of a request keep their order. A send that fails (the client is gone) is reported to
-`lost` from that thread; the scheduler drops the request before its next pass.
+its `on_error` from that thread; the scheduler drops the request before its next pass. The
+metrics' reports travel the same way (`serving.metrics`: each update is an IPC too).
 
 Until `start()` (unit tests driving the scheduler by hand), a response is sent at once, by the
 caller: the same delivery, without the thread.
@@ -26,9 +27,7 @@ STOP = object()
 
 
 class Outbox:
-    def __init__(self, lost: Callable[[object], None]) -> None:
-        """lost(tag): called with the tag of a response whose send raised."""
-        self.lost = lost
+    def __init__(self) -> None:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -37,12 +36,12 @@ class Outbox:
         self._thread.start()
         return self
 
-    def put(self, send: Callable[[], None], tag: object) -> None:
-        """Send by calling `send()`, after every response put before it."""
+    def put(self, send: Callable[[], None], on_error: Callable[[], None] | None = None) -> None:
+        """Send by calling `send()`, after everything put before it; `on_error()` if it raises."""
         if self._thread is None:
-            self._deliver(send, tag)
+            self._deliver(send, on_error)
         else:
-            self._queue.put((send, tag))
+            self._queue.put((send, on_error))
 
     def flush(self) -> None:
         """Wait until every response put so far has been sent (or has failed)."""
@@ -58,17 +57,19 @@ class Outbox:
 
     def _run(self) -> None:
         while True:
-            send, tag = self._queue.get()
+            send, on_error = self._queue.get()
             try:
                 if send is STOP:
                     return
-                self._deliver(send, tag)
+                self._deliver(send, on_error)
             finally:
                 self._queue.task_done()
 
-    def _deliver(self, send: Callable[[], None], tag: object) -> None:
+    @staticmethod
+    def _deliver(send: Callable[[], None], on_error: Callable[[], None] | None) -> None:
         try:
             send()
         except Exception:
-            log.exception("could not send a response; dropping the request")
-            self.lost(tag)
+            log.exception("could not send to the server")
+            if on_error is not None:
+                on_error()

@@ -367,6 +367,8 @@ def test_wrong_type_is_refused_naming_the_input(server, grpc):
 
 def test_metrics_port(server, grpc):
     grpc.generate(PROMPT, 12, mode="diffusion")
+    # reported after the answer, from the dlm instance's outbox thread
+    assert wait_for(lambda: server.metric("dlm_tokens_per_forward_count", mode="diffusion") >= 1)
     assert server.metric("dlm_requests", mode="diffusion") >= 1
     assert server.metric("dlm_forward_passes", mode="diffusion") >= 1
     assert server.metric("dlm_tokens_per_forward_count", mode="diffusion") >= 1
