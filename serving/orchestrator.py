@@ -67,6 +67,11 @@ class Event:
     key: int = 0  # the sequence's key (`serving.cancel`: what postprocessing sends back)
     heartbeat: bool = False  # no data: only lets postprocessing see a cancellation
 
+    @classmethod
+    def ending(cls, reason: str, error: str | None = None, passes: int = 0) -> Event:
+        """A final event without tokens: a request refused, cancelled or failed."""
+        return cls([], 0, passes, 0, None, True, reason, error)
+
 
 @dataclass
 class Job:
@@ -160,20 +165,11 @@ class Orchestrator:
                 self._queue.append(job)
                 self._cond.notify()
         if busy:
-            self._send(
-                job,
-                Event(
-                    [],
-                    0,
-                    0,
-                    0,
-                    None,
-                    True,
-                    "error",
-                    f"busy: {len(self._queue)} requests already wait for KV memory "
-                    f"(max_queued={self.max_queued}); retry later",
-                ),
+            message = (
+                f"busy: {len(self._queue)} requests already wait for KV memory "
+                f"(max_queued={self.max_queued}); retry later"
             )
+            self._send(job, Event.ending("error", message))
 
     def start(self) -> Orchestrator:
         self.outbox.start()
@@ -247,20 +243,20 @@ class Orchestrator:
                 job = self._queue[0]
                 if job.is_cancelled():  # cancelled while waiting: it never ran
                     self._queue.popleft()
-                    self._send(job, Event([], 0, 0, 0, None, True, "cancelled"))
+                    self._send(job, Event.ending("cancelled"))
                     continue
                 need = self._kv_need(job)
                 if need is not None and self.kv_in_use + need > self.kv_budget_tokens:
                     if need <= self.kv_budget_tokens:
                         return  # waits for a request in flight to finish
                     self._queue.popleft()
-                    self._send(job, Event([], 0, 0, 0, None, True, "error", self._too_big(need)))
+                    self._send(job, Event.ending("error", self._too_big(need)))
                     continue
                 self._queue.popleft()
             try:
                 job.seq = self.scheduler.add(job.request)
             except RequestError as e:
-                self._send(job, Event([], 0, 0, 0, None, True, "error", str(e)))
+                self._send(job, Event.ending("error", str(e)))
                 continue
             job.kv = kv_tokens(job.request, self.engine.config.block_length)  # now validated
             self.kv_in_use += job.kv
@@ -384,9 +380,7 @@ class Orchestrator:
             self.scheduler.cancel(job.seq)  # no-op unless pending; frees the cache
             self.jobs.pop(job.seq.seq_id, None)
             self._release_kv(job)
-        self._send(
-            job, Event([], 0, job.seq.nfe if job.seq else 0, 0, None, True, "error", message)
-        )
+        self._send(job, Event.ending("error", message, job.seq.nfe if job.seq else 0))
 
     def _send(self, job: Job, event: Event) -> None:
         if job.done:
