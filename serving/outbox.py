@@ -10,7 +10,9 @@ responses of a request keep their order. A send that fails (the client is gone) 
 its `on_error` from that thread; the scheduler drops the request before its next pass. The
 metrics' reports travel the same way (`serving.metrics`: each update is an IPC too).
 
-Until `start()` (unit tests driving the scheduler by hand), a response is sent at once, by the
+At most DEPTH wait: past that `put` waits (the scheduler is held back, as before the outbox,
+only once the server falls that far behind: a stream of 16 requests queues 16 a step). Until
+`start()` (unit tests driving the scheduler by hand), a response is sent at once, by the
 caller: the same delivery, without the thread.
 """
 
@@ -24,11 +26,12 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 STOP = object()
+DEPTH = 256  # responses and reports waiting to be sent, at most
 
 
 class Outbox:
-    def __init__(self) -> None:
-        self._queue: queue.Queue = queue.Queue()
+    def __init__(self, depth: int = DEPTH) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread: threading.Thread | None = None
 
     def start(self) -> Outbox:
