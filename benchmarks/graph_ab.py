@@ -5,9 +5,8 @@
 One pass over `--cached` positions of `--rows` rows (default one), of 1, 4 and 32 new tokens
 each (an AR step, a small and a trained-size block), the parity cases' random inputs; the
 graphs take turns every `--passes` passes for `--rounds` rounds, so a shared VM's drift weighs
-on both. Prints each
-graph's median milliseconds and the speed of B against A. Used for graph-level changes (e.g. the
-RMSNorm form ONNX Runtime fuses, benchmarks/results/graph_ab_cpu/).
+on both. Prints each graph's median milliseconds and the speed of B against A. Used for
+graph-level changes (e.g. the RMSNorm form ONNX Runtime fuses, benchmarks/results/graph_ab_cpu/).
 """
 
 from __future__ import annotations
