@@ -10,7 +10,8 @@ bf16 weights made on the GPU (the time of a pass does not depend on the weights'
 
 1. forward time for T query tokens over a cached prefix (eager), next to the weight-read floor,
    the KV bytes read and T / time;
-2. the real samplers (`dlm.sampling.generate` on a `TorchEngine`), one short request per mode;
+2. the real samplers (`dlm.sampling.generate` on a `TorchEngine`) per mode at batch 1 and 8,
+   the engine eager against its passes as CUDA graphs (`dlm.graphs`), same tokens checked;
 3. our cached 32-token pass against the LLaDA reference's pass (the whole sequence, no cache)
    over contexts of 256 to 8,192 tokens, eager and as CUDA graphs, and the time of one block
    for ours, Fast-dLLM style (the context recomputed once per block) and LLaDA: the speed-up
@@ -61,6 +62,7 @@ BLOCK = 32  # block of the mode schedules: Nemotron-Labs Diffusion's block lengt
 DIFFUSION_STEPS = (32, 16, 8, 4)
 ACCEPTED = (1, 4, 8, 16)  # self-speculation: tokens committed per draft + verify round
 GEN_PROMPT, GEN_TOKENS, GEN_STEPS = 64, 32, 8
+GEN_BATCHES = (1, 8)  # requests per generate() call in the samplers' section
 SMOKE = "CPU smoke run, not a GPU figure"
 GPU_PRESET, CPU_PRESET = "nemotron-labs-diffusion-8b", "tiny"
 
@@ -142,48 +144,63 @@ def section_eager(b: Bench) -> str:
 
 
 def section_generate(b: Bench) -> str:
-    """The real samplers, one request per mode, warm-up run first; timed end to end."""
+    """The real samplers per mode and batch, on the engine eager and with its passes as CUDA
+    graphs (`dlm.graphs`; off CUDA the same padded passes run eagerly), warm-up run first (it
+    captures the shapes), timed end to end; the graphs must give the eager tokens."""
     model = b.need_model()
-    engine = TorchEngine(model, device=b.device)
+    engines = {"eager": TorchEngine(model, b.device, graphs=False)}
+    engines["graphs"] = TorchEngine(model, b.device, graphs=True)
     rng = np.random.default_rng(0)
-    prompt = rng.integers(4, b.cfg.vocab_size, GEN_PROMPT)
-    prompt[prompt == b.cfg.mask_token_id] += 1
+    prompts = rng.integers(4, b.cfg.vocab_size, (max(GEN_BATCHES), GEN_PROMPT))
+    prompts[prompts == b.cfg.mask_token_id] += 1
     knobs = {
         "ar": {},
         "diffusion": {"block_length": BLOCK, "steps": GEN_STEPS},
         "self_spec": {"block_length": BLOCK},
     }
     rows = [
-        "| mode | knobs | output tokens | forward passes | TPF | seconds | tok/s "
-        "| ms per pass |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | knobs | batch | output tokens | forward passes | TPF | eager tok/s "
+        "| graphs tok/s | graphs / eager | same tokens |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for mode, kw in knobs.items():
-        if b.budget.left() < 8:
-            rows.append(f"| {mode} | skipped (time budget) | | | | | | |")
-            continue
+        for batch in GEN_BATCHES:
+            if b.budget.left() < 8:
+                rows.append(f"| {mode} | skipped (time budget) | {batch} | | | | | | | |")
+                continue
 
-        def run(mode=mode, kw=kw):
-            request = GenerationRequest(prompt.tolist(), mode=mode, max_tokens=GEN_TOKENS, **kw)
-            return generate(engine, [request])[0]
+            def run(engine, mode=mode, kw=kw, batch=batch):
+                reqs = [
+                    GenerationRequest(p.tolist(), mode=mode, max_tokens=GEN_TOKENS, **kw)
+                    for p in prompts[:batch]
+                ]
+                b.sync()
+                t0 = time.perf_counter()
+                results = generate(engine, reqs)
+                b.sync()
+                return results, time.perf_counter() - t0
 
-        run()  # warm-up: first calls of new shapes pick kernels
-        b.sync()
-        t0 = time.perf_counter()
-        result = run()
-        b.sync()
-        s = time.perf_counter() - t0
-        n, nfe = result.num_output_tokens, result.num_forward_passes
-        shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "-"
-        rows.append(
-            f"| {mode} | {shown} | {n} | {nfe} | {n / max(nfe, 1):.2f} | {s:.3f} | "
-            f"{n / s:,.1f} | {s / max(nfe, 1) * 1e3:.1f} |"
-        )
+            got = {}
+            for name, engine in engines.items():
+                run(engine)  # warm-up: kernels picked, graphs captured
+                got[name] = run(engine)
+            (eager, s_eager), (graphed, s_graph) = got["eager"], got["graphs"]
+            n = sum(r.num_output_tokens for r in eager)
+            nfe = max(r.num_forward_passes for r in eager)
+            same = [r.token_ids for r in eager] == [r.token_ids for r in graphed]
+            shown = ", ".join(f"{k}={v}" for k, v in kw.items()) or "-"
+            rows.append(
+                f"| {mode} | {shown} | {batch} | {n} | {nfe} | {n / batch / max(nfe, 1):.2f} | "
+                f"{n / s_eager:,.1f} | {n / s_graph:,.1f} | {s_eager / s_graph:.2f} | "
+                f"{'yes' if same else 'NO'} |"
+            )
+    shapes = len(engines["graphs"].graphs.graphs)
     return "\n".join(rows) + (
-        f"\n\nPrompt {GEN_PROMPT} random tokens, max_tokens {GEN_TOKENS}, temperature 0, batch 1; "
-        "passes and seconds include the prompt prefill. Random weights: the tokens are "
-        "meaningless and so is self-speculation's acceptance (a random draft rarely agrees "
-        "with its verifier); the time per pass is not. Eager engine, every pass synchronises."
+        f"\n\nPrompts of {GEN_PROMPT} random tokens, max_tokens {GEN_TOKENS}, temperature 0; "
+        "forward passes: the batch's steps (with the prefill). Random weights: the tokens are "
+        "meaningless and so is self-speculation's acceptance (a random draft rarely agrees with "
+        f"its verifier); the time per pass is not. {shapes} pass shapes captured."
+        + ("" if b.cuda else " Off CUDA the graphs column is the padded passes run eagerly.")
     )
 
 
@@ -365,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add(f"{title}: {SMOKE}" if not use_cuda else f"{title} ({name})")
     report.section("Setup", lambda: section_setup(b, argv), budget, need_s=10)
     report.section("Forward time vs query tokens T (eager)", lambda: section_eager(b), budget, 15)
-    report.section("Real samplers, one request per mode", lambda: section_generate(b), budget, 15)
+    report.section(
+        "Real samplers: engine eager vs CUDA graphs", lambda: section_generate(b), budget, 15
+    )
     report.section(
         "Our cached pass vs the reference samplers' (LLaDA: no cache; Fast-dLLM: prefix cache)",
         lambda: section_reference(b),

@@ -238,34 +238,50 @@ class CachedEngine:
 class TorchEngine(CachedEngine):
     """The PyTorch engine: the GPU engine where TensorRT is absent, and the reference model's
     engine. Its KV cache is read and written in place (`dlm.kv`); the ONNX graph's engines take
-    the past as inputs instead (`KVStore`), which gives the same tokens (tested)."""
+    the past as inputs instead (`KVStore`), which gives the same tokens (tested). On CUDA its
+    passes run as CUDA graphs (`dlm.graphs`)."""
 
     def __init__(
         self,
         model: DiffusionLM,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        graphs: bool | None = None,
     ) -> None:
+        """graphs: run the passes that fit `dlm.graphs`' buckets padded, captured as CUDA
+        graphs on a GPU and eagerly elsewhere (what the tests compare); default: on CUDA."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if dtype is not None:
             self.model = self.model.to(dtype)
         self.config = model.cfg
-        self.kv = SlotCache(self.config, self.device, next(self.model.parameters()).dtype)
+        padded = self.device.type == "cuda" if graphs is None else graphs
+        weights = next(self.model.parameters()).dtype
+        self.kv = SlotCache(self.config, self.device, weights, scratch=padded)
+        self.graphs = None
+        if padded:
+            from dlm.graphs import PassGraphs
+
+            self.graphs = PassGraphs(self.model, self.kv, capture=self.device.type == "cuda")
 
     @torch.inference_mode()
     def run_batch(self, passes, feed):
-        from plugins.denoise_step.reference import denoise_step_torch
-
-        x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         slots = self.kv.slots_of([p.seq_id for p in passes])
         self.kv.reserve(max(p.start + len(p.tokens) for p in passes))
-        layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"], dense(feed))
-        penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
-        tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
+        out = None if self.graphs is None else self.graphs.run(slots, feed)
+        tokens, conf = out if out is not None else self._eager(slots, feed)
         for p in passes:
             if p.write:
                 self.kv.commit(p.seq_id, p.start + len(p.tokens) - p.fork)
+        return tokens, conf
+
+    def _eager(self, slots: list[int], feed: dict[str, np.ndarray]):
+        from plugins.denoise_step.reference import denoise_step_torch
+
+        x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+        layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"], dense(feed))
+        penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
+        tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
         return tokens.cpu().numpy(), conf.float().cpu().numpy()
 
 

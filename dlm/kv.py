@@ -34,13 +34,21 @@ FIRST_CAPACITY = 1024  # positions a slot holds at first (at most the model's co
 
 class SlotCache:
     def __init__(
-        self, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, slots: int = FIRST_SLOTS
+        self,
+        cfg: ModelConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        slots: int = FIRST_SLOTS,
+        scratch: bool = False,
     ) -> None:
+        """scratch: one more slot, never a sequence's, that a padded pass (`PaddedSlotPass`)
+        writes its padding tokens into."""
         self.cfg, self.device, self.dtype = cfg, device, dtype
         self.capacity = min(cfg.max_position, FIRST_CAPACITY)
-        self.k = self._zeros(slots, self.capacity)
-        self.v = self._zeros(slots, self.capacity)
+        self.k = self._zeros(slots + scratch, self.capacity)
+        self.v = self._zeros(slots + scratch, self.capacity)
         self.free = list(range(slots))
+        self.scratch = slots if scratch else None
         self.slot: dict[int, int] = {}  # seq_id -> its slot
         self.length: dict[int, int] = {}  # seq_id -> cached positions
 
@@ -76,7 +84,7 @@ class SlotCache:
         return [self.slot[sid] for sid in seq_ids]
 
     def _grow(self) -> None:
-        old = self.slots
+        old = self.slots  # the scratch slot, if any, keeps its index
         self.k = torch.cat([self.k, self._zeros(old, self.capacity)], dim=1)
         self.v = torch.cat([self.v, self._zeros(old, self.capacity)], dim=1)
         self.free.extend(range(old, 2 * old))
@@ -147,6 +155,25 @@ class SlotPass:
             attn_mask=None if self.dense else mask[:, None],
             enable_gqa=q.shape[1] != k.shape[1],
         )
+
+
+class PaddedSlotPass(SlotPass):
+    """A `SlotPass` of fixed shapes whose indices are made on the device from device tensors
+    (what a CUDA graph replays, `dlm.graphs`: no host arrays, no shape that depends on the data).
+    slots, past_len, n_new [B]: padding rows sit in the cache's scratch slot with one new token.
+    All B x `tokens` positions write, the padding ones at the scratch slot's first position;
+    the keys are the first `keys` positions of every row's slot, masked past the row's length
+    as in any ragged batch."""
+
+    def __init__(self, cache: SlotCache, slots, past_len, n_new, keys: int, tokens: int) -> None:
+        self.cache, self.dense, self.end = cache, False, keys
+        b, dev = slots.shape[0], slots.device
+        self.row = torch.arange(b, device=dev).repeat_interleave(tokens)
+        self.token = torch.arange(tokens, device=dev).repeat(b)
+        valid = self.token < n_new[self.row]
+        self.slot_of_token = torch.where(valid, slots[self.row], cache.scratch)
+        self.position = torch.where(valid, past_len[self.row] + self.token, 0)
+        self.new_start, self.rows, self.consecutive = past_len, slots, False
 
 
 def dense(feed: dict[str, np.ndarray]) -> bool:

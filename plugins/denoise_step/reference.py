@@ -148,10 +148,29 @@ def _sample_rows(
     return token.index_put((rows,), torch.argmax(scores, dim=-1))
 
 
+def _sample_every_row(
+    x: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor, token: torch.Tensor
+) -> torch.Tensor:
+    """`_sample_rows` with noise drawn for every row and the greedy rows' kept: the same
+    tokens, in fixed shapes (a CUDA graph's: no data-dependent row count)."""
+    sampling = temperature > 0
+    temp = torch.where(sampling, temperature, 1.0).to(torch.float64)
+    g = gumbel_noise_torch(seed, x.shape[1], x.shape[2])  # [B, T, V]
+    scores = g.add_(x.to(torch.float64) / temp[:, None, None])
+    return torch.where(sampling[:, None], torch.argmax(scores, dim=-1), token)
+
+
 def denoise_step_torch(
-    logits: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    sample: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(token int64 [B, T], confidence float32 [B, T]) from logits [B, T, V]; see module doc."""
+    """(token int64 [B, T], confidence float32 [B, T]) from logits [B, T, V]; see module doc.
+
+    sample: whether any row has temperature > 0, where the caller knows it without reading
+    the device (a CUDA graph's replay must not): True draws noise for every row, False none;
+    None: found out here (eagerly, a sync)."""
     check_shapes(tuple(logits.shape), tuple(temperature.shape), tuple(seed.shape))
     check_dtypes(
         *(_TORCH_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (logits, temperature, seed))
@@ -159,7 +178,10 @@ def denoise_step_torch(
     x = logits.to(torch.float32)  # exact for fp16/bf16; argmax is unchanged by it
     m, token = torch.max(x, dim=-1, keepdim=True)  # one pass: row max and its first index
     token = token[..., 0]
-    if _tracing() or bool(torch.any(temperature > 0)):
+    if sample is not None:
+        if sample:
+            token = _sample_every_row(x, temperature, seed, token)
+    elif _tracing() or bool(torch.any(temperature > 0)):
         token = _sample_rows(x, temperature, seed, token)
     chosen = torch.gather(x, -1, token[..., None])
     # exp in place on the one temporary; float32 sums (torch.softmax's CPU kernel was seen

@@ -231,6 +231,20 @@ def test_torch_matches_spec(dtype, shape, temps):
     _assert_same(got, want, f"torch {dtype} {shape} {temps}")
 
 
+@pytest.mark.parametrize(
+    "temps", [[0.0, 0.0, 0.0, 0.0], [0.0, 0.8, 0.0, 1.3], [0.7, 1.0, 2.5, 0.9]]
+)
+def test_torch_told_whether_it_samples_matches_spec(temps):
+    """`sample=` (a CUDA graph's form: told, not read from the device): True draws noise for
+    every row and keeps the greedy rows' argmax, False none; both give the spec's tokens."""
+    logits, temp, seed = _case(4, 8, 4097, temps)
+    want = denoise_step_numpy(logits, temp, seed)
+    args = tuple(map(torch.from_numpy, (logits, temp, seed)))
+    _assert_same(denoise_step_torch(*args, sample=True), want, f"sample=True {temps}")
+    if not any(temps):
+        _assert_same(denoise_step_torch(*args, sample=False), want, "sample=False")
+
+
 @pytest.mark.parametrize("case", EDGE_CASES)
 def test_torch_edge_cases(case):
     logits, temp = EDGE_CASES[case]()
