@@ -4,8 +4,9 @@
 #   python -m dlm.train.corpus --out build/corpus
 #   OUT=dir bash scripts/device_run.sh [train|checks|gemma|all]
 # train:  trains the default model on the GPU (same recipe as the CPU one, bigger budget)
-# checks: the DenoiseStep kernel check (plugins), the 8B-shaped forward benchmark and the
-#         PyTorch engine's KV cache in place against the past as inputs (benchmarks.kv_layout)
+# checks: the DenoiseStep kernel check (plugins), the engine's CUDA graphs against eager
+#         (tests/dlm/test_graphs.py), the 8B-shaped forward benchmark and the PyTorch
+#         engine's KV cache in place against the past as inputs (benchmarks.kv_layout)
 # gemma:  DiffusionGemma's PyTorch engine on the GPU (bf16): step times, tokens/s at c=1 and 8
 set -uo pipefail
 OUT=${OUT:-build/device}
@@ -32,6 +33,12 @@ fi
 if [[ $WHAT == checks || $WHAT == all ]]; then
   log "DenoiseStep kernel check"
   timeout 150 $PY -m plugins.denoise_step.gpu_check --out "$OUT/gpu_check.md" 2>&1 | tail -n 80
+  log "CUDA graphs of the PyTorch engine give the eager tokens (tests/dlm/test_graphs.py)"
+  if $PY -m pytest --version > /dev/null 2>&1; then
+    timeout 120 $PY -m pytest -q -p no:cacheprovider tests/dlm/test_graphs.py 2>&1 | tail -n 20
+  else
+    log "pytest absent here: skipped (gpu_forward's sampler section compares the tokens too)"
+  fi
   log "8B-shaped forward benchmark"
   timeout 180 $PY -m benchmarks.gpu_forward --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
   log "KV cache in place vs past as inputs (8B preset, random bf16 weights, 2,048 cached)"
