@@ -247,14 +247,18 @@ class TorchEngine(CachedEngine):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         graphs: bool | None = None,
+        denoise_step: Callable | None = None,
     ) -> None:
         """graphs: run the passes that fit `dlm.graphs`' buckets padded, captured as CUDA
-        graphs on a GPU and eagerly elsewhere (what the tests compare); default: on CUDA."""
+        graphs on a GPU and eagerly elsewhere (what the tests compare); default: on CUDA.
+        denoise_step: the DenoiseStep implementation (`default_denoise_step`: the fused
+        OpenAI Triton kernel on CUDA, PyTorch ops elsewhere)."""
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         if dtype is not None:
             self.model = self.model.to(dtype)
         self.config = model.cfg
+        self.denoise_step = denoise_step or default_denoise_step(self.device)
         padded = self.device.type == "cuda" if graphs is None else graphs
         weights = next(self.model.parameters()).dtype
         self.kv = SlotCache(self.config, self.device, weights, scratch=padded)
@@ -262,7 +266,8 @@ class TorchEngine(CachedEngine):
         if padded:
             from dlm.graphs import PassGraphs
 
-            self.graphs = PassGraphs(self.model, self.kv, capture=self.device.type == "cuda")
+            capture = self.device.type == "cuda"
+            self.graphs = PassGraphs(self.model, self.kv, self.denoise_step, capture)
 
     @torch.inference_mode()
     def run_batch(self, passes, feed):
@@ -276,13 +281,27 @@ class TorchEngine(CachedEngine):
         return tokens, conf
 
     def _eager(self, slots: list[int], feed: dict[str, np.ndarray]):
-        from plugins.denoise_step.reference import denoise_step_torch
-
         x = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
         layout = SlotPass(self.kv, slots, feed["past_len"], feed["n_new"], dense(feed))
         penalties = bool(feed["penalty_len"].any())  # else they change nothing: skip them
-        tokens, conf, _, _, _ = run_pass(self.model, x, denoise_step_torch, penalties, kv=layout)
+        tokens, conf, _, _, _ = run_pass(self.model, x, self.denoise_step, penalties, kv=layout)
         return tokens.cpu().numpy(), conf.float().cpu().numpy()
+
+
+def default_denoise_step(device: torch.device) -> Callable:
+    """The DenoiseStep a PyTorch engine on `device` runs: on CUDA the fused OpenAI Triton
+    kernel (one pass over the logits, no noise tensor; it matched the reference exactly on the
+    H200, benchmarks/results/gpu_check_h200.md) where triton imports, else PyTorch ops."""
+    if device.type == "cuda":
+        try:
+            from plugins.denoise_step.triton_kernel import denoise_step_triton
+
+            return denoise_step_triton
+        except ImportError:
+            pass
+    from plugins.denoise_step.reference import denoise_step_torch
+
+    return denoise_step_torch
 
 
 class HeldEngine:

@@ -16,16 +16,17 @@ buffer) come back in one device-to-host copy per step. Each shape is captured th
 pass needs it (its warm-up runs are that pass itself: writing the same K/V again changes
 nothing), each graph in a memory pool of its own: graphs sharing one pool and deleted one by one
 failed an allocator assertion in torch 2.11 on the H200 (`benchmarks/gpu_harness.capture`), so
-each graph keeps its own pass's intermediates (a few MB for an AR step of the 8B preset; its
-largest sampled shapes, 16 rows x 32 tokens of 131k logits and their Gumbel noise, about 2 GB).
-At most MAX_GRAPHS shapes, the rest run eagerly, as do batches with penalties and any larger
-than the buckets. A cache that grows (a new slot, a longer capacity) has new tensors: the
-graphs captured over the old ones are dropped.
+each graph keeps its own pass's activations and logits. Only passes of at most MAX_GRAPH_TOKENS
+padded tokens are graphed (the launch-bound ones: a larger pass has more work per kernel), which
+bounds a graph's pool (the 8B preset's logits over its 131k vocabulary: 67 MB in bf16 at 256
+tokens); at most MAX_GRAPHS shapes. The rest run eagerly, as do batches with penalties. A cache
+that grows (a new slot, a longer capacity) has new tensors: the graphs captured over the old
+ones are dropped.
 
 Off CUDA the same padded pass runs eagerly (`capture=False`): what a graph replays is what the
 tests compare with the eager engine, token for token and pass for pass, on any machine. That a
-capture of it runs and replays the same tokens needs a GPU: `benchmarks/gpu_forward.py` checks
-it (section "engine: eager vs CUDA graphs").
+capture of it runs and replays the same tokens needs a GPU: `test_cuda_graphs_give_the_eager_tokens`
+and `benchmarks/gpu_forward.py` (section "Real samplers: engine eager vs CUDA graphs") check it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ ROWS = (1, 2, 4, 8, 16, 32)  # rows of a batch, padded up to one of these
 TOKENS = (1, 2, 4, 8, 16, 32, 64)  # tokens (and outputs) per row, the same
 MIN_KEYS = 64  # keys are padded to a power of two, at least this
 MAX_GRAPHS = 64  # shapes captured at most; a pass of any other runs eagerly
+MAX_GRAPH_TOKENS = 256  # padded rows x tokens of a graphed pass at most
 # The int64 inputs of a graph, in its one buffer: name -> shape, with R rows, T tokens, K outputs.
 INT_INPUTS = {
     "input_ids": ("R", "T"),
@@ -65,10 +67,12 @@ class PassGraphs:
     """The padded passes of one engine (model and cache), captured as CUDA graphs if
     `capture`, else run eagerly (see module doc)."""
 
-    def __init__(self, model: DiffusionLM, cache: SlotCache, capture: bool) -> None:
+    def __init__(self, model: DiffusionLM, cache: SlotCache, denoise_step, capture: bool) -> None:
+        """denoise_step: the engine's DenoiseStep, told whether a row samples (`sample=`)."""
         if cache.scratch is None:
             raise ValueError("PassGraphs needs a SlotCache with a scratch slot (scratch=True)")
         self.model, self.cache, self.capture = model, cache, capture
+        self.denoise_step = denoise_step
         self.graphs: dict[tuple, Graph] = {}
         self._storage = cache.k.data_ptr()
 
@@ -78,6 +82,8 @@ class PassGraphs:
         b, t = feed["input_ids"].shape
         rows, tokens = bucket(b, ROWS), bucket(t, TOKENS)
         if rows is None or tokens is None or feed["penalty_len"].any():
+            return None
+        if rows * tokens > MAX_GRAPH_TOKENS:
             return None
         outs = bucket(feed["out_index"].shape[1], TOKENS)
         end = int((feed["past_len"] + feed["n_new"]).max())
@@ -131,9 +137,7 @@ class Graph:
         layout = PaddedSlotPass(
             cache, x["slot"], x["past_len"], x["n_new"], self.keys, x["input_ids"].shape[1]
         )
-        from plugins.denoise_step.reference import denoise_step_torch
-
-        step = functools.partial(denoise_step_torch, sample=self.sample)
+        step = functools.partial(self.owner.denoise_step, sample=self.sample)
         token, confidence, *_ = run_pass(self.owner.model, x, step, penalties=False, kv=layout)
         self.out[0].copy_(token)
         self.out[1].copy_(confidence)

@@ -153,11 +153,15 @@ def denoise_step_triton(
     temperature: torch.Tensor,
     seed: torch.Tensor,
     config: LaunchConfig | None = None,
+    sample: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(token int64 [B, T], confidence float32 [B, T]) from logits [B, T, V] with the kernel.
 
     Tensors on a CUDA device, or on the CPU under TRITON_INTERPRET=1. Shapes and dtypes are
     checked; values (temperature >= 0, seed range) are the caller's, as in `denoise_step_torch`.
+    `sample` (whether a row samples, `denoise_step_torch`'s hint) changes nothing: the kernel
+    branches per row on the device, reads nothing back and has fixed shapes (a CUDA graph
+    captures it as it is).
     """
     check_shapes(tuple(logits.shape), tuple(temperature.shape), tuple(seed.shape))
     check_dtypes(*(_DTYPE_NAMES.get(t.dtype, str(t.dtype)) for t in (logits, temperature, seed)))
