@@ -19,9 +19,10 @@ failed an allocator assertion in torch 2.11 on the H200 (`benchmarks/gpu_harness
 each graph keeps its own pass's activations and logits. Only passes of at most MAX_GRAPH_TOKENS
 padded tokens are graphed (the launch-bound ones: a larger pass has more work per kernel), which
 bounds a graph's pool (the 8B preset's logits over its 131k vocabulary: 67 MB in bf16 at 256
-tokens); at most MAX_GRAPHS shapes. The rest run eagerly, as do batches with penalties. A cache
-that grows (a new slot, a longer capacity) has new tensors: the graphs captured over the old
-ones are dropped.
+tokens); at most MAX_GRAPHS shapes are kept, the least recently replayed dropped for a new one
+(a long-running server meets new key lengths as its contexts grow). Larger passes run eagerly,
+as do batches with penalties. A cache that grows (a new slot, a longer capacity) has new
+tensors: the graphs captured over the old ones are dropped.
 
 Off CUDA the same padded pass runs eagerly (`capture=False`): what a graph replays is what the
 tests compare with the eager engine, token for token and pass for pass, on any machine. That a
@@ -32,6 +33,7 @@ and `benchmarks/gpu_forward.py` (section "Real samplers: engine eager vs CUDA gr
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -43,7 +45,7 @@ from dlm.passes import run_pass
 ROWS = (1, 2, 4, 8, 16, 32)  # rows of a batch, padded up to one of these
 TOKENS = (1, 2, 4, 8, 16, 32, 64)  # tokens (and outputs) per row, the same
 MIN_KEYS = 64  # keys are padded to a power of two, at least this
-MAX_GRAPHS = 64  # shapes captured at most; a pass of any other runs eagerly
+MAX_GRAPHS = 64  # shapes kept at most; the least recently replayed goes for a new one
 MAX_GRAPH_TOKENS = 256  # padded rows x tokens of a graphed pass at most
 # The int64 inputs of a graph, in its one buffer: name -> shape, with R rows, T tokens, K outputs.
 INT_INPUTS = {
@@ -73,7 +75,7 @@ class PassGraphs:
             raise ValueError("PassGraphs needs a SlotCache with a scratch slot (scratch=True)")
         self.model, self.cache, self.capture = model, cache, capture
         self.denoise_step = denoise_step
-        self.graphs: dict[tuple, Graph] = {}
+        self.graphs: OrderedDict[tuple, Graph] = OrderedDict()  # least recently used first
         self._storage = cache.k.data_ptr()
 
     def shape(self, feed: dict[str, np.ndarray]) -> tuple[int, int, int, int, bool] | None:
@@ -102,8 +104,9 @@ class PassGraphs:
         graph = self.graphs.get(key)
         if graph is None:
             if len(self.graphs) >= MAX_GRAPHS:
-                return None
+                self.graphs.popitem(last=False)  # no replay is running: each run syncs
             graph = self.graphs[key] = Graph(self, *key)
+        self.graphs.move_to_end(key)
         return graph.run(slots, feed)
 
 

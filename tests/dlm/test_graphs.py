@@ -122,7 +122,7 @@ def test_a_padded_pass_reads_nothing_back_on_the_host(kind):
             )
 
 
-def test_passes_outside_the_buckets_run_eagerly(monkeypatch):
+def test_passes_outside_the_buckets_run_eagerly():
     engine = TorchEngine(tiny_model(), graphs=True)
     shape = engine.graphs.shape
 
@@ -143,11 +143,20 @@ def test_passes_outside_the_buckets_run_eagerly(monkeypatch):
     assert shape(feed(8, 20))[:2] == (8, 32)  # 256: graphed
     penalized = [PassRequest(0, 0, [5, 6], 0, True, 1, history=[5], penalty_len=[1])]
     assert shape(pack_batch(penalized, [0])) is None
-    monkeypatch.setattr(graphs_mod, "MAX_GRAPHS", 1)
-    engine.step([PassRequest(0, 0, [5, 6, 7], 0, True, 1)])
-    assert len(engine.graphs.graphs) == 1
-    out = engine.step([PassRequest(1, 0, [5], 0, True, 1)])  # a second shape: eager
-    assert len(engine.graphs.graphs) == 1 and out[0].tokens.shape == (1,)
+
+
+def test_the_least_recently_replayed_graph_makes_room(monkeypatch, one_thread):
+    monkeypatch.setattr(graphs_mod, "MAX_GRAPHS", 2)
+    model = confident()
+    padded, eager = TorchEngine(model, graphs=True), TorchEngine(model, graphs=False)
+    shapes = []
+    for sid, tokens in enumerate(([5, 6, 7], [5], [5, 6, 7], [5, 6, 7, 8, 9])):
+        passes = [PassRequest(sid, 0, tokens, 0, True, 1)]
+        got, want = padded.step(passes), eager.step(passes)
+        assert got[0].tokens.tolist() == want[0].tokens.tolist()
+        shapes.append(list(padded.graphs.graphs))
+    four, one, eight = ((1, t, 1, graphs_mod.MIN_KEYS, False) for t in (4, 1, 8))
+    assert shapes == [[four], [four, one], [one, four], [four, eight]]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (none here)")
