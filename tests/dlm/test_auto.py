@@ -228,6 +228,8 @@ def test_cost_model_is_measured_cached_and_reused(tmp_path):
     (tmp_path / cost.FILE).write_text(json.dumps(cached))
     third = cost.load_or_measure(engine, tmp_path, said.append)
     assert said and third.machine == cost.machine(engine)  # measured again
+    # its passes as CUDA graphs (padded: dlm.graphs) cost otherwise: another table
+    assert cost.machine(TorchEngine(tiny_model(), graphs=True)) != cost.machine(engine)
     m = first
     assert m.pass_seconds(1, 1) == pytest.approx(m.seconds[0][0])
     between = m.pass_seconds(3, 20)
