@@ -22,6 +22,17 @@ from pathlib import Path
 
 MODES = ("ar", "diffusion", "self_spec", "auto")
 
+
+@dataclass
+class Limits:
+    """Server-side bounds on a request (prompt and output lengths); a deployment sets the first
+    two (`fill --max-prompt-tokens / --max-output-tokens`)."""
+
+    max_prompt_tokens: int = 768
+    max_output_tokens: int = 512
+    max_block_length: int = 128
+
+
 # Triton data type -> (config.pbtxt type, NumPy dtype name, Python type of one value)
 TYPES = {
     "BYTES": ("TYPE_STRING", "object", str),

@@ -113,6 +113,8 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "CANCEL_CHECK_MS": str(max(0, int(args.cancel_check_ms))),
         "PASS_DELAY_MS": str(max(0, int(args.pass_delay_ms))),
         "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
+        "MAX_PROMPT_TOKENS": positive("MAX_PROMPT_TOKENS", args.max_prompt_tokens),
+        "MAX_OUTPUT_TOKENS": positive("MAX_OUTPUT_TOKENS", args.max_output_tokens),
         "MAX_QUEUED": positive("MAX_QUEUED", args.max_queued),
         "CHAT_TEMPLATE": "true" if args.chat_template else "false",
         "DIFFUSION_CACHE": args.diffusion_cache,
@@ -163,6 +165,16 @@ def parser() -> argparse.ArgumentParser:
         default=65536,
         help="most cached positions over the requests in flight of one dlm instance "
         "(each needs prompt + max_tokens + one block); the others wait",
+    )
+    p.add_argument(
+        "--max-prompt-tokens",
+        default=schema.Limits.max_prompt_tokens,
+        help="longest prompt a request may send, in tokens (longer: an error naming the limit)",
+    )
+    p.add_argument(
+        "--max-output-tokens",
+        default=schema.Limits.max_output_tokens,
+        help="largest max_tokens a request may ask for",
     )
     p.add_argument(
         "--max-queued",

@@ -99,6 +99,12 @@ class Preprocessor:
 DELIVERY = ("stream", "block_views", "ensemble")
 
 
+def served_limits(params: dict[str, str]) -> Limits:
+    """The deployment's request limits, from a model's config.pbtxt parameters (`fill
+    --max-prompt-tokens / --max-output-tokens`): preprocessing and dlm check the same."""
+    return Limits(int(params["MAX_PROMPT_TOKENS"]), int(params["MAX_OUTPUT_TOKENS"]))
+
+
 def to_wire(request: GenerationRequest, **delivery: bool) -> tuple[np.ndarray, str]:
     """(input_ids INT32 [n], JSON of the knobs and the DELIVERY flags given)."""
     unknown = sorted(set(delivery) - set(DELIVERY))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from dlm.config import ModelConfig
 from dlm.passes import NO_PENALTIES
-from dlm.schema import MODES
+from dlm.schema import MODES, Limits
 
 MAX_FACTOR = 16.0  # the factor rule commits a whole 128-token block at 99% sure well below it
 MAX_PENALTY = 10.0  # repetition_penalty: 10 already all but bans a token (transformers uses ~1.2)
@@ -32,15 +32,6 @@ def _int(value) -> bool:
 def _number(value) -> bool:
     """A finite int or float, not a bool."""
     return (_int(value) or isinstance(value, float)) and math.isfinite(value)
-
-
-@dataclass
-class Limits:
-    """Server-side bounds on a request (prompt and output lengths)."""
-
-    max_prompt_tokens: int = 768
-    max_output_tokens: int = 512
-    max_block_length: int = 128
 
 
 @dataclass

@@ -202,6 +202,8 @@ def wait_for(condition, timeout=120.0) -> bool:
 HOLD_MS = 20
 # Requests in flight share this many KV positions there: one 400-token request at a time.
 HELD_KV_BUDGET = 450
+# Its request limits (fill --max-prompt-tokens / --max-output-tokens), not the defaults.
+HELD_PROMPT, HELD_OUTPUT = 200, 600
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +215,7 @@ def held(tiny_checkpoint, tmp_path_factory):
             *("--backend", "torch", "--threads", "1", "--heartbeat-ms", str(HOLD_MS)),
             *("--pass-delay-ms", str(HOLD_MS), "--kv-budget-tokens", str(HELD_KV_BUDGET)),
             *("--max-queued", "1"),
+            *("--max-prompt-tokens", str(HELD_PROMPT), "--max-output-tokens", str(HELD_OUTPUT)),
         ],
     )
     yield s
@@ -306,6 +309,18 @@ def test_kv_budget_queues_then_refuses_with_busy(held):
     waited = [r for r in later.values() if not isinstance(r, str)]
     assert len(waited) == 1 and waited[0].num_output_tokens == 40, later
     first.close()
+
+
+def test_the_request_limits_are_the_deployments(held):
+    """fill's --max-prompt-tokens / --max-output-tokens bound what a request may ask, below and
+    above the defaults (768 / 512): the errors name the deployment's limits."""
+    c = GrpcClient(f"127.0.0.1:{held.grpc}", timeout=120)
+    with pytest.raises(ClientError, match=f"must be an integer in \\[1, {HELD_OUTPUT}\\]"):
+        c.generate(PROMPT, HELD_OUTPUT + 1, mode="ar")
+    with pytest.raises(ClientError, match=f"must be at most {HELD_PROMPT} tokens"):
+        c.generate("x = 1\n" * HELD_PROMPT, 4, mode="ar")
+    assert c.generate(PROMPT, 2, mode="ar").num_output_tokens == 2  # the server serves on
+    c.close()
 
 
 BAD = [

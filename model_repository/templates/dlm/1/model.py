@@ -46,12 +46,12 @@ class TritonPythonModel:
         }
         sys.path.insert(0, params["REPO_ROOT"])
         logging.basicConfig(level=logging.INFO, format="dlm %(name)s: %(message)s")
-        from dlm.sampling import Limits, RequestError
+        from dlm.sampling import RequestError
         from serving import orchestrator as orch
         from serving.cancel import Inbox
         from serving.engine import MeteredEngine, load_engine
         from serving.metrics import ServingMetrics
-        from serving.requests import from_wire
+        from serving.requests import from_wire, served_limits
 
         self.orch, self.from_wire, self.errors = orch, from_wire, (RequestError, ValueError)
         device = params["DEVICE"]
@@ -72,7 +72,7 @@ class TritonPythonModel:
         self.inbox = Inbox()
         self.orchestrator = orch.Orchestrator(
             engine,
-            Limits(),
+            served_limits(params),
             max_batch=int(params["MAX_PASSES_PER_STEP"]),
             metrics=ServingMetrics(pb_utils, engine),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,

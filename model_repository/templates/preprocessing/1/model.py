@@ -26,14 +26,15 @@ class TritonPythonModel:
         from dlm.sampling import RequestError
         from dlm.schema import KNOBS
         from serving.engine import served_build
-        from serving.requests import Preprocessor, from_inputs
+        from serving.requests import Preprocessor, from_inputs, served_limits
 
         self.errors, self.inputs = (RequestError,), [k.name for k in KNOBS]
         self.from_inputs = from_inputs
         chat = params["APPLY_CHAT_TEMPLATE"].lower() in ("1", "true", "yes")
         folder = params["MODEL_DIR"]
         build = served_build(folder, params["ENGINE_DIR"], params["BACKEND"])  # dlm's engine
-        self.pre = Preprocessor(folder, chat_template=chat, build=build)
+        limits = served_limits(params)
+        self.pre = Preprocessor(folder, limits, chat_template=chat, build=build)
 
     def execute(self, requests):
         responses = []
