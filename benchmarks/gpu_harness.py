@@ -130,6 +130,30 @@ def build_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> D
     return model.eval().requires_grad_(False)
 
 
+def random_checkpoint(
+    preset: str, out: Path, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> Path:
+    """A checkpoint folder of a preset with random weights (`build_model`, made on `device` in
+    `dtype` and saved so) and a BPE tokenizer trained on a little stdlib, whose size (at most
+    the trainer's 65,536) becomes the vocabulary; reused when `out` holds one."""
+    if (out / "config.json").exists():
+        return out
+    from dlm import checkpoint
+    from dlm.config import preset as get_preset
+    from dlm.train.sources import stdlib_dir
+    from dlm.train.tokenizer import MAX_VOCAB_SIZE, save_tokenizer, train_tokenizer
+
+    cfg = get_preset(preset)
+    files = sorted(stdlib_dir().glob("*.py"))[:150]
+    texts = [f.read_text(errors="replace") for f in files]
+    tok = train_tokenizer(texts, min(cfg.vocab_size, MAX_VOCAB_SIZE))
+    cfg.vocab_size = tok.get_vocab_size()
+    model = build_model(cfg.validate(), torch.device(device), dtype)
+    checkpoint.save(model, out, max_shard_bytes=4 << 30)
+    save_tokenizer(tok, out)
+    return out
+
+
 def weight_bytes_per_pass(model: DiffusionLM) -> int:
     """Bytes of weights one pass reads: all parameters but the embedding table, of which a pass
     gathers only its T rows."""

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.gpu_harness import random_checkpoint
 from dlm.engines import served_defaults
 from dlm.pipeline import Pipeline
 from dlm.sampling import Limits, Scheduler
@@ -51,26 +52,6 @@ PROMPTS = [
     "def read_lines(path):\n    with open(path) as f:\n",
 ]
 MODES = [("ar", {}), ("diffusion", {}), ("self_spec", {})]
-
-
-def random_checkpoint(preset: str, out: Path) -> Path:
-    """A random-weight checkpoint of a preset with a BPE tokenizer trained on a little stdlib."""
-    if (out / "config.json").exists():
-        return out
-    from dlm import checkpoint
-    from dlm.config import preset as get_preset
-    from dlm.model import DiffusionLM
-    from dlm.train.sources import stdlib_dir
-    from dlm.train.tokenizer import save_tokenizer, train_tokenizer
-
-    cfg = get_preset(preset)
-    files = sorted(stdlib_dir().glob("*.py"))[:150]
-    tok = train_tokenizer([f.read_text(errors="replace") for f in files], cfg.vocab_size)
-    cfg.vocab_size = tok.get_vocab_size()
-    torch.manual_seed(0)
-    checkpoint.save(DiffusionLM(cfg.validate()).eval(), out)
-    save_tokenizer(tok, out)
-    return out
 
 
 def in_process(pipe: Pipeline, requests, concurrency: int) -> tuple[int, float]:

@@ -13,7 +13,8 @@
 # Settings (environment): DEVICE (cuda), DTYPE (auto: bf16 on a GPU), PYTHON (python3), MODEL (models/default), MODES,
 # CONCURRENCY, REQUESTS, MAX_TOKENS, THREADS, PACK, WORK (/tmp/dlm-triton), OUT (build/device_triton),
 # HTTP_PORT (18000; gRPC and metrics on the next two), BENCH_TIMEOUT (seconds, 360), PROMPTS (8) and MODES_TIMEOUT (seconds per benchmarks.modes
-# run, 240; 0 skips them).
+# run, 240; 0 skips them), PASS_PRESET (nemotron-labs-diffusion-8b: benchmarks.served_pass on a
+# GPU), PASS_CONTEXT (2048; 512 on the CPU) and PASS_TIMEOUT (seconds, 420; 0 skips it).
 # Into OUT (8 files at most come back from the device tool): device_triton.log, server.log,
 # summary.md, bench.csv, bench.json, bench_files.tar.gz (perf_analyzer's own outputs), modes.md
 # and modes_files.tar.gz (benchmarks.modes at MAX_TOKENS and the reference at 256 tokens).
@@ -33,6 +34,9 @@ OUT=${OUT:-build/device_triton}
 HTTP_PORT=${HTTP_PORT:-18000}
 PROMPTS=${PROMPTS:-8}
 MODES_TIMEOUT=${MODES_TIMEOUT:-240}
+PASS_PRESET=${PASS_PRESET:-nemotron-labs-diffusion-8b}
+PASS_CONTEXT=${PASS_CONTEXT:-$([[ $DEVICE == cpu ]] && echo 512 || echo 2048)}
+PASS_TIMEOUT=${PASS_TIMEOUT:-420}
 GRPC_PORT=$((HTTP_PORT + 1))
 METRICS_PORT=$((HTTP_PORT + 2))
 mkdir -p "$OUT"
@@ -139,6 +143,16 @@ cp "$WORK"/bench/{summary.md,bench.csv,bench.json} "$OUT"/ 2>/dev/null
 tar -C "$WORK/bench" -czf "$OUT/bench_files.tar.gz" . 2>/dev/null
 ((rc == 0)) || fail "benchmarks.bench (rc $rc)"
 trap - EXIT && stop_server
+
+# One AR pass at a long context in process and through Triton, against the weight-read floor:
+# on a GPU the 8B preset with random bf16 weights (made and saved on the machine, ~16 GB), on
+# the CPU the served model. Its table goes to the log.
+if ((PASS_TIMEOUT > 0)); then
+  if [[ $DEVICE == cpu ]]; then pass_model=(--model "$MODEL"); else pass_model=(--preset "$PASS_PRESET"); fi
+  log "benchmarks.served_pass: ${pass_model[*]} at $PASS_CONTEXT cached tokens on $DEVICE"
+  timeout "$PASS_TIMEOUT" "$PY" -m benchmarks.served_pass "${pass_model[@]}" --device "$DEVICE" \
+    --dtype "$DTYPE" --threads "$THREADS" --context "$PASS_CONTEXT" || log "served_pass failed (rc $?)"
+fi
 
 # The modes side by side on the same engine, in process and through Triton (a server of its own),
 # with the no-cache LLaDA reference; then the reference alone at 256 tokens, in process.
