@@ -10,8 +10,9 @@ weight-read floor.
 2. in process: the PyTorch engine as `dlm` serves it (`load_engine`: bf16 and CUDA graphs on a
    GPU) runs an AR request with a prompt of --context tokens for --tokens tokens, and the same
    request for one token; one AR pass = the difference / (tokens - 1): the prefill cancels out;
-3. through Triton: the same two requests, streamed over gRPC (an AR step is one response):
-   the same difference, and the median gap between responses;
+3. through Triton: the same two requests over gRPC, streamed (an AR step is one response:
+   every token also crosses postprocessing and the client) and with one response; the same
+   difference, and the median gap between streamed responses;
 4. the floor: the weights a pass reads (all but the embedding table) / memory bandwidth (the
    data sheet on a GPU, a measured copy on a CPU), each time against it.
 Medians of --repeats runs a side, the sides alternating. Prints markdown. Not a test.
@@ -56,8 +57,10 @@ def in_process(pipe: Pipeline, prompt: str, tokens: int, end_id: int) -> tuple[f
     return time.perf_counter() - t0, result.num_output_tokens
 
 
-def served(client, prompt: str, tokens: int, end_id: int, gaps: list[float]) -> tuple[float, int]:
-    """(seconds, tokens) of one AR request through Triton; the gaps between its streamed
+def served(
+    client, prompt: str, tokens: int, end_id: int, stream: bool, gaps: list[float]
+) -> tuple[float, int]:
+    """(seconds, tokens) of one AR request through Triton; streamed, the gaps between its
     responses go to `gaps`."""
     arrivals: list[float] = []
     t0 = time.perf_counter()
@@ -66,7 +69,7 @@ def served(client, prompt: str, tokens: int, end_id: int, gaps: list[float]) -> 
         tokens,
         lambda u: arrivals.append(time.perf_counter()),
         mode="ar",
-        stream=True,
+        stream=stream,
         end_id=end_id,
     )
     gaps += [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
@@ -138,25 +141,31 @@ def main(argv: list[str] | None = None) -> int:
         gaps: list[float] = []
         sides = {
             "in process": lambda n: in_process(pipe, prompt, n, end_id),
-            "through Triton": lambda n: served(client, prompt, n, end_id, gaps),
+            "through Triton, streamed": lambda n: served(client, prompt, n, end_id, True, gaps),
+            "through Triton, one response": lambda n: served(
+                client, prompt, n, end_id, False, gaps
+            ),
         }
         for run in sides.values():
             pass_seconds(run, 4)  # warm-up: kernels chosen, graphs captured, shapes seen
         gaps.clear()
         runs: dict[str, list[float]] = {side: [] for side in sides}
         for r in range(args.repeats):
-            for side in list(sides)[:: 1 if r % 2 == 0 else -1]:
+            for side in list(sides)[:: 1 if r % 2 == 0 else -1]:  # ABC CBA ...
                 runs[side].append(pass_seconds(sides[side], args.tokens))
         client.close()
     print("| side | AR pass ms (median) | runs | x floor |")
     print("|---|---|---|---|")
-    rows = {**runs, "through Triton, gap between responses": [statistics.median(gaps)]}
+    rows = {**runs, "through Triton, gap between streamed responses": [statistics.median(gaps)]}
     for side, xs in rows.items():
         ms = statistics.median(xs) * 1e3
         ratio = f"{ms / (floor * 1e3):.2f}" if floor else "n/a"
         print(f"| {side} | {ms:.2f} | {', '.join(f'{x * 1e3:.2f}' for x in xs)} | {ratio} |")
-    served_ms, process_ms = (statistics.median(runs[k]) for k in ("through Triton", "in process"))
-    print(f"\nthrough Triton / in process: {served_ms / process_ms:.2f}x the pass time")
+    process = statistics.median(runs["in process"])
+    for side in ("through Triton, streamed", "through Triton, one response"):
+        print(
+            f"\n{side} / in process: {statistics.median(runs[side]) / process:.2f}x the pass time"
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ def test_served_pass_times_both_sides_against_the_floor(tiny_checkpoint, capsys)
     assert served_pass.main([*args, "--context", "40", "--tokens", "6", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     rows = {c[1].strip(): c for c in (line.split("|") for line in out.splitlines()) if len(c) == 6}
-    for side in ("in process", "through Triton", "through Triton, gap between responses"):
+    sides = ("in process", "through Triton, streamed", "through Triton, one response")
+    for side in (*sides, "through Triton, gap between streamed responses"):
         assert float(rows[side][2]) > 0 and float(rows[side][4]) > 0, out
-    assert "floor" in out and "through Triton / in process:" in out
+    assert "floor" in out and "through Triton, one response / in process:" in out
