@@ -194,12 +194,15 @@ def section_generate(b: Bench) -> str:
                 f"{n / s_eager:,.1f} | {n / s_graph:,.1f} | {s_eager / s_graph:.2f} | "
                 f"{'yes' if same else 'NO'} |"
             )
-    shapes = len(engines["graphs"].graphs.graphs)
+    graphs = engines["graphs"].graphs
+    shapes = f"{len(graphs.graphs)} pass shapes captured"
+    if graphs.failed:
+        shapes = f"**capture failed, the graphs column ran eagerly**: {graphs.failed}"
     return "\n".join(rows) + (
         f"\n\nPrompts of {GEN_PROMPT} random tokens, max_tokens {GEN_TOKENS}, temperature 0; "
         "forward passes: the batch's steps (with the prefill). Random weights: the tokens are "
         "meaningless and so is self-speculation's acceptance (a random draft rarely agrees with "
-        f"its verifier); the time per pass is not. {shapes} pass shapes captured."
+        f"its verifier); the time per pass is not. {shapes}."
         + ("" if b.cuda else " Off CUDA the graphs column is the padded passes run eagerly.")
     )
 

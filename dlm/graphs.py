@@ -33,6 +33,7 @@ and `benchmarks/gpu_forward.py` (section "Real samplers: engine eager vs CUDA gr
 from __future__ import annotations
 
 import functools
+import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -41,6 +42,8 @@ import torch
 from dlm.kv import PaddedSlotPass, SlotCache
 from dlm.model import DiffusionLM
 from dlm.passes import run_pass
+
+log = logging.getLogger(__name__)
 
 ROWS = (1, 2, 4, 8, 16, 32)  # rows of a batch, padded up to one of these
 TOKENS = (1, 2, 4, 8, 16, 32, 64)  # tokens (and outputs) per row, the same
@@ -77,6 +80,7 @@ class PassGraphs:
         self.denoise_step = denoise_step
         self.graphs: OrderedDict[tuple, Graph] = OrderedDict()  # least recently used first
         self._storage = cache.k.data_ptr()
+        self.failed: str | None = None  # why a capture failed: then every pass runs eagerly
 
     def shape(self, feed: dict[str, np.ndarray]) -> tuple[int, int, int, int, bool] | None:
         """(rows, tokens, outputs, keys, sampling) of the graph that runs this packed batch;
@@ -95,19 +99,30 @@ class PassGraphs:
     def run(self, slots: list[int], feed: dict[str, np.ndarray]):
         """(token [B, K], confidence [B, K]) NumPy arrays of the batch, None if it runs eagerly.
         The cache must already hold room for the pass (`SlotCache.reserve`)."""
-        key = self.shape(feed)
+        key = None if self.failed else self.shape(feed)
         if key is None:
             return None
         if self.cache.k.data_ptr() != self._storage:  # the cache grew: graphs of the old one
             self.graphs.clear()
             self._storage = self.cache.k.data_ptr()
         graph = self.graphs.get(key)
-        if graph is None:
-            if len(self.graphs) >= MAX_GRAPHS:
-                self.graphs.popitem(last=False)  # no replay is running: each run syncs
-            graph = self.graphs[key] = Graph(self, *key)
-        self.graphs.move_to_end(key)
-        return graph.run(slots, feed)
+        if graph is not None:
+            self.graphs.move_to_end(key)
+            return graph.run(slots, feed)
+        try:
+            graph = Graph(self, *key)
+            out = graph.run(slots, feed)  # its first run captures it
+        except Exception as e:
+            if not self.capture:
+                raise
+            self.failed = f"{type(e).__name__}: {e}"
+            self.graphs.clear()
+            log.warning("CUDA graph capture failed (%s); the engine runs eagerly", self.failed)
+            return None
+        if len(self.graphs) >= MAX_GRAPHS:
+            self.graphs.popitem(last=False)  # no replay is running: each run syncs
+        self.graphs[key] = graph
+        return out
 
 
 class Graph:

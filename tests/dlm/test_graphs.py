@@ -159,6 +159,21 @@ def test_the_least_recently_replayed_graph_makes_room(monkeypatch, one_thread):
     assert shapes == [[four], [four, one], [one, four], [four, eight]]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where capture fails")
+def test_a_failed_capture_leaves_the_engine_running_eagerly(caplog, one_thread):
+    """Capturing on a machine without CUDA fails for real (no CUDA stream, no pinned memory):
+    the failure is logged, the pass runs eagerly, and so does every later one."""
+    model = confident()
+    engine = TorchEngine(model, graphs=True)
+    engine.graphs.capture = True  # as on a GPU
+    prompts = random_prompts(4, lo=2, hi=20, seed=3)
+    want = generate(TorchEngine(model, graphs=False), requests(prompts, "self_spec"))
+    with caplog.at_level("WARNING", logger="dlm.graphs"):
+        same(generate(engine, requests(prompts, "self_spec")), want)
+    assert engine.graphs.failed and not engine.graphs.graphs
+    assert sum("CUDA graph capture failed" in r.message for r in caplog.records) == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (none here)")
 @pytest.mark.parametrize("mode", ("ar", "diffusion", "self_spec"))
 def test_cuda_graphs_give_the_eager_tokens(mode):
@@ -168,4 +183,5 @@ def test_cuda_graphs_give_the_eager_tokens(mode):
         graphed = TorchEngine(model, "cuda", graphs=True)
         want = generate(TorchEngine(model, "cuda", graphs=False), requests(prompts, mode, **kw))
         same(generate(graphed, requests(prompts, mode, **kw)), want)
+        assert graphed.graphs.failed is None  # captured, not fallen back to eager
         assert all(g.graph is not None for g in graphed.graphs.graphs.values())
