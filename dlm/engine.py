@@ -269,6 +269,10 @@ class TorchEngine(CachedEngine):
             capture = self.device.type == "cuda"
             self.graphs = PassGraphs(self.model, self.kv, self.denoise_step, capture)
 
+    def hold(self, sequences: int, positions: int) -> None:
+        """Take the KV memory of `sequences` sequences of `positions` now (`SlotCache.hold`)."""
+        self.kv.hold(sequences, positions)
+
     @torch.inference_mode()
     def run_batch(self, passes, feed):
         slots = self.kv.slots_of([p.seq_id for p in passes])

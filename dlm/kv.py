@@ -97,6 +97,25 @@ class SlotCache:
             self.v = torch.cat([self.v, self._zeros(self.slots, more)], dim=3)
             self.capacity += more
 
+    def hold(self, slots: int, positions: int) -> None:
+        """Room for `slots` sequences of `positions` each (at most the model's context), taken
+        at once while the cache is empty: a server on a GPU takes its KV memory when it loads,
+        and what its CUDA graphs captured stays valid (`dlm.graphs`: a cache that grows has
+        new tensors)."""
+        if self.slot:
+            raise RuntimeError("SlotCache.hold: sequences hold slots already")
+        scratch = self.scratch is not None
+        slots = max(slots, self.slots - scratch)
+        self.capacity = max(self.capacity, min(self.cfg.max_position, positions))
+        self.k = self._zeros(slots + scratch, self.capacity)
+        self.v = self._zeros(slots + scratch, self.capacity)
+        self.free = list(range(slots))
+        self.scratch = slots if scratch else None
+
+    @property
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
     def release(self, seq_id: int) -> None:
         if seq_id in self.slot:
             self.free.append(self.slot.pop(seq_id))

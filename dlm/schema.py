@@ -32,6 +32,11 @@ class Limits:
     max_output_tokens: int = 512
     max_block_length: int = 128
 
+    @property
+    def longest(self) -> int:
+        """Most cached positions one request may reach: prompt, output and a block beyond."""
+        return self.max_prompt_tokens + self.max_output_tokens + self.max_block_length
+
 
 # Triton data type -> (config.pbtxt type, NumPy dtype name, Python type of one value)
 TYPES = {

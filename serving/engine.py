@@ -68,6 +68,7 @@ def load_engine(
     device: str = "cpu",
     pass_delay_s: float = 0.0,
     dtype: str = "auto",
+    kv_hold: tuple[int, int] | None = None,
 ) -> Engine:
     """The serving engine of a model folder.
 
@@ -78,7 +79,9 @@ def load_engine(
     where a PyTorch engine runs ("cpu", "cuda", "cuda:1"; the build's ONNX Runtime and TensorRT
     engines pick their own). dtype: the PyTorch engine's (`dlm.engines.DTYPES`; a build has its
     own precision). pass_delay_s > 0: fault injection for tests, every step held that
-    long (`dlm.engine.HeldEngine`, logged).
+    long (`dlm.engine.HeldEngine`, logged). kv_hold: (sequences, positions) whose KV memory a
+    PyTorch engine on a GPU takes at load (`TorchEngine.hold`: the server's most passes per step
+    and its longest request); on the CPU its cache grows as sequences come (host memory).
     """
     build = served_build(model_dir, engine_dir, backend)
     engine = engines.load_engine(model_dir, build, device=device, threads=threads, dtype=dtype)
@@ -86,6 +89,10 @@ def load_engine(
         name = engines.torch_dtype(dtype, device)
         kind = type(engine).__name__
         say(f"engine: {kind} on {device} for {model_dir}, {name}{cpu_threads(device)}")
+        if kv_hold is not None and device != "cpu" and hasattr(engine, "hold"):
+            engine.hold(*kv_hold)
+            held, gb = f"{kv_hold[0]} sequences x {engine.kv.capacity}", engine.kv.nbytes / 1e9
+            say(f"engine: KV cache for {held} positions, {gb:.2f} GB")
     else:
         say(f"engine: {type(engine).__name__} from {build} (model {model_dir})")
     # mode=auto's cost model: the build's cached one if measured on this machine, else now

@@ -157,3 +157,29 @@ def test_past_as_inputs_reuses_its_storage_and_pads_with_zeros():
     assert not k[:, 1, :, 3:].any() and not v[:, 1, :, 3:].any()
     fresh = store.gather([0], [0])  # a sequence with nothing cached yet: zeros
     assert fresh[0].shape[3] == 0
+
+
+def test_a_held_cache_takes_its_memory_once_and_never_grows(one_thread, monkeypatch):
+    """`SlotCache.hold` (a server on a GPU, at load): room for its sequences at their longest,
+    taken at once; the passes then never grow it, and give the same tokens."""
+    monkeypatch.setattr(kv_mod, "FIRST_CAPACITY", 16)
+    model = confident()
+    engine = TorchEngine(model, graphs=True)
+    engine.hold(12, 128)
+    storage, slots, capacity = engine.kv.k.data_ptr(), engine.kv.slots, engine.kv.capacity
+    assert slots == 12 + 1  # and the scratch slot
+    assert capacity == 128
+    prompts = random_prompts(12, lo=3, hi=40, seed=12)
+    for mode in ("ar", "self_spec"):
+        want = generate(TorchEngine(model), requests(prompts, mode))
+        same(generate(engine, requests(prompts, mode)), want)
+    assert (engine.kv.k.data_ptr(), engine.kv.slots, engine.kv.capacity) == (
+        storage,
+        slots,
+        capacity,
+    )
+    engine.hold(2, 10 * model.cfg.max_position)  # longer than the context: the context
+    assert engine.kv.capacity == model.cfg.max_position and engine.kv.slots == 13
+    engine.kv.slots_of([0])
+    with pytest.raises(RuntimeError, match="sequences hold slots already"):
+        engine.hold(20, 128)

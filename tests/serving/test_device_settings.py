@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import perf_analyzer as pa
 from dlm.engine import HeldEngine, PassRequest, TorchEngine
+from dlm.kv import FIRST_SLOTS
 from model_repository import serve
 from serving import engine as serving_engine
 
@@ -54,13 +55,18 @@ def test_perf_analyzer_from_the_environment(tmp_path, monkeypatch):
 def test_engine_device(tiny_checkpoint, device):
     said = []
     engine = serving_engine.load_engine(
-        tiny_checkpoint, None, "torch", device=device, say=said.append
+        tiny_checkpoint, None, "torch", device=device, say=said.append, kv_hold=(20, 300)
     )
     assert isinstance(engine, TorchEngine) and f"TorchEngine on {device}" in said[0]
     assert {p.device.type for p in engine.model.parameters()} == {device}
     want = torch.float32 if device == "cpu" else torch.bfloat16  # dtype auto
     assert {p.dtype for p in engine.model.parameters()} == {want}
     assert engine.kv.k.device.type == device  # the KV slots too
+    if device == "cpu":  # host memory: the cache grows as sequences come
+        assert FIRST_SLOTS <= engine.kv.slots < 20 and not any("KV cache for" in x for x in said)
+    else:  # taken at load (and a scratch slot for the CUDA graphs' padding)
+        assert engine.kv.slots == 20 + 1 and engine.kv.capacity >= 300
+        assert any("KV cache for 20 sequences" in x for x in said)
 
 
 def test_pass_delay_holds_every_step(tiny_checkpoint, monkeypatch):

@@ -57,6 +57,7 @@ class TritonPythonModel:
         device = params["DEVICE"]
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
+        limits, max_batch = served_limits(params), int(params["MAX_PASSES_PER_STEP"])
         engine = MeteredEngine(
             load_engine(
                 params["MODEL_DIR"],
@@ -67,13 +68,14 @@ class TritonPythonModel:
                 device=device,
                 pass_delay_s=int(params["PASS_DELAY_MS"]) / 1000,
                 dtype=params["DTYPE"],
+                kv_hold=(max_batch, limits.longest),
             )
         )
         self.inbox = Inbox()
         self.orchestrator = orch.Orchestrator(
             engine,
-            served_limits(params),
-            max_batch=int(params["MAX_PASSES_PER_STEP"]),
+            limits,
+            max_batch=max_batch,
             metrics=ServingMetrics(pb_utils, engine),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
             cancel_check_s=int(params["CANCEL_CHECK_MS"]) / 1000,
