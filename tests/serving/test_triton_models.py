@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dlm.pipeline import Pipeline
+from dlm.schema import Limits
 from model_repository.processes import poll_until
 from tests.serving import fake_pb_utils as pb
 from tests.serving.test_preprocessing import inputs
@@ -34,7 +35,13 @@ def load_model(name: str, params: dict):
 def models(tiny_checkpoint):
     saved = sys.modules.get("triton_python_backend_utils")
     sys.modules["triton_python_backend_utils"] = pb
-    common = {"MODEL_DIR": tiny_checkpoint, "REPO_ROOT": ROOT}
+    limits = Limits()  # what fill writes by default
+    common = {
+        "MODEL_DIR": tiny_checkpoint,
+        "REPO_ROOT": ROOT,
+        "MAX_PROMPT_TOKENS": limits.max_prompt_tokens,
+        "MAX_OUTPUT_TOKENS": limits.max_output_tokens,
+    }
     engine = {"ENGINE_DIR": "/nonexistent", "BACKEND": "torch"}  # the checkpoint's PyTorch engine
     loaded = {
         "preprocessing": load_model(
