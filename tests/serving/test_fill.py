@@ -93,6 +93,8 @@ def test_diffusion_cache_reaches_the_orchestrator(tiny_checkpoint, tmp_path):
         (["--device", "gpu"], "DEVICE='gpu': must be cpu, cuda or cuda:N"),
         (["--diffusion-cache", "kv"], "DIFFUSION_CACHE='kv': must be one of full, prefix, none"),
         (["--dtype", "int8"], "DTYPE='int8': must be one of auto, fp32, bf16, fp16"),
+        (["--max-prompt-tokens", "0"], "MAX_PROMPT_TOKENS='0': must be a positive integer"),
+        (["--max-output-tokens", "-5"], "MAX_OUTPUT_TOKENS='-5': must be a positive integer"),
     ],
 )
 def test_bad_settings(tiny_checkpoint, tmp_path, capsys, args, message):
