@@ -45,7 +45,7 @@ from dlm.passes import run_pass
 
 log = logging.getLogger(__name__)
 
-ROWS = (1, 2, 4, 8, 16, 32)  # rows of a batch, padded up to one of these
+ROWS = (1, 2, 4, 8, 16, 32, 64)  # rows of a batch, padded up to one of these
 TOKENS = (1, 2, 4, 8, 16, 32, 64)  # tokens (and outputs) per row, the same
 MIN_KEYS = 64  # keys are padded to a power of two, at least this
 MAX_GRAPHS = 64  # shapes kept at most; the least recently replayed goes for a new one
