@@ -40,7 +40,7 @@ if [[ $WHAT == checks || $WHAT == all ]]; then
     log "pytest absent here: skipped (gpu_forward's sampler section compares the tokens too)"
   fi
   log "8B-shaped forward benchmark"
-  timeout 180 $PY -m benchmarks.gpu_forward --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
+  timeout 180 $PY -m benchmarks.gpu_forward --budget-s 150 --out "$OUT/gpu_forward.md" 2>&1 | tail -n 80
   log "KV cache in place vs past as inputs (8B preset, random bf16 weights, 2,048 cached)"
   timeout 150 $PY -m benchmarks.kv_layout --preset ${KV_PRESET:-nemotron-labs-diffusion-8b} \
     --device ${DEVICE:-cuda} --context 2048 --rows 1 8 --tokens 1 32 2>&1 | tee "$OUT/kv_layout.md"
