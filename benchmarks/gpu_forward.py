@@ -63,6 +63,7 @@ DIFFUSION_STEPS = (32, 16, 8, 4)
 ACCEPTED = (1, 4, 8, 16)  # self-speculation: tokens committed per draft + verify round
 GEN_PROMPT, GEN_TOKENS, GEN_STEPS = 64, 32, 8
 GEN_BATCHES = (1, 8)  # requests per generate() call in the samplers' section
+GEN_ENGINES = (("eager", False), ("graphs", True))  # its engines: TorchEngine(graphs=)
 SMOKE = "CPU smoke run, not a GPU figure"
 GPU_PRESET, CPU_PRESET = "nemotron-labs-diffusion-8b", "tiny"
 
@@ -148,8 +149,7 @@ def section_generate(b: Bench) -> str:
     graphs (`dlm.graphs`; off CUDA the same padded passes run eagerly), warm-up run first (it
     captures the shapes), timed end to end; the graphs must give the eager tokens."""
     model = b.need_model()
-    engines = {"eager": TorchEngine(model, b.device, graphs=False)}
-    engines["graphs"] = TorchEngine(model, b.device, graphs=True)
+    engines = {name: TorchEngine(model, b.device, graphs=on) for name, on in GEN_ENGINES}
     rng = np.random.default_rng(0)
     prompts = rng.integers(4, b.cfg.vocab_size, (max(GEN_BATCHES), GEN_PROMPT))
     prompts[prompts == b.cfg.mask_token_id] += 1
