@@ -174,6 +174,8 @@ def machine(engine: Engine) -> str:
         inner = inner.engine
     parts = [type(inner).__name__, str(getattr(inner, "device", "cpu"))]
     parts += [f"threads={getattr(inner, 'threads', None)}", cpu, f"{os.cpu_count()} CPUs"]
+    if hasattr(inner, "spin_rows"):  # ONNX Runtime: small steps on a spinning pool or not
+        parts.append(f"spin_rows={inner.spin_rows}")
     if hasattr(inner, "graphs"):  # the PyTorch engine: its passes replayed as CUDA graphs or not
         parts.append(f"graphs={'off' if inner.graphs is None else 'on'}")
     gpu = getattr(inner, "gpu_name", None)

@@ -8,9 +8,18 @@ positions of the default model, when other processes share the two cores), and a
 `write` appends its new keys/values (`dlm.engine.CachedEngine.step`). Only token ids and
 confidences leave the engine. `release(seq_id)` frees a sequence's cache.
 
-Threads: ONNX Runtime's pools never spin while idle (`allow_spinning=0`): spinning threads would
-steal the cores from the server's other models. `threads` sets the intra-op pool (0 = ONNX
-Runtime's default, one per core); the graph runs sequentially, so the inter-op pool stays at 1.
+Threads: `threads` sets the intra-op pool (0 = ONNX Runtime's default, one per core); the graph
+runs sequentially, so the inter-op pool stays at 1. A pool that may not spin puts its threads to
+sleep as soon as an operator is done, and each of the graph's ~500 operators wakes them again:
+on the 2-core VM that is a third of a small pass. A pool that spins within a run takes the cores
+from the server's other processes while it waits, which costs more than it saves once many
+requests are in flight (their responses need those cores: 0.87-0.93x served at 16 requests,
+1.02-1.14x at one; benchmarks/results/ort_spinning_cpu). So the engine holds two sessions of the
+graph: steps of at most `spin_rows` rows (a lone request, or two) run on one whose pool spins
+between operators and stops when the run returns (`session.force_spinning_stop`: an idle engine
+takes no CPU), larger ones on one that never spins. The price is the weights held twice (the
+default model: about 48 MB more); `spin_rows=0` holds one session, and a pool of one thread has
+no worker to spin, so it holds one too.
 IO binding was measured (export/bench.py) and did not help on CPU, so plain `run()` is used.
 """
 
@@ -25,16 +34,21 @@ import onnx
 from dlm.config import ModelConfig
 from dlm.engine import CachedEngine, KVStore
 
+SPIN_ROWS = 2  # steps of at most this many rows run on the spinning session (module doc)
 
-def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0):
-    """An ONNX Runtime CPU session whose idle threads do not spin; all graph optimisations."""
+
+def ort_session(model: onnx.ModelProto | str | os.PathLike, threads: int = 0, spin: bool = False):
+    """An ONNX Runtime CPU session with all graph optimisations whose intra-op threads never
+    spin, or, with `spin`, spin between the operators of a run and stop when it returns."""
     import onnxruntime as ort
 
     if threads < 0:
         raise ValueError(f"threads={threads}: must be >= 0 (0 = one per core)")
     opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if spin:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -70,19 +84,33 @@ def check_session_io(session, cfg: ModelConfig) -> None:
 class OrtEngine(CachedEngine):
     """The denoiser on ONNX Runtime (CPU) with a per-sequence KV cache."""
 
-    def __init__(self, onnx_path: str | os.PathLike, config: ModelConfig, threads: int = 0):
+    def __init__(
+        self,
+        onnx_path: str | os.PathLike,
+        config: ModelConfig,
+        threads: int = 0,
+        spin_rows: int = SPIN_ROWS,
+    ):
         path = Path(onnx_path)
         if not path.exists():
             raise FileNotFoundError(f"onnx_path={str(path)!r}: no such file (run `make engine`)")
-        self.config, self.threads = config, threads
+        if spin_rows < 0:
+            raise ValueError(f"spin_rows={spin_rows}: must be >= 0 (0 = never spin)")
+        if (threads or os.cpu_count() or 1) == 1:
+            spin_rows = 0  # no worker thread to spin
+        self.config, self.threads, self.spin_rows = config, threads, spin_rows
         self.session = ort_session(path, threads)
         check_session_io(self.session, config)
+        self.spinning = ort_session(path, threads, spin=True) if spin_rows else None
         self.kv = KVStore(config, lambda shape: np.zeros(shape, np.float32))
         self._outputs = [o.name for o in self.session.get_outputs()]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One raw graph run: INPUTS -> OUTPUTS (see export/onnx_export.py)."""
-        return dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))
+        """One raw graph run: INPUTS -> OUTPUTS (see export/onnx_export.py), on the spinning
+        session when the batch has at most `spin_rows` rows."""
+        rows = len(feed["input_ids"])
+        session = self.spinning if rows <= self.spin_rows else self.session
+        return dict(zip(self._outputs, session.run(self._outputs, feed), strict=True))
 
     def forward(self, feed, past_k, past_v):
         out = self.run({**feed, "past_k": past_k, "past_v": past_v})

@@ -73,3 +73,41 @@ def test_config_mismatch_fails_fast(nld_build):
         OrtEngine(nld_build.out / "denoiser.onnx", other)
     with pytest.raises(FileNotFoundError, match="make engine"):
         OrtEngine(nld_build.out / "missing.onnx", other)
+
+
+def test_small_steps_run_on_the_spinning_session_with_the_same_tokens(nld_build):
+    """Steps of at most spin_rows rows take the session whose pool spins; the tokens and
+    confidences are those of the session that never spins, at every batch size."""
+    cfg = nld_build.model.cfg
+    path = nld_build.out / "denoiser.onnx"
+    spinning, plain = (OrtEngine(path, cfg, threads=2, spin_rows=n) for n in (2, 0))
+    assert plain.spinning is None
+    option = "session.intra_op.allow_spinning"
+    assert spinning.spinning.get_session_options().get_session_config_entry(option) == "1"
+    assert spinning.session.get_session_options().get_session_config_entry(option) == "0"
+    used = []
+    for name in ("session", "spinning"):
+        session = getattr(spinning, name)
+        run = session.run
+        session.run = lambda *a, name=name, run=run: used.append(name) or run(*a)
+    prompts = random_prompts(4, vocab=cfg.vocab_size, lo=3, hi=30, seed=9)
+    for rows in (1, 2, 4):
+        ids = range(10 * rows, 10 * rows + rows)
+        prefill = [PassRequest(s, 0, p, 0, True, 1) for s, p in zip(ids, prompts, strict=False)]
+        block = [
+            PassRequest(s, len(p), [3] * 6, 6, False, 6) for s, p in zip(ids, prompts, strict=False)
+        ]
+        for passes in (prefill, block):
+            a, b = spinning.step(passes), plain.step(passes)
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x.tokens, y.tokens)
+                np.testing.assert_array_equal(x.confidence, y.confidence)
+    assert used == ["spinning"] * 4 + ["session"] * 2
+
+
+def test_spin_rows_is_checked_and_one_thread_holds_one_session(nld_build):
+    cfg, path = nld_build.model.cfg, nld_build.out / "denoiser.onnx"
+    with pytest.raises(ValueError, match="spin_rows=-1"):
+        OrtEngine(path, cfg, spin_rows=-1)
+    single = OrtEngine(path, cfg, threads=1, spin_rows=2)
+    assert single.spin_rows == 0 and single.spinning is None
