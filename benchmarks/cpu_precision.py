@@ -7,8 +7,9 @@ one run.
 1. one pass over 128 cached positions at 1, 8, 32 and 64 tokens (median of --iters, the engines
    alternating), against the time it takes to read the graph's weights once at the memory
    bandwidth measured here (a large copy): the floor of a pass; ratios against ORT fp32;
-2. tokens/s per mode on held-out prompts (64 tokens, greedy, batch 1, alternating), with tokens
-   per forward and whether self_spec still equals ar.
+2. tokens/s per mode on held-out prompts (64 tokens, greedy, batch 1, alternating), each mode at
+   the block the fp32 build serves it with (`dlm.engines.served_defaults`), with tokens per
+   forward and whether self_spec still equals ar.
 Both builds must exist: `make bench-cpu-precision` makes them (`make engine`, and `make engine
 PRECISION=int8` into its own folder). A benchmark, not a test: nothing is asserted.
 """
@@ -118,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tok = TextTokenizer(args.model)
     prompts = [tok.encode(x.prompt) for x in held_out_prompts(args.prompts)]
-    print(f"\n## tokens/s per mode ({args.prompts} held-out prompts, 64 tokens, batch 1)")
+    blocks = engines.served_defaults(args.model, fp32).get("block_lengths", {})
+    print(f"\n## tokens/s per mode ({args.prompts} held-out prompts, 64 tokens, batch 1, ", end="")
+    print(f"served blocks {blocks or 'the trained block'})")
     print("| mode | " + " | ".join(f"{k} tok/s (x {base})" for k in eng), end="")
     print(" | tokens per forward |")
     print("|---|" + "---|" * len(eng) + "---|")
@@ -128,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         for k in eng:
             t0, runs = time.perf_counter(), []
             for x in prompts:
-                runs += generate(eng[k], [GenerationRequest(list(x), mode=mode, max_tokens=64)])
+                block = {"block_length": blocks[mode]} if mode in blocks else {}
+                request = GenerationRequest(list(x), mode=mode, max_tokens=64, **block)
+                runs += generate(eng[k], [request])
             seconds = time.perf_counter() - t0
             n, f = sum(r.num_output_tokens for r in runs), sum(r.num_forward_passes for r in runs)
             stats[k] = (n / seconds, n / f)
