@@ -9,8 +9,9 @@ its drafts have a length D that varies from round to round, taken as geometric: 
 with P(D >= 1) = f, a draft goes on from one token to the next with probability g; and the
 verifier accepts each draft token after the ones before it with probability a. A round of size
 s then commits 1 + sum over k < s of f g^(k-1) a^k tokens per row and carries
-1 + E[min(s - 1, D)] + s + s f tokens, and auto picks the s, up to the request's
-`block_length`, that maximises committed tokens per second:
+1 + E[min(s - 1, D)] + s tokens, plus the fork's s f where it pays (`self_spec.round_rate`), and
+auto picks the s, up to the request's `block_length`, that maximises committed tokens per
+second:
 
     committed(s) / pass_seconds(rows in the batch, tokens of the round)
 
@@ -30,7 +31,7 @@ import math
 from collections.abc import Callable
 
 from dlm.cost import CostModel
-from dlm.sampling.self_spec import self_spec
+from dlm.sampling.self_spec import ForkRule, always_fork, round_rate, self_spec
 from dlm.sampling.sequence import Sequence
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
@@ -104,16 +105,21 @@ class Drafting:
         return 1 + _geometric(self.first * a, self.go_on * a, size - 1)
 
     def tokens(self, size: int) -> float:
-        """Tokens of one row of a round: the pending token, the draft, the lookahead masks and
-        the fork's when there is a draft (1: a plain AR step)."""
+        """Tokens of one row of a round without the fork: the pending token, the draft and the
+        lookahead masks (1: a plain AR step)."""
         if size == 1:
             return 1
-        return 1 + self.drafted(size) + size * (1 + self.first)
+        return 1 + self.drafted(size) + size
+
+    def branch(self, size: int) -> float:
+        """The fork's tokens a round of `size` carries if it forks: s when there is a draft."""
+        return size * self.first if size > 1 else 0.0
 
 
 def rate(cost: CostModel, rows: int, d: Drafting, size: int) -> float:
-    """Tokens a row commits per second in rounds of `size` at `rows` rows."""
-    return d.committed(size) / cost.pass_seconds(rows, d.tokens(size))
+    """Tokens a row commits per second in rounds of `size` at `rows` rows, forked where that
+    pays."""
+    return round_rate(cost, rows, d.tokens(size), d.branch(size), d.committed(size))[0]
 
 
 def _geometric(first: float, ratio: float, n: int) -> float:
@@ -177,8 +183,8 @@ class Planner:
         return 1 if size > 1 else best_size(self.cost, rows, self.drafting, SIZES[-1], 2)
 
 
-def auto(seq: Sequence, planner: Planner):
-    """The policy generator."""
+def auto(seq: Sequence, planner: Planner, fork: ForkRule = always_fork):
+    """The policy generator; `fork` as for self_spec (the scheduler's rule)."""
 
     def size_rule(seq: Sequence, ready: list[int], limit: int) -> int:
         if len(seq.blocks) > 1:  # the round just finished (blocks[0] is the prefill's token)
@@ -186,4 +192,4 @@ def auto(seq: Sequence, planner: Planner):
             planner.drafting.observe(b.size, b.draft, b.tokens - 1, b.next_draft)
         return planner.size(limit)
 
-    return self_spec(seq, size_rule=size_rule)
+    return self_spec(seq, fork=fork, size_rule=size_rule)

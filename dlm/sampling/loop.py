@@ -17,7 +17,7 @@ from dlm.sampling.auto import Planner, auto
 from dlm.sampling.canvas import canvas
 from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
-from dlm.sampling.self_spec import self_spec
+from dlm.sampling.self_spec import round_rate, self_spec
 from dlm.sampling.sequence import BlockStats, Sequence
 
 Policy = Callable[[Sequence], Generator[PassRequest, PassResult, None]]
@@ -55,7 +55,7 @@ class Scheduler:
         max_batch: int = 64,
     ) -> None:
         self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
-        self.policies = dict(POLICIES)
+        self.policies = dict(POLICIES, self_spec=functools.partial(self_spec, fork=self._fork))
         if check_cache(cache) != "full":  # the reference samplers: see dlm.sampling.diffusion
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.policies.update(FAMILY_POLICIES.get(engine.config.family, {}))
@@ -83,8 +83,17 @@ class Scheduler:
                 rows=lambda: min(len(self.pending), self.max_batch),
                 step=lambda: self.steps,
             )
-            self.policies["auto"] = functools.partial(auto, planner=planner)
+            self.policies["auto"] = functools.partial(auto, planner=planner, fork=self._fork)
         return self.policies[mode]
+
+    def _fork(self, tokens: int, branch: int, draft: int) -> bool:
+        """Whether a self-speculation round forks, by the cost model at the batch in flight
+        were its whole draft accepted (`self_spec.round_rate`); every round does where there is
+        no cost model."""
+        if self.cost is None:
+            return True
+        rows = min(len(self.pending), self.max_batch)
+        return round_rate(self.cost, rows, tokens, branch, 1 + draft)[1]
 
     def cancel(self, seq: Sequence) -> None:
         """Drop a request between passes and free its cache."""

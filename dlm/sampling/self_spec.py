@@ -14,24 +14,56 @@ Every pass after the prefill carries [pending token, draft, block of masks]:
 - a second block of masks forks off the pending token (`PassRequest.fork`: same forward, its
   own path, seeing only the cache, the pending token and itself). It drafts for the case where
   the draft is rejected: its predictions must agree with the accepted tokens and the bonus, and
-  the ones after the bonus become the next draft (cut the same way).
+  the ones after the bonus become the next draft (cut the same way). Whether a round forks is the
+scheduler's choice (`fork`: a `ForkRule`); it changes the speed, never the tokens.
 
 A round therefore costs one pass and yields the accepted drafts plus one token. Cutting drafts at
 low confidence keeps the next lookahead usable more often: on the default model (16 held-out
 prompts, 64 tokens) tokens per forward were 2.63 uncut, 2.69 at 0.2, 2.65 at 0.4, 2.50 at 0.6,
 1.98 at 0.9, against 2.50 for a separate draft pass after every rejection; the fork raised 2.69
-to 2.84 there (`fork=False` turns it off). Rows of a batch accept different lengths; each keeps
-its own cache length, so batches need no padding.
+to 2.84 there, and 2.51 -> 2.62, 2.65 -> 2.76, 2.73 -> 2.93 at blocks 4, 6, 8 (12 prompts). Its
+tokens cost what any tokens of the pass cost: nothing much on a GPU at a small batch, 0.15-0.2 ms
+each in a round of 4-12 tokens on the 2-core CPU, where block-4 rounds without the fork ran 1.3x
+the tokens/s of rounds with it (in process, 12 prompts, the same tokens). So a round forks when
+the engine's cost model says it commits more tokens per second that way (`round_rate`, with the
+round's draft as what it commits at best); with no cost model at hand every round forks
+(`always_fork`). Rows of a batch accept different lengths;
+each keeps its own cache length, so batches need no padding.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
 
+from dlm.cost import CostModel
 from dlm.engine import PassRequest, PassResult
 from dlm.sampling.sequence import BlockStats, Sequence
 
 DRAFT_THRESHOLD = 0.2  # measured best of 0.0-0.9 on the default model (see above)
+# What the fork adds to the draft tokens a round gets accepted: 7-12% on the default model (see
+# above: 1.51 -> 1.62, 1.65 -> 1.76, 1.73 -> 1.93 accepted a round at blocks 4, 6, 8).
+FORK_GAIN = 0.08
+
+# Whether a round of `tokens` tokens (pending, draft, lookahead) with a draft of `draft` tokens
+# also carries the fork's `branch` tokens.
+ForkRule = Callable[[int, int, int], bool]
+
+
+def always_fork(tokens: int, branch: int, draft: int) -> bool:
+    return True
+
+
+def round_rate(
+    cost: CostModel, rows: int, tokens: float, branch: float, committed: float
+) -> tuple[float, bool]:
+    """(tokens committed per second, fork) of a round of `tokens` tokens a row at `rows` rows that
+    is expected to commit `committed` tokens a row without the fork: with the fork's `branch`
+    tokens more when that is the quicker, its accepted drafts FORK_GAIN more."""
+    plain = committed / cost.pass_seconds(rows, tokens)
+    if branch <= 0:
+        return plain, False
+    forked = (1 + (committed - 1) * (1 + FORK_GAIN)) / cost.pass_seconds(rows, tokens + branch)
+    return (forked, True) if forked >= plain else (plain, False)
 
 
 def confident_prefix(tokens, confidence, threshold: float) -> list[int]:
@@ -56,7 +88,7 @@ def fixed_size(seq: Sequence, ready: list[int], limit: int) -> int:
 def self_spec(
     seq: Sequence,
     draft_threshold: float = DRAFT_THRESHOLD,
-    fork: bool = True,
+    fork: ForkRule = always_fork,
     size_rule: SizeRule = fixed_size,
 ) -> Generator[PassRequest, PassResult, None]:
     r, mask = seq.request, seq.cfg.mask_token_id
@@ -70,8 +102,10 @@ def self_spec(
         size = size_rule(seq, ready, min(r.block_length, seq.remaining + 1))
         draft = ready[: size - 1]
         lookahead = size if size > 1 else 0
-        branch = lookahead if fork and draft else 0  # an empty draft cannot be rejected
-        tokens = [pending] + draft + [mask] * (lookahead + branch)
+        tokens = [pending] + draft + [mask] * lookahead
+        # an empty draft cannot be rejected: nothing to fork for
+        branch = lookahead if draft and fork(len(tokens), lookahead, len(draft)) else 0
+        tokens += [mask] * branch
         seq.block_view = draft + [mask] * (size - 1 - len(draft))  # proposed, then unknown
         out = yield seq.make_pass(
             cached, tokens, tail=lookahead, write=True, n_out=len(tokens), fork=branch, known=draft

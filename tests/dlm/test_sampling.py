@@ -1,15 +1,14 @@
 """The three modes on tiny random models: exactness, batching, schedules, stopping."""
 
-import functools
-
 import numpy as np
 import pytest
 
+from dlm.cost import CostModel
 from dlm.engine import PassResult, TorchEngine
-from dlm.sampling import POLICIES, GenerationRequest, RequestError, generate
+from dlm.sampling import GenerationRequest, RequestError, generate
 from dlm.sampling.loop import Scheduler
 from dlm.sampling.select import by_count, by_factor, by_threshold, schedule
-from dlm.sampling.self_spec import confident_prefix, self_spec
+from dlm.sampling.self_spec import confident_prefix
 from tests.conftest import random_prompts, tiny_model
 
 END = 63  # a token id the tests use as end_id, so random models rarely stop early
@@ -74,10 +73,18 @@ class CountingEngine:
         pass
 
 
+# pass times where the fork's tokens cost nothing (a GPU at a small batch), and where each
+# token costs as much as the pass's fixed part (a CPU: the fork takes more than it brings)
+FREE = CostModel([1, 8], [1, 96], [[0.01, 0.01], [0.01, 0.01]], "flat")
+DEAR = CostModel([1, 8], [1, 96], [[0.01, 0.96], [0.08, 7.68]], "dear")
+
+
 @pytest.mark.parametrize("fork", [False, True])
-def test_self_spec_fork_drafts_after_a_rejection(monkeypatch, fork):
+def test_self_spec_forks_where_the_cost_model_says_it_pays(monkeypatch, fork):
+    """Whether a round forks follows the engine's pass times; what it commits does not."""
+    monkeypatch.setattr(CostModel, "observe", lambda *a: None)  # the tables as given
     e = CountingEngine(tiny_model().cfg)
-    monkeypatch.setitem(POLICIES, "self_spec", functools.partial(self_spec, fork=fork))
+    e.cost_model = FREE if fork else DEAR
     (r,) = generate(e, reqs([[10]], mode="self_spec", max_tokens=30, block_length=8))
     assert r.token_ids == list(range(11, 41))  # what AR would say
     rounds = e.passes[1:]
