@@ -210,16 +210,24 @@ def measure(engine: Engine, rows=ROWS, tokens=TOKENS, context=CONTEXT, repeats=R
     return CostModel(list(rows), list(tokens), grid, machine(engine), context)
 
 
+def cached(engine: Engine, folder: str | Path) -> CostModel | None:
+    """`folder`'s cached cost model if it was measured for `engine` on this machine, else None."""
+    path = Path(folder) / FILE
+    if not path.exists():
+        return None
+    found = CostModel(**json.loads(path.read_text()))
+    grid = (found.rows, found.tokens, found.context) == (list(ROWS), list(TOKENS), CONTEXT)
+    return found if found.machine == machine(engine) and grid else None
+
+
 def load_or_measure(engine: Engine, folder: str | Path | None = None, say=None) -> CostModel:
     """The engine's cost model: `folder`'s cached one if measured on this machine, else measured
     now (and cached there when the folder is writable)."""
+    found = cached(engine, folder) if folder is not None else None
+    if found is not None:
+        return found
     path = Path(folder) / FILE if folder is not None else None
     here = machine(engine)
-    if path is not None and path.exists():
-        cached = CostModel(**json.loads(path.read_text()))
-        grid = (cached.rows, cached.tokens, cached.context) == (list(ROWS), list(TOKENS), CONTEXT)
-        if cached.machine == here and grid:
-            return cached
     t0 = time.perf_counter()
     model = measure(engine)
     if say is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlm import cost
 from dlm.engine import Engine
 from dlm.engines import load_engine, served_defaults
 from dlm.sampling import GenerationRequest, GenerationResult, Limits, generate
@@ -36,10 +37,13 @@ class Pipeline:
         dtype: str = "auto",
     ) -> Pipeline:
         """The model folder's tokenizer and defaults, and its engine (`dlm.engines.load_engine`):
-        the build in `engine_dir` (`python -m export`: what `make serve` serves), else PyTorch
-        (in `dtype`)."""
+        the build in `engine_dir` (`python -m export`: what `make serve` serves; with the pass
+        times `make engine` measured on this machine, as served), else PyTorch (in `dtype`)."""
+        engine = load_engine(folder, engine_dir, device=device, dtype=dtype)
+        if engine_dir is not None:
+            engine.cost_model = cost.cached(engine, engine_dir)
         return cls(
-            load_engine(folder, engine_dir, device=device, dtype=dtype),
+            engine,
             TextTokenizer(folder),
             served_defaults(folder, engine_dir),
             limits or Limits(),
