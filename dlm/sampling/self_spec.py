@@ -14,8 +14,8 @@ Every pass after the prefill carries [pending token, draft, block of masks]:
 - a second block of masks forks off the pending token (`PassRequest.fork`: same forward, its
   own path, seeing only the cache, the pending token and itself). It drafts for the case where
   the draft is rejected: its predictions must agree with the accepted tokens and the bonus, and
-  the ones after the bonus become the next draft (cut the same way). Whether a round forks is the
-scheduler's choice (`fork`: a `ForkRule`); it changes the speed, never the tokens.
+  the ones after the bonus become the next draft (cut the same way). Whether a round forks is
+  the scheduler's choice (`fork`: a `ForkRule`); it changes the speed, never the tokens.
 
 A round therefore costs one pass and yields the accepted drafts plus one token. Cutting drafts at
 low confidence keeps the next lookahead usable more often: on the default model (16 held-out
@@ -27,8 +27,8 @@ each in a round of 4-12 tokens on the 2-core CPU, where block-4 rounds without t
 the tokens/s of rounds with it (in process, 12 prompts, the same tokens). So a round forks when
 the engine's cost model says it commits more tokens per second that way (`round_rate`, with the
 round's draft as what it commits at best); with no cost model at hand every round forks
-(`always_fork`). Rows of a batch accept different lengths;
-each keeps its own cache length, so batches need no padding.
+(`always_fork`). Rows of a batch accept different lengths; each keeps its own cache length, so
+batches need no padding.
 """
 
 from __future__ import annotations
