@@ -129,7 +129,7 @@ def load_engine(
             f"differs from {model_dir} in {diff}; rebuild with `make engine`"
         )
     loader = _loader(build_dir, manifest)
-    return loader(
+    engine = loader(
         build_dir,
         manifest,
         model_dir=model_dir,
@@ -138,6 +138,10 @@ def load_engine(
         threads=threads,
         dtype=dtype,
     )
+    fork = manifest.get("defaults", {}).get("self_spec_fork")
+    if fork is not None:  # whether self_spec's rounds fork here (dlm.sampling.blocks)
+        engine.self_spec_fork = fork
+    return engine
 
 
 def _loader(build_dir: Path, manifest: dict):

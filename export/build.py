@@ -285,10 +285,15 @@ def build(
     log(f"[cost] pass times (ms) on {model.machine}, {model.context} cached positions:")
     log(model.table())
     # the block a self_spec / diffusion request gets when it names none, from those pass times
-    manifest["defaults"] = {"block_length": blocks.block_lengths(model, cfg.block_length)}
+    chosen = blocks.block_lengths(model, cfg.block_length)
+    fork = blocks.self_spec_forks(model, chosen["self_spec"])
+    manifest["defaults"] = {"block_length": chosen, "self_spec_fork": fork}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    chosen = ", ".join(f"{m} {b}" for m, b in manifest["defaults"]["block_length"].items())
-    log(f"[defaults] block_length {chosen} (trained block {cfg.block_length}; dlm.sampling.blocks)")
+    said = ", ".join(f"{m} {b}" for m, b in chosen.items())
+    log(
+        f"[defaults] block_length {said} (trained block {cfg.block_length}), self_spec rounds "
+        f"{'fork' if fork else 'do not fork'} (dlm.sampling.blocks)"
+    )
     return manifest
 
 

@@ -15,12 +15,19 @@ diffusion 1.2-1.6x at 4-8 against 0.67-0.73x; benchmarks/results/block_defaults_
   priors (drafts of 3 tokens on average, each accepted after the ones before it 4 times in 5);
 - diffusion: a block of s tokens costs one commit pass and max(1, (s - 1) / c) denoise passes,
   each of s tokens, where c is how many masked positions a denoise pass commits.
+
+Whether self_spec's rounds carry the fork (`dlm.sampling.self_spec`) is decided with the block,
+by the same pass times at batch 1 (`self_spec_forks`), and kept in the manifest too
+(`defaults.self_spec_fork`): the fork changes a request's passes, never its tokens, and a request
+makes the same passes in every process that serves the build. On the 2-core CPU it does not fork
+(its tokens cost more than the drafts they save), on a GPU at a small batch it does.
 """
 
 from __future__ import annotations
 
 from dlm.cost import CostModel
 from dlm.sampling.auto import SIZES, Drafting, best_size
+from dlm.sampling.self_spec import round_rate
 
 # Masked positions a denoise pass commits at the threshold 0.9 default: 1.7-1.9 on the shipped
 # model at blocks 4-32 (tokens per forward 1.45 / 1.65 / 1.79 / 1.63 at 4 / 8 / 16 / 32). Blocks
@@ -47,3 +54,9 @@ def block_lengths(cost: CostModel, trained: int) -> dict[str, int]:
     """{mode: block length} for the modes whose requests default to a chosen block."""
     choose = {"self_spec": self_spec_block, "diffusion": diffusion_block}
     return {mode: rule(cost, trained) for mode, rule in choose.items()}
+
+
+def self_spec_forks(cost: CostModel, block: int) -> bool:
+    """Whether self_spec's rounds of `block` fork at batch 1, drafting as auto's priors say."""
+    d = Drafting()
+    return round_rate(cost, 1, d.tokens(block), d.branch(block), d.committed(block))[1]

@@ -17,7 +17,7 @@ from dlm.sampling.auto import Planner, auto
 from dlm.sampling.canvas import canvas
 from dlm.sampling.diffusion import check_cache, diffusion
 from dlm.sampling.request import GenerationRequest, Limits
-from dlm.sampling.self_spec import round_rate, self_spec
+from dlm.sampling.self_spec import always_fork, engine_forks, never_fork, round_rate, self_spec
 from dlm.sampling.sequence import BlockStats, Sequence
 
 Policy = Callable[[Sequence], Generator[PassRequest, PassResult, None]]
@@ -55,7 +55,8 @@ class Scheduler:
         max_batch: int = 64,
     ) -> None:
         self.engine, self.limits, self.max_batch = engine, limits or Limits(), max_batch
-        self.policies = dict(POLICIES, self_spec=functools.partial(self_spec, fork=self._fork))
+        fork = always_fork if engine_forks(engine) else never_fork  # the build's decision
+        self.policies = dict(POLICIES, self_spec=functools.partial(self_spec, fork=fork))
         if check_cache(cache) != "full":  # the reference samplers: see dlm.sampling.diffusion
             self.policies["diffusion"] = functools.partial(diffusion, cache=cache)
         self.policies.update(FAMILY_POLICIES.get(engine.config.family, {}))
@@ -87,9 +88,8 @@ class Scheduler:
         return self.policies[mode]
 
     def _fork(self, tokens: int, branch: int, draft: int) -> bool:
-        """Whether a self-speculation round forks, by the cost model at the batch in flight
-        were its whole draft accepted (`self_spec.round_rate`); every round does where there is
-        no cost model."""
+        """Whether an auto round forks, by the cost model at the batch in flight were its whole
+        draft accepted (`self_spec.round_rate`)."""
         if self.cost is None:
             return True
         rows = min(len(self.pending), self.max_batch)

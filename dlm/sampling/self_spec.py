@@ -24,11 +24,12 @@ prompts, 64 tokens) tokens per forward were 2.63 uncut, 2.69 at 0.2, 2.65 at 0.4
 to 2.84 there, and 2.51 -> 2.62, 2.65 -> 2.76, 2.73 -> 2.93 at blocks 4, 6, 8 (12 prompts). Its
 tokens cost what any tokens of the pass cost: nothing much on a GPU at a small batch, 0.15-0.2 ms
 each in a round of 4-12 tokens on the 2-core CPU, where block-4 rounds without the fork ran 1.3x
-the tokens/s of rounds with it (in process, 12 prompts, the same tokens). So a round forks when
-the engine's cost model says it commits more tokens per second that way (`round_rate`, with the
-round's draft as what it commits at best); with no cost model at hand every round forks
-(`always_fork`). Rows of a batch accept different lengths; each keeps its own cache length, so
-batches need no padding.
+the tokens/s of rounds with it (in process, 12 prompts, the same tokens). So whether rounds fork is
+decided by the engine's pass times (`round_rate`): for self_spec once per build
+(`dlm.sampling.blocks`, `Engine.self_spec_fork`: a request makes the same passes wherever the
+build serves it), for auto every round at the batch in flight (`Scheduler`); an engine with no
+such decision forks every round. Rows of a batch accept different lengths; each keeps its own
+cache length, so batches need no padding.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ ForkRule = Callable[[int, int, int], bool]
 
 
 def always_fork(tokens: int, branch: int, draft: int) -> bool:
+    return True
+
+
+def never_fork(tokens: int, branch: int, draft: int) -> bool:
+    return False
+
+
+def engine_forks(engine) -> bool:
+    """Whether self_spec's rounds fork on `engine` (or an engine it wraps): what its build
+    decided (`self_spec_fork`, dlm.sampling.blocks), else they do."""
+    inner = engine
+    while inner is not None:
+        if hasattr(inner, "self_spec_fork"):
+            return bool(inner.self_spec_fork)
+        inner = getattr(inner, "engine", None)
     return True
 
 

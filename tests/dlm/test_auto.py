@@ -294,3 +294,6 @@ def test_default_blocks_follow_the_pass_times():
     assert blocks.block_lengths(cpu, 32) == {"self_spec": 4, "diffusion": 4}
     assert blocks.block_lengths(cpu, 3) == {"self_spec": 3, "diffusion": 3}  # the trained bound
     assert blocks.block_lengths(dear(), 32) == {"self_spec": 2, "diffusion": 4}  # 4 at least
+    # self_spec's rounds fork where the fork's tokens cost little, not on the CPU
+    assert blocks.self_spec_forks(flat(), 32) and blocks.self_spec_forks(linear(), 12)
+    assert not blocks.self_spec_forks(cpu, 4) and not blocks.self_spec_forks(dear(), 2)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from dlm.cost import CostModel
 from dlm.engine import PassResult, TorchEngine
 from dlm.sampling import GenerationRequest, RequestError, generate
 from dlm.sampling.loop import Scheduler
@@ -73,18 +72,12 @@ class CountingEngine:
         pass
 
 
-# pass times where the fork's tokens cost nothing (a GPU at a small batch), and where each
-# token costs as much as the pass's fixed part (a CPU: the fork takes more than it brings)
-FREE = CostModel([1, 8], [1, 96], [[0.01, 0.01], [0.01, 0.01]], "flat")
-DEAR = CostModel([1, 8], [1, 96], [[0.01, 0.96], [0.08, 7.68]], "dear")
-
-
 @pytest.mark.parametrize("fork", [False, True])
-def test_self_spec_forks_where_the_cost_model_says_it_pays(monkeypatch, fork):
-    """Whether a round forks follows the engine's pass times; what it commits does not."""
-    monkeypatch.setattr(CostModel, "observe", lambda *a: None)  # the tables as given
+def test_self_spec_forks_as_the_engines_build_decided(fork):
+    """Whether a round forks is the build's decision (`self_spec_fork`, dlm.sampling.blocks);
+    what it commits is the same either way."""
     e = CountingEngine(tiny_model().cfg)
-    e.cost_model = FREE if fork else DEAR
+    e.self_spec_fork = fork
     (r,) = generate(e, reqs([[10]], mode="self_spec", max_tokens=30, block_length=8))
     assert r.token_ids == list(range(11, 41))  # what AR would say
     rounds = e.passes[1:]

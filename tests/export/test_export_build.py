@@ -16,6 +16,7 @@ from dlm.engine import TorchEngine
 from dlm.engines import TORCH_LOADER, EngineError, load_engine
 from dlm.pipeline import Pipeline
 from dlm.sampling import blocks
+from dlm.sampling.self_spec import engine_forks
 from export import build as build_mod
 from export.ort_engine import OrtEngine
 
@@ -36,7 +37,9 @@ def test_manifest(nld_build):
     # the blocks chosen from the build's own measured pass times (dlm.sampling.blocks)
     measured = cost.CostModel(**json.loads((nld_build.out / cost.FILE).read_text()))
     trained = nld_build.model.cfg.block_length
-    assert m["defaults"] == {"block_length": blocks.block_lengths(measured, trained)}
+    chosen = blocks.block_lengths(measured, trained)
+    forks = blocks.self_spec_forks(measured, chosen["self_spec"])
+    assert m["defaults"] == {"block_length": chosen, "self_spec_fork": forks}
     assert all(2 <= b <= trained for b in m["defaults"]["block_length"].values())
     assert any(line.startswith("[defaults] block_length self_spec") for line in nld_build.log)
 
@@ -206,3 +209,6 @@ def test_a_request_that_names_no_block_gets_the_builds(nld_build):
     assert pipe.request("def f(x):", mode="diffusion", steps=2).block_length == trained
     assert pipe.request("def f(x):", mode="auto").block_length == trained  # auto's bound
     assert Pipeline.load(nld_build.model_dir).request("x", mode="diffusion").block_length == trained
+    # and its self_spec rounds fork as the build decided (the PyTorch engine: every round)
+    assert engine_forks(pipe.engine) == nld_build.manifest["defaults"]["self_spec_fork"]
+    assert engine_forks(Pipeline.load(nld_build.model_dir).engine)
