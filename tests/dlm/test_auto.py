@@ -94,7 +94,6 @@ def test_auto_picks_long_drafts_when_passes_are_free_and_ar_when_dear(monkeypatc
         pipe.engine.cost_model = model
         runs[name] = pipe.generate([pipe.request(prompt, mode="auto", max_tokens=48)])[0]
     ar = pipe.generate([pipe.request(prompt, mode="ar", max_tokens=48)])[0]
-    pipe.engine.cost_model = flat()  # self_spec on the same free passes (its rounds fork)
     spec = pipe.generate([pipe.request(prompt, mode="self_spec", max_tokens=48)])[0]
     assert runs["flat"].token_ids == runs["dear"].token_ids == ar.token_ids
     drafts = {k: [b.draft for b in r.blocks] for k, r in runs.items()}
