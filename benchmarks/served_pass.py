@@ -10,8 +10,9 @@ weight-read floor.
 2. in process: the PyTorch engine as `dlm` serves it (`load_engine`: bf16 and CUDA graphs on a
    GPU) runs an AR request with a prompt of --context tokens for --tokens tokens, and the same
    request for one token; one AR pass = the difference / (tokens - 1): the prefill cancels out;
-3. through Triton: the same two requests over gRPC, streamed (an AR step is one response:
-   every token also crosses postprocessing and the client) and with one response; the same
+3. through Triton: the same two requests over gRPC, streamed (`--stream-interval-ms 0`: an AR
+   step is one response: every token also crosses postprocessing and the client) and with one
+   response; the same
    difference, and the median gap between streamed responses;
 4. the floor: the weights a pass reads (all but the embedding table) / memory bandwidth (the
    data sheet on a GPU, a measured copy on a CPU), each time against it.
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     fill = ["--backend", "torch", "--device", args.device, "--dtype", args.dtype]
     fill += ["--threads", str(args.threads), "--max-prompt-tokens", str(limits.max_prompt_tokens)]
     fill += ["--max-output-tokens", str(args.tokens)]
+    fill += ["--stream-interval-ms", "0"]  # a response per step: the gap between two is a step
     from client.api import GrpcClient
 
     with LocalServer(model, Path(tempfile.mkdtemp(prefix="dlm-pass-")), fill, 900) as server:

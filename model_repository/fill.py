@@ -110,6 +110,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, str]:
         "PRE_INSTANCES": positive("PRE_INSTANCES", args.pre_instances),
         "THREADS": str(int(args.threads)),
         "HEARTBEAT_MS": str(max(0, int(args.heartbeat_ms))),
+        "STREAM_INTERVAL_MS": str(max(0, int(args.stream_interval_ms))),
         "CANCEL_CHECK_MS": str(max(0, int(args.cancel_check_ms))),
         "PASS_DELAY_MS": str(max(0, int(args.pass_delay_ms))),
         "KV_BUDGET_TOKENS": positive("KV_BUDGET_TOKENS", args.kv_budget_tokens),
@@ -159,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
         default=100,
         help="a request silent this long passes through postprocessing, which is "
         "where a client's cancellation shows (0: every pass)",
+    )
+    p.add_argument(
+        "--stream-interval-ms",
+        default=50,
+        help="a text stream's responses at most this often: the tokens committed meanwhile "
+        "go in one (each response is work for the server's other processes; block views "
+        "stream every pass; 0: a response whenever tokens were committed)",
     )
     p.add_argument(
         "--kv-budget-tokens",

@@ -6,9 +6,12 @@ call carrying the next pass of every request in flight: step-level continuous ba
 emits per-request `Event`s. The engine and its KV cache live in this process, beside the
 scheduler: a pass is a function call, a finished sequence's cache is freed at once.
 
-Events, per request: with `stream`, one whenever new tokens were committed (and, with
-`block_views`, whenever the block being denoised changed); always exactly one final event (the
-only data event without `stream`): finished, cancelled, or failed with `error`.
+Events, per request: with `stream`, the first committed tokens at once, then new tokens at most
+once every `stream_interval_s` (what came meanwhile goes in one event: each response costs the
+server's other processes about 1.5 ms of CPU on the 2-core VM, as much as a 16-row AR step's
+pass when every token is one; `benchmarks/results/stream_interval_cpu`), and with `block_views`
+every change of the block being denoised (the page shows each pass); always exactly one final
+event (the only data event without `stream`): finished, cancelled, or failed with `error`.
 
 Admission under a KV-memory budget: a request needs at most `kv_tokens(request)` cached
 positions (prompt + max_tokens + one block of look-ahead). Requests are admitted in arrival
@@ -118,6 +121,7 @@ class Orchestrator:
         max_batch: int = 64,
         metrics: NullMetrics | None = None,
         heartbeat_s: float | None = None,
+        stream_interval_s: float = 0.0,
         kv_budget_tokens: int | None = None,
         max_queued: int | None = None,
         cache: str = "full",
@@ -129,8 +133,10 @@ class Orchestrator:
         diffusion keeps its context (`dlm.sampling.diffusion`; not "full" only to serve the
         reference samplers for benchmarks); inbox: where ensemble cancellations arrive;
         cancel_check_s: how often a request's own `is_cancelled()` is asked (an IPC to the
-        server in the Python backend; 0: before every pass)."""
+        server in the Python backend; 0: before every pass); stream_interval_s: the least time
+        between two events of a text stream (0: one whenever tokens were committed)."""
         self.engine, self.heartbeat_s = engine, heartbeat_s
+        self.stream_interval_s = stream_interval_s
         self.kv_budget_tokens, self.max_queued = kv_budget_tokens, max_queued
         self.kv_in_use = 0  # kv_tokens over the jobs in flight
         self.inbox, self.cancel_check_s = inbox, cancel_check_s
@@ -329,11 +335,10 @@ class Orchestrator:
                 self.metrics.finished(seq)
                 self._finish(job, seq.finish_reason or "length")
                 continue
-            if job.stream:
-                event = self._event(job, final=False)
-                if len(seq.output) > job.shown or event.block_view != job.view:
-                    self._send(job, event)
-                    continue
+            event = self._event(job, final=False) if job.stream else None
+            if event is not None and self._stream_due(job, event, now):
+                self._send(job, event)
+                continue
             if self.heartbeat_s is not None and now - job.last_sent >= self.heartbeat_s:
                 self._send(
                     job,
@@ -350,6 +355,19 @@ class Orchestrator:
                 )
         for mode, (passes, tokens) in progress.items():
             self.metrics.progressed(mode, passes, tokens)
+
+    def _stream_due(self, job: Job, event: Event, now: float) -> bool:
+        """Whether a stream's event goes out now: a changed block view at once, new tokens at
+        once for the first, else once `stream_interval_s` has passed since the last event (or
+        the heartbeat's interval, if shorter: a stream with news sends them, not a heartbeat)."""
+        if job.block_views and event.block_view != job.view:
+            return True
+        if len(event.output_ids) <= job.shown:
+            return False
+        wait = self.stream_interval_s
+        if self.heartbeat_s is not None:
+            wait = min(wait, self.heartbeat_s)
+        return job.shown == 0 or now - job.last_sent >= wait
 
     def _event(self, job: Job, final: bool, reason: str | None = None) -> Event:
         seq = job.seq

@@ -104,6 +104,36 @@ def test_streaming_events_grow_to_the_final_answer(engine):
     assert c.final.num_output_tokens == 30 and len(c.events) > 1
 
 
+def test_a_text_stream_sends_at_most_one_response_per_interval(engine):
+    """The first tokens at once, then nothing until the interval has passed (an hour here: only
+    the final answer), and the texts still add up; heartbeats never stand in for news."""
+    orch = Orchestrator(engine, stream_interval_s=3600.0)
+    c = Client()
+    orch.submit(requests("ar", n=1, max_tokens=12)[0], c, stream=True)
+    drain(orch)
+    first, final = c.events
+    assert first.shown == 0 and len(first.output_ids) >= 1 and not first.final
+    assert final.shown == len(first.output_ids) and len(final.output_ids) == 12
+    orch = Orchestrator(engine, heartbeat_s=0.0, stream_interval_s=3600.0)
+    c = Client()
+    orch.submit(requests("ar", n=1, max_tokens=12)[0], c, stream=True)
+    drain(orch)
+    assert not any(e.heartbeat for e in c.events)  # every AR step had a token to send
+    assert [len(e.output_ids) for e in c.events] == list(range(1, 13))
+
+
+def test_block_views_stream_every_pass_whatever_the_interval(engine):
+    def views(interval: float) -> list:
+        orch = Orchestrator(engine, stream_interval_s=interval)
+        c = Client()
+        request = requests("diffusion", n=1, max_tokens=16, threshold=0.99)[0]
+        orch.submit(request, c, stream=True, block_views=True)
+        drain(orch)
+        return [e.block_view for e in c.events]
+
+    assert views(3600.0) == views(0.0) and len(views(0.0)) > 2
+
+
 def test_block_views_start_at_the_first_mask(engine):
     orch = Orchestrator(engine)
     c = Client()

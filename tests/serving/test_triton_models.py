@@ -58,6 +58,7 @@ def models(tiny_checkpoint):
                 "PASS_DELAY_MS": 0,
                 "MAX_PASSES_PER_STEP": 64,
                 "HEARTBEAT_MS": 0,
+                "STREAM_INTERVAL_MS": 0,
                 "CANCEL_CHECK_MS": 0,
                 "KV_BUDGET_TOKENS": 65536,
                 "MAX_QUEUED": 256,

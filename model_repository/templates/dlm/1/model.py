@@ -8,8 +8,9 @@ previous response covered); final BOOL [1]; num_forward_passes, num_output_token
 (totals so far); block_ids INT32 [m] (the uncommitted rest of the block being denoised, if
 asked, else empty); seq_key INT64 [1] (the sequence's key, serving.cancel); heartbeat BOOL [1];
 error BYTES [1] ("" unless the request failed).
-Streaming: with `stream`, one response per step that committed tokens (or changed the block
-view, if asked); without, exactly one data response. Heartbeats (no data, dropped by
+Streaming: with `stream`, the first committed tokens at once, then at most one response every
+STREAM_INTERVAL_MS with what was committed meanwhile (every change of the block view, if asked);
+without, exactly one data response. Heartbeats (no data, dropped by
 postprocessing) go out for a request silent for HEARTBEAT_MS, so that postprocessing sees an
 ensemble request's cancellation (Triton 2.51 marks only steps scheduled after it) and sends it
 back here (serving.cancel). A request sent to dlm directly is asked `is_cancelled()` every
@@ -78,6 +79,7 @@ class TritonPythonModel:
             max_batch=max_batch,
             metrics=ServingMetrics(pb_utils, engine),
             heartbeat_s=int(params["HEARTBEAT_MS"]) / 1000,
+            stream_interval_s=int(params["STREAM_INTERVAL_MS"]) / 1000,
             cancel_check_s=int(params["CANCEL_CHECK_MS"]) / 1000,
             kv_budget_tokens=int(params["KV_BUDGET_TOKENS"]),
             max_queued=int(params["MAX_QUEUED"]),
