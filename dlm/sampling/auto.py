@@ -5,21 +5,21 @@ well the model has been drafting.
 A round of size s verifies the draft made by the round before (at most s - 1 tokens) and drafts
 the next with s masks, plus the fork's s when there is a draft to reject; s = 1 is a plain AR
 step. The model drafts only where it is confident (self_spec cuts drafts at confidence 0.2), so
-its drafts have a length D that varies from round to round, taken as geometric: a round drafts
-with P(D >= 1) = f, a draft goes on from one token to the next with probability g; and the
-verifier accepts each draft token after the ones before it with probability a. A round of size
-s then commits 1 + sum over k < s of f g^(k-1) a^k tokens per row and carries
-1 + E[min(s - 1, D)] + s tokens, plus the fork's s f where it pays (`self_spec.round_rate`), and
-auto picks the s, up to the request's `block_length`, that maximises committed tokens per
-second:
+its drafts have a length D that varies from round to round; the verifier accepts the k-th draft
+token, after the ones before it, with a rate of its own at each position k. A round of size s
+then commits 1 + sum over k < s of P(D >= k) P(the first k accepted) tokens per row and carries
+1 + E[min(s - 1, D)] + s tokens, plus the fork's s P(D >= 1) where it pays
+(`self_spec.round_rate`), and auto picks the s, up to the request's `block_length`, that
+maximises committed tokens per second:
 
     committed(s) / pass_seconds(rows in the batch, tokens of the round)
 
-against 1 / pass_seconds(rows, 1) for an AR step. f, g and a are counted over the recent rounds
-of the scheduler's auto requests (`Drafting`; a draft that ran out of room did not stop, nor a
-draft accepted to its end: so the estimates, and the block size with them, can grow past the
-size in use). A machine where long passes cost about what short ones do gets long drafts; one
-where they are dear (a busy CPU, a large batch) gets AR steps.
+against 1 / pass_seconds(rows, 1) for an AR step. The rates are counted position by position
+over the recent rounds of the scheduler's auto requests (`Drafting`; a draft that ran out of
+room did not stop, nor a draft accepted to its end: so the estimates, and the block size with
+them, can grow past the size in use; past the positions seen, the last one's rate goes on).
+A machine where long passes cost about what short ones do gets long drafts; one where they are
+dear (a busy CPU, a large batch) gets AR steps.
 
 Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so the
 output equals `ar` token for token, greedy or with the same seed (tested over ragged batches).
@@ -40,6 +40,7 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block s
 # ones before it, 4 times in 5 (the shipped model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_FIRST, PRIOR_DRAFT, PRIOR_ACCEPT, PRIOR_ROUNDS = 0.9, 3.0, 0.8, 8
 MEMORY = 64  # rounds: the statistics follow about this many recent rounds
+POSITIONS = SIZES[-1] - 1  # draft positions a round can verify, at most
 # Now and then EXPLORE_STEPS steps in a row take the other choice (AR or speculation), so the
 # cost model keeps measuring it (it learns a step only after one of the same shape: the first
 # pays for what the step before left, `CostModel.observe`): no more often than every EXPLORE
@@ -47,62 +48,107 @@ MEMORY = 64  # rounds: the statistics follow about this many recent rounds
 # of the steps' (where its steps take 3.5x as long and commit 20% fewer tokens per second, as
 # speculation at 16 rows on the 2-core CPU served, once in 140 steps).
 EXPLORE = 16
+# The best size is worked out again every REDECIDE steps at the same rows (the statistics follow
+# MEMORY rounds; the cost model's overheads about 20 steps): at 16 rows working it out every step
+# took 0.3-0.5 ms of an 8 ms AR step in process on the 2-core CPU (28 pass-time lookups)
+REDECIDE = 4
 EXPLORE_STEPS = 4
 EXPLORE_BUDGET = 0.02
+
+
+class _Chain:
+    """P(X >= k) for k = 1, 2, ... as the product of the rates c_j = P(X >= j | X >= j - 1),
+    each its own (hits, trials) counts at its position that fade over about MEMORY trials there,
+    from PRIOR_ROUNDS trials at the prior's rates (`first` at position 1, `rest` past it). Past
+    the last position that had a trial, the rate of that position goes on (positions before
+    `rest_from` say nothing of the others: past them, the prior's rate)."""
+
+    def __init__(self, first: float, rest: float, rest_from: int) -> None:
+        self.hits = [first * PRIOR_ROUNDS] + [rest * PRIOR_ROUNDS] * (POSITIONS - 1)
+        self.trials = [float(PRIOR_ROUNDS)] * POSITIONS
+        self.rest_from, self.reached = rest_from, 0  # positions 1..reached had a trial
+        self._sums: list[float] | None = None
+
+    def observe(self, went_on: int, tried: int) -> None:
+        """Positions 1..tried were tried, and 1..went_on of them went on (went_on <= tried)."""
+        keep = 1.0 - 1.0 / MEMORY
+        tried = min(tried, POSITIONS)
+        for k in range(tried):
+            self.hits[k] = keep * self.hits[k] + (k < went_on)
+            self.trials[k] = keep * self.trials[k] + 1
+        self.reached, self._sums = max(self.reached, tried), None
+
+    def survival(self) -> list[float]:
+        """[P(X >= k) for k = 1..POSITIONS]."""
+        # past `reached`, its rate goes on; before any trial reached `rest_from`, the positions
+        # past `reached` still hold the prior's rates
+        on = self.reached >= self.rest_from
+        p, out = 1.0, []
+        for k in range(POSITIONS):
+            j = self.reached - 1 if on and k >= self.reached else k
+            p *= self.hits[j] / self.trials[j]
+            out.append(p)
+        return out
+
+
+def _prefix_sums(xs: list[float]) -> list[float]:
+    sums = [0.0]
+    for x in xs:
+        sums.append(sums[-1] + x)
+    return sums
 
 
 class Drafting:
     """How well the model drafts, over the recent speculative rounds of every auto request of a
     scheduler (one request's first rounds say little; an AR step says nothing, so the figures
-    stay as they were while load keeps every request on AR steps): `first` = P(D >= 1),
-    `go_on` = P(D >= k + 1 | D >= k) and `accept`, the chance that a draft token is accepted
-    after the ones before it, each as (hits, trials) counts that fade over about MEMORY
-    rounds."""
+    stay as they were while load keeps every request on AR steps), position by position of a
+    draft: P(D >= k), the chance that a round's draft reaches its k-th token, and P(the first k
+    draft tokens accepted | D >= k), each a chain of per-position rates (`_Chain`). Measured per
+    position, not as one rate for all: the shipped model's later draft tokens are accepted less
+    than its first (at c=1 a geometric fit of its rounds predicted 16% more committed tokens at
+    block 6 than at 4; rounds of 6 committed 4% more), and a block is worth what its last
+    positions add. A draft that ran out of room, or was accepted to its end, tries no position
+    past it: so the estimates, and the block size with them, can grow past the size in use."""
 
     def __init__(self) -> None:
         go_on = 1 - PRIOR_FIRST / PRIOR_DRAFT  # the geometric mean of D is first / (1 - go_on)
-        self._first = [PRIOR_FIRST * PRIOR_ROUNDS, PRIOR_ROUNDS]  # (hits, trials), decayed
-        self._go_on = [go_on * PRIOR_ROUNDS, PRIOR_ROUNDS]
-        self._accept = [PRIOR_ACCEPT * PRIOR_ROUNDS, PRIOR_ROUNDS]
+        self.drafts = _Chain(PRIOR_FIRST, go_on, rest_from=2)
+        self.accepts = _Chain(PRIOR_ACCEPT, PRIOR_ACCEPT, rest_from=1)
+        self._sums: tuple[list[float], list[float]] | None = None
 
     @property
     def first(self) -> float:
-        return self._first[0] / self._first[1]
-
-    @property
-    def go_on(self) -> float:
-        return self._go_on[0] / self._go_on[1]
-
-    @property
-    def accept(self) -> float:
-        return self._accept[0] / self._accept[1]
+        """P(D >= 1): a round drafts at all."""
+        return self.drafts.hits[0] / self.drafts.trials[0]
 
     def observe(self, size: int, draft: int, accepted: int, next_draft: int) -> None:
         if size == 1:
             return
-        keep = 1.0 - 1.0 / MEMORY
         # the next draft comes from the lookahead if the whole draft was accepted, else from
         # the fork past the accepted tokens: at most that many positions were left to draft
         room = size - 1 if accepted == draft else size - 1 - accepted
-        if room >= 1:
-            self._first = [keep * self._first[0] + (next_draft >= 1), keep * self._first[1] + 1]
-        if next_draft >= 1:  # went on from 1 to next_draft; stopped there unless out of room
-            stopped = next_draft < room
-            hits, trials = next_draft - 1, next_draft - 1 + stopped
-            self._go_on = [keep * self._go_on[0] + hits, keep * self._go_on[1] + trials]
-        if draft:  # accepted one after another up to the first rejected, if any
-            hits, trials = accepted, accepted + (accepted < draft)
-            self._accept = [keep * self._accept[0] + hits, keep * self._accept[1] + trials]
+        self.drafts.observe(next_draft, min(next_draft + 1, room))
+        self.accepts.observe(accepted, min(accepted + 1, draft))
+        self._sums = None
+
+    def _cumulative(self) -> tuple[list[float], list[float]]:
+        """(sums of P(D >= k), sums of P(the k-th draft token is committed)) over k < n, by n."""
+        if self._sums is None:
+            d, a = self.drafts.survival(), self.accepts.survival()
+            self._sums = (
+                _prefix_sums(d),
+                _prefix_sums([x * y for x, y in zip(d, a, strict=True)]),
+            )
+        return self._sums
 
     def drafted(self, size: int) -> float:
         """E[min(size - 1, D)]: draft tokens a round of `size` verifies."""
-        return _geometric(self.first, self.go_on, size - 1)
+        return self._cumulative()[0][min(size - 1, POSITIONS)]
 
     def committed(self, size: int) -> float:
         """Tokens a round of `size` commits per row: the bonus token and the accepted drafts
-        (the k-th is there with P(D >= k) and accepted with accept^k)."""
-        a = self.accept
-        return 1 + _geometric(self.first * a, self.go_on * a, size - 1)
+        (the k-th is there with P(D >= k) and accepted with P(the first k accepted))."""
+        return 1 + self._cumulative()[1][min(size - 1, POSITIONS)]
 
     def tokens(self, size: int) -> float:
         """Tokens of one row of a round without the fork: the pending token, the draft and the
@@ -120,15 +166,6 @@ def rate(cost: CostModel, rows: int, d: Drafting, size: int) -> float:
     """Tokens a row commits per second in rounds of `size` at `rows` rows, forked where that
     pays."""
     return round_rate(cost, rows, d.tokens(size), d.branch(size), d.committed(size))[0]
-
-
-def _geometric(first: float, ratio: float, n: int) -> float:
-    """first * (1 + ratio + ... + ratio^(n - 1))."""
-    if n <= 0:
-        return 0.0
-    if ratio >= 1 - 1e-9:
-        return first * n
-    return first * (1 - ratio**n) / (1 - ratio)
 
 
 def explore_interval(cost: CostModel, rows: int, best: int, other: int, d: Drafting) -> int:
@@ -155,19 +192,21 @@ class Planner:
         self.cost, self.rows, self.step = cost, rows, step
         self.drafting = Drafting()
         self._decided: tuple[int, int] | None = None  # (step, size)
+        self._best: tuple[int, int, int] | None = None  # (rows, step, size) best_size said
         self._since = 0  # decisions since the last exploration began
         self._due = EXPLORE - 1  # when `_since` reaches it, the interval is worked out again
         self._exploring = 0  # steps of the current exploration still to take
 
     def size(self, limit: int) -> int:
-        """One decision per step, cheap beside an AR step (50-80 us on the 2-core CPU; it took
-        125-254 us, 4-6.6% of an AR step, when it worked out the exploration interval every
-        step: benchmarks/results/planner_step_cpu): the best size, and the interval only when
-        the last one runs out."""
+        """One decision per step, cheap beside an AR step: the best size worked out again when
+        the batch's rows change or REDECIDE steps have passed, the exploration interval only
+        when the last one runs out (benchmarks/results/planner_step_cpu)."""
         step = self.step()
         if self._decided is None or self._decided[0] != step:
             rows = self.rows()
-            size = best_size(self.cost, rows, self.drafting, SIZES[-1])
+            if self._best is None or self._best[0] != rows or step - self._best[1] >= REDECIDE:
+                self._best = (rows, step, best_size(self.cost, rows, self.drafting, SIZES[-1]))
+            size = self._best[2]
             if self._exploring == 0 and self._since >= self._due:
                 other = self._other(rows, size)
                 self._due = explore_interval(self.cost, rows, size, other, self.drafting) - 1
