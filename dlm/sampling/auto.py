@@ -67,7 +67,6 @@ class _Chain:
         self.hits = [first * PRIOR_ROUNDS] + [rest * PRIOR_ROUNDS] * (POSITIONS - 1)
         self.trials = [float(PRIOR_ROUNDS)] * POSITIONS
         self.rest_from, self.reached = rest_from, 0  # positions 1..reached had a trial
-        self._sums: list[float] | None = None
 
     def observe(self, went_on: int, tried: int) -> None:
         """Positions 1..tried were tried, and 1..went_on of them went on (went_on <= tried)."""
@@ -76,7 +75,7 @@ class _Chain:
         for k in range(tried):
             self.hits[k] = keep * self.hits[k] + (k < went_on)
             self.trials[k] = keep * self.trials[k] + 1
-        self.reached, self._sums = max(self.reached, tried), None
+        self.reached = max(self.reached, tried)
 
     def survival(self) -> list[float]:
         """[P(X >= k) for k = 1..POSITIONS]."""
