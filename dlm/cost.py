@@ -3,7 +3,9 @@ this machine and kept beside the engine (`cost_model.json` in the engine folder)
 
 `measure(engine)` prefills `max(ROWS)` sequences with CONTEXT cached positions, then times one
 pass of every (rows, tokens) of the grid (block-bidirectional, reading the cache, writing
-nothing: the shape of a self-speculation round), the fastest of REPEATS after a warm-up. A pass
+nothing: the shape of a self-speculation round), the fastest of REPEATS after a warm-up, in
+REPEATS sweeps over the grid (not REPEATS timings in a row: a burst of a neighbour's work on a
+shared machine spoiled whole cells: 12 tokens read 2.0x 4 tokens where passes take 1.5x). A pass
 between grid points is interpolated linearly in rows and tokens; past the grid, extrapolated
 from its last two points. A scheduler that uses it reports how long each of its steps took, from
 one start to the next (`observe`: the pass, the policies, the responses and whatever the server
@@ -73,20 +75,34 @@ class CostModel:
         return max(1e-6, self.table_seconds(rows, tokens) + self._overhead(rows, tokens))
 
     def _overhead(self, rows: int, tokens: float) -> float:
-        """The learnt overhead of the cell nearest (rows, tokens); a cell no step has reached
-        yet takes that of the nearest one that a step did, in its line of rows first (a choice
-        the scheduler has not tried looks no cheaper than the ones it has): 0 before any."""
-        cell = self._cell(rows, tokens)
-        if cell not in self._borrowed:
-            i, j = cell
+        """The learnt overhead at (rows, tokens): in the nearest line of rows, interpolated in
+        tokens between the two cells around it (a round's cost does not jump where its tokens
+        cross from one cell to the next: auto compares sizes whose rounds straddle cells)."""
+        i, (j, f) = self._cell(rows, tokens)[0], self._knots(tokens)
+        return (1 - f) * self._learnt(i, j) + f * self._learnt(i, j + 1)
+
+    def _knots(self, tokens: float) -> tuple[int, float]:
+        """(j, f): tokens lies f of the way from self.tokens[j] to self.tokens[j + 1] (f held
+        within [0, 1] past the ends: the overheads are not extrapolated)."""
+        j = _segment(self.tokens, tokens) - 1
+        t0, t1 = self.tokens[j], self.tokens[j + 1]
+        return j, min(1.0, max(0.0, (tokens - t0) / (t1 - t0)))
+
+    def _learnt(self, i: int, j: int) -> float:
+        """Cell (i, j)'s overhead; a cell no step has reached yet takes that of the nearest one
+        that a step did, in its line of rows first (a choice the scheduler has not tried looks
+        no cheaper than the ones it has): 0 before any."""
+        if self.observed[i][j]:
+            return self.overhead[i][j]
+        if (i, j) not in self._borrowed:
             seen = [
                 (abs(a - i), abs(b - j), a, b)
                 for a, line in enumerate(self.observed)
                 for b, n in enumerate(line)
                 if n
             ]
-            self._borrowed[cell] = min(seen)[2:] if seen else None
-        borrowed = self._borrowed[cell]
+            self._borrowed[i, j] = min(seen)[2:] if seen else None
+        borrowed = self._borrowed[i, j]
         return 0.0 if borrowed is None else self.overhead[borrowed[0]][borrowed[1]]
 
     def _cell(self, rows: int, tokens: float) -> tuple[int, int]:
@@ -100,20 +116,24 @@ class CostModel:
         only after a step of the same cell: the first step of another shape pays for what the
         one before left (served, its responses still on their way through the server's other
         processes; measured: AR steps at 16 rows after speculative ones took 16-37 ms, 12 ms
-        after AR steps)."""
-        i, j = self._cell(rows, tokens)
-        steady, self._previous = self._previous == (i, j), (i, j)
+        after AR steps). What it shows past the interpolated overhead goes to the two cells
+        around it in its line of rows, each by its share of the interpolation."""
+        cell = self._cell(rows, tokens)
+        steady, self._previous = self._previous == cell, cell
         if not steady:
             return
-        if not self.observed[i][j]:
-            self._borrowed.clear()  # the nearest seen cell may now be another
-        self.observed[i][j] += 1
-        # the mean of a cell's first steps, then an average over about 1 / OBSERVED steps: a
-        # cell seen rarely (the other choice, once in a while) learns from its first step on
-        w = max(OBSERVED, 1.0 / self.observed[i][j])
-        self.overhead[i][j] += w * (
-            seconds - self.table_seconds(rows, tokens) - self.overhead[i][j]
-        )
+        i, (j, f) = cell[0], self._knots(tokens)
+        error = seconds - self.table_seconds(rows, tokens) - self._overhead(rows, tokens)
+        for b, share in ((j, 1 - f), (j + 1, f)):
+            if share <= 0:
+                continue
+            if not self.observed[i][b]:
+                self.overhead[i][b] = self._learnt(i, b)  # from where it was read
+                self._borrowed.clear()  # the nearest seen cell may now be another
+            self.observed[i][b] += 1
+            # a cell's first steps move it most, then about 1 / OBSERVED steps of memory: a
+            # cell seen rarely (the other choice, once in a while) learns from its first on
+            self.overhead[i][b] += max(OBSERVED, 1.0 / self.observed[i][b]) * share * error
 
     def split(self, tokens: list[int]) -> int | None:
         """Where to cut a step whose rows carry `tokens` tokens each (ascending) into two engine
@@ -189,24 +209,23 @@ def measure(engine: Engine, rows=ROWS, tokens=TOKENS, context=CONTEXT, repeats=R
     cfg = engine.config
     ids = [-(i + 1) for i in range(max(rows))]  # never a real sequence's id
     prompt = [i % cfg.vocab_size for i in range(context)]
+    shapes = [(r, t) for r in rows for t in tokens]
+    best = dict.fromkeys(shapes, math.inf)
     try:
         engine.step([PassRequest(s, 0, prompt, 0, True, 1) for s in ids])
-        grid = []
-        for r in rows:
-            line = []
-            for t in tokens:
+        for rep in range(1 + repeats):  # a warm-up (allocations, kernel choice), then timed
+            # every shape once per sweep: a neighbour's burst on a shared machine spoils one
+            # of a shape's timings, not all of them
+            for r, t in shapes:
                 passes = [PassRequest(s, context, [5] * t, t, False, t) for s in ids[:r]]
-                engine.step(passes)  # warm-up (allocations, kernel choice)
-                times = []
-                for _ in range(repeats):
-                    t0 = time.perf_counter()
-                    engine.step(passes)
-                    times.append(time.perf_counter() - t0)
-                line.append(min(times))  # the pass itself, without interference
-            grid.append(line)
+                t0 = time.perf_counter()
+                engine.step(passes)
+                if rep:
+                    best[r, t] = min(best[r, t], time.perf_counter() - t0)
     finally:
         for s in ids:
             engine.release(s)
+    grid = [[best[r, t] for t in tokens] for r in rows]  # the fastest: the pass itself
     return CostModel(list(rows), list(tokens), grid, machine(engine), context)
 
 

@@ -10,7 +10,9 @@ dlm_output_tokens{mode}              counter    tokens committed
 dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / passes
 dlm_self_spec_accepted_tokens{mode} histogram  per self_spec/auto round: tokens committed
 dlm_self_spec_draft_tokens{mode}    histogram  per self_spec/auto round: draft tokens verified
-                                               (auto: the draft length it chose; 0 = an AR step)
+                                               (0: no draft ready, or an AR step)
+dlm_self_spec_block_size{mode}      histogram  per self_spec/auto round: its block size
+                                               (auto: the size it chose; 1 = an AR step)
 dlm_canvas_denoising_steps           histogram  per DiffusionGemma canvas: denoising steps run
 dlm_canvas_tokens_per_step           histogram  per canvas: tokens committed / denoising steps
 dlm_engine_pass_seconds{rows,tokens} gauge     the engine's cost model (dlm.cost), as measured
@@ -91,9 +93,15 @@ class ServingMetrics:
         )
         self.drafts = per_mode(
             "dlm_self_spec_draft_tokens",
-            "Draft tokens verified per self-speculation round (auto: its choice; 0: AR step)",
+            "Draft tokens verified per self-speculation round (0: none ready, or an AR step)",
             mf.HISTOGRAM,
             buckets=DRAFT_BUCKETS,
+        )
+        self.sizes = per_mode(
+            "dlm_self_spec_block_size",
+            "Block size of each self-speculation round (auto: its choice; 1: an AR step)",
+            mf.HISTOGRAM,
+            buckets=ACCEPT_BUCKETS,
         )
         self.canvas_steps = mf(
             name="dlm_canvas_denoising_steps",
@@ -164,6 +172,7 @@ class ServingMetrics:
             for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
                 got.append((self.accepted[mode], block.tokens))
                 got.append((self.drafts[mode], block.draft))
+                got.append((self.sizes[mode], block.size))
 
     def in_flight(self, n: int) -> None:
         self._inflight_now = n

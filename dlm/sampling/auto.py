@@ -5,21 +5,19 @@ well the model has been drafting.
 A round of size s verifies the draft made by the round before (at most s - 1 tokens) and drafts
 the next with s masks, plus the fork's s when there is a draft to reject; s = 1 is a plain AR
 step. The model drafts only where it is confident (self_spec cuts drafts at confidence 0.2), so
-its drafts have a length D that varies from round to round; the verifier accepts the k-th draft
-token, after the ones before it, with a rate of its own at each position k. A round of size s
-then commits 1 + sum over k < s of P(D >= k) P(the first k accepted) tokens per row and carries
-1 + E[min(s - 1, D)] + s tokens, plus the fork's s P(D >= 1) where it pays
-(`self_spec.round_rate`), and auto picks the s, up to the request's `block_length`, that
-maximises committed tokens per second:
+a round's draft varies in length, and how much of it is accepted too. Rounds held at size s
+commit committed(s) tokens per row on average and carry 1 + drafted(s) + s tokens, plus the
+fork's s P(a draft) where it pays (`self_spec.round_rate`), and auto picks the s, up to the
+request's `block_length`, that maximises committed tokens per second:
 
     committed(s) / pass_seconds(rows in the batch, tokens of the round)
 
-against 1 / pass_seconds(rows, 1) for an AR step. The rates are counted position by position
-over the recent rounds of the scheduler's auto requests (`Drafting`; a draft that ran out of
-room did not stop, nor a draft accepted to its end: so the estimates, and the block size with
-them, can grow past the size in use; past the positions seen, the last one's rate goes on).
-A machine where long passes cost about what short ones do gets long drafts; one where they are
-dear (a busy CPU, a large batch) gets AR steps.
+against 1 / pass_seconds(rows, 1) for an AR step. The figures of each size are counted over the
+recent rounds of that size of the scheduler's auto requests that followed one of the same size
+(`Drafting`), from priors for a size not tried yet; now and then a few steps take AR or a size
+next to the best, in turn, so that the cost model and the figures keep up (`Planner`). A machine
+where long passes cost about what short ones do gets long drafts; one where they are dear (a
+busy CPU, a large batch) gets AR steps.
 
 Lossless: every round is a self_spec round, whose committed tokens are the verifier's, so the
 output equals `ar` token for token, greedy or with the same seed (tested over ragged batches).
@@ -27,26 +25,27 @@ output equals `ar` token for token, greedy or with the same seed (tested over ra
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 
 from dlm.cost import CostModel
-from dlm.sampling.self_spec import ForkRule, always_fork, round_rate, self_spec
-from dlm.sampling.sequence import Sequence
+from dlm.sampling.self_spec import FORK_GAIN, ForkRule, always_fork, round_rate, self_spec
+from dlm.sampling.sequence import BlockStats, Sequence
 
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block sizes
 # Before the first rounds, worth PRIOR_ROUNDS rounds: a round drafts at least one token 9 times
 # in 10, its drafts are 3 tokens long on average, and each draft token is accepted, after the
 # ones before it, 4 times in 5 (the shipped model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_FIRST, PRIOR_DRAFT, PRIOR_ACCEPT, PRIOR_ROUNDS = 0.9, 3.0, 0.8, 8
-MEMORY = 64  # rounds: the statistics follow about this many recent rounds
-POSITIONS = SIZES[-1] - 1  # draft positions a round can verify, at most
-# Now and then EXPLORE_STEPS steps in a row take the other choice (AR or speculation), so the
-# cost model keeps measuring it (it learns a step only after one of the same shape: the first
-# pays for what the step before left, `CostModel.observe`): no more often than every EXPLORE
-# steps, nor than keeps the tokens the other choice is expected to lose within EXPLORE_BUDGET
-# of the steps' (where its steps take 3.5x as long and commit 20% fewer tokens per second, as
-# speculation at 16 rows on the 2-core CPU served, once in 140 steps).
+MEMORY = 256  # rounds of a size: its statistics follow about this many recent ones
+# Now and then EXPLORE_STEPS steps in a row take another choice (AR, a neighbouring size or
+# speculation: `Planner.others`, in turn), so that the cost model keeps measuring it (it learns
+# a step only after one of the same shape: the first pays for what the step before left,
+# `CostModel.observe`) and the drafting statistics its rounds (`Drafting.observe`: likewise):
+# no more often than every EXPLORE steps, nor than keeps the tokens the other choice is expected
+# to lose within EXPLORE_BUDGET of the steps' (where its steps take 3.5x as long and commit 20%
+# fewer tokens per second, as speculation at 16 rows on the 2-core CPU served, once in 140).
 EXPLORE = 16
 # The best size is worked out again every REDECIDE steps at the same rows (the statistics follow
 # MEMORY rounds; the cost model's overheads about 20 steps): at 16 rows working it out every step
@@ -56,98 +55,77 @@ EXPLORE_STEPS = 4
 EXPLORE_BUDGET = 0.02
 
 
-class _Chain:
-    """P(X >= k) for k = 1, 2, ... as the product of the rates c_j = P(X >= j | X >= j - 1),
-    each its own (hits, trials) counts at its position that fade over about MEMORY trials there,
-    from PRIOR_ROUNDS trials at the prior's rates (`first` at position 1, `rest` past it). Past
-    the last position that had a trial, the rate of that position goes on (positions before
-    `rest_from` say nothing of the others: past them, the prior's rate)."""
-
-    def __init__(self, first: float, rest: float, rest_from: int) -> None:
-        self.hits = [first * PRIOR_ROUNDS] + [rest * PRIOR_ROUNDS] * (POSITIONS - 1)
-        self.trials = [float(PRIOR_ROUNDS)] * POSITIONS
-        self.rest_from, self.reached = rest_from, 0  # positions 1..reached had a trial
-
-    def observe(self, went_on: int, tried: int) -> None:
-        """Positions 1..tried were tried, and 1..went_on of them went on (went_on <= tried)."""
-        keep = 1.0 - 1.0 / MEMORY
-        tried = min(tried, POSITIONS)
-        for k in range(tried):
-            self.hits[k] = keep * self.hits[k] + (k < went_on)
-            self.trials[k] = keep * self.trials[k] + 1
-        self.reached = max(self.reached, tried)
-
-    def survival(self) -> list[float]:
-        """[P(X >= k) for k = 1..POSITIONS]."""
-        # past `reached`, its rate goes on; before any trial reached `rest_from`, the positions
-        # past `reached` still hold the prior's rates
-        on = self.reached >= self.rest_from
-        p, out = 1.0, []
-        for k in range(POSITIONS):
-            j = self.reached - 1 if on and k >= self.reached else k
-            p *= self.hits[j] / self.trials[j]
-            out.append(p)
-        return out
-
-
-def _prefix_sums(xs: list[float]) -> list[float]:
-    sums = [0.0]
-    for x in xs:
-        sums.append(sums[-1] + x)
-    return sums
+def _prior(size: int) -> tuple[float, float, float]:
+    """(committed, drafted, P(a draft)) of a round of `size` by the prior: the k-th draft token
+    is there with PRIOR_FIRST * go_on ** (k - 1) and accepted, after the ones before it, with
+    PRIOR_ACCEPT ** k (the geometric mean of the drafts' length is PRIOR_DRAFT)."""
+    if size <= 1:
+        return 1.0, 0.0, 0.0
+    go_on = 1 - PRIOR_FIRST / PRIOR_DRAFT
+    there = [PRIOR_FIRST * go_on ** (k - 1) for k in range(1, size)]
+    committed = 1 + sum(p * PRIOR_ACCEPT**k for k, p in enumerate(there, 1))
+    return committed, sum(there), PRIOR_FIRST
 
 
 class Drafting:
-    """How well the model drafts, over the recent speculative rounds of every auto request of a
-    scheduler (one request's first rounds say little; an AR step says nothing, so the figures
-    stay as they were while load keeps every request on AR steps), position by position of a
-    draft: P(D >= k), the chance that a round's draft reaches its k-th token, and P(the first k
-    draft tokens accepted | D >= k), each a chain of per-position rates (`_Chain`). Measured per
-    position, not as one rate for all: the shipped model's later draft tokens are accepted less
-    than its first (at c=1 a geometric fit of its rounds predicted 16% more committed tokens at
-    block 6 than at 4; rounds of 6 committed 4% more), and a block is worth what its last
-    positions add. A draft that ran out of room, or was accepted to its end, tries no position
-    past it: so the estimates, and the block size with them, can grow past the size in use."""
+    """How well the model drafts at each block size, over the recent speculative rounds of
+    every auto request of a scheduler (one request's first rounds say little; an AR step says
+    nothing, so the figures stay as they were while load keeps every request on AR steps): per
+    size, the tokens a round commits, the draft tokens it verifies and how often it has a draft
+    at all, means that fade over about MEMORY rounds of that size, from PRIOR_ROUNDS rounds at
+    the prior's figures (`_prior`).
+
+    Measured per size, not predicted for one size from the rounds of another: the shipped
+    model's drafts and their acceptance depend on the block they are drafted in (in process on
+    the 2-core CPU, rounds held at size 4 committed 2.40 tokens and predicted, position by
+    position, 2.82 at size 6 and 3.05 at 8; rounds of 6 and 8 committed 2.49 and 2.52, and
+    from them size 4 was predicted at 2.10 and 1.97: auto drifted to blocks too long for what
+    they bought). A size not tried yet keeps the prior's figures, above what the model does at
+    the longer ones, so auto tries them. A size between two of SIZES (a request's bound, the
+    last rounds of a request) counts with the one below it. A round whose draft came from the
+    fork (the round before forked) commits what the fork added to it: it is counted without
+    FORK_GAIN, which `round_rate` adds to the choices that fork."""
 
     def __init__(self) -> None:
-        go_on = 1 - PRIOR_FIRST / PRIOR_DRAFT  # the geometric mean of D is first / (1 - go_on)
-        self.drafts = _Chain(PRIOR_FIRST, go_on, rest_from=2)
-        self.accepts = _Chain(PRIOR_ACCEPT, PRIOR_ACCEPT, rest_from=1)
-        self._sums: tuple[list[float], list[float]] | None = None
+        # size -> faded sums over its rounds: [rounds, committed, drafted, rounds with a draft]
+        self._sizes: dict[int, list[float]] = {}
 
-    @property
-    def first(self) -> float:
-        """P(D >= 1): a round drafts at all."""
-        return self.drafts.hits[0] / self.drafts.trials[0]
+    def _stats(self, size: int) -> list[float]:
+        size = SIZES[bisect.bisect_right(SIZES, size) - 1]
+        if size not in self._sizes:
+            self._sizes[size] = [PRIOR_ROUNDS * x for x in (1.0, *_prior(size))]
+        return self._sizes[size]
 
-    def observe(self, size: int, draft: int, accepted: int, next_draft: int) -> None:
-        if size == 1:
+    def observe(self, round: BlockStats, before: BlockStats) -> None:
+        """A round just finished, after the one `before` it: counted for its size only if that
+        was of the same size (a round's draft is what the round before drafted: a round of 4
+        after one of 2 verifies a draft of 1 at most, and one after an AR step none), so each
+        size's figures are what rounds held at that size do."""
+        if round.size <= 1 or before.size != round.size:
             return
-        # the next draft comes from the lookahead if the whole draft was accepted, else from
-        # the fork past the accepted tokens: at most that many positions were left to draft
-        room = size - 1 if accepted == draft else size - 1 - accepted
-        self.drafts.observe(next_draft, min(next_draft + 1, room))
-        self.accepts.observe(accepted, min(accepted + 1, draft))
-        self._sums = None
+        committed = round.tokens
+        if before.forked:  # its draft may have come from the fork
+            committed = 1 + (committed - 1) / (1 + FORK_GAIN)
+        keep, stats = 1.0 - 1.0 / MEMORY, self._stats(round.size)
+        for i, x in enumerate((1.0, committed, round.draft, round.draft > 0)):
+            stats[i] = keep * stats[i] + x
 
-    def _cumulative(self) -> tuple[list[float], list[float]]:
-        """(sums of P(D >= k), sums of P(the k-th draft token is committed)) over k < n, by n."""
-        if self._sums is None:
-            d, a = self.drafts.survival(), self.accepts.survival()
-            self._sums = (
-                _prefix_sums(d),
-                _prefix_sums([x * y for x, y in zip(d, a, strict=True)]),
-            )
-        return self._sums
+    def _mean(self, size: int, i: int) -> float:
+        stats = self._stats(size)
+        return stats[i] / stats[0]
+
+    def first(self, size: int) -> float:
+        """P(D >= 1): a round of `size` has a draft to verify."""
+        return self._mean(size, 3) if size > 1 else 0.0
 
     def drafted(self, size: int) -> float:
-        """E[min(size - 1, D)]: draft tokens a round of `size` verifies."""
-        return self._cumulative()[0][min(size - 1, POSITIONS)]
+        """Draft tokens a round of `size` verifies, on average."""
+        return self._mean(size, 2) if size > 1 else 0.0
 
     def committed(self, size: int) -> float:
-        """Tokens a round of `size` commits per row: the bonus token and the accepted drafts
-        (the k-th is there with P(D >= k) and accepted with P(the first k accepted))."""
-        return 1 + self._cumulative()[1][min(size - 1, POSITIONS)]
+        """Tokens a round of `size` commits per row without the fork: the accepted drafts and
+        the bonus token."""
+        return self._mean(size, 1) if size > 1 else 1.0
 
     def tokens(self, size: int) -> float:
         """Tokens of one row of a round without the fork: the pending token, the draft and the
@@ -158,7 +136,7 @@ class Drafting:
 
     def branch(self, size: int) -> float:
         """The fork's tokens a round of `size` carries if it forks: s when there is a draft."""
-        return size * self.first if size > 1 else 0.0
+        return size * self.first(size) if size > 1 else 0.0
 
 
 def rate(cost: CostModel, rows: int, d: Drafting, size: int) -> float:
@@ -195,6 +173,8 @@ class Planner:
         self._since = 0  # decisions since the last exploration began
         self._due = EXPLORE - 1  # when `_since` reaches it, the interval is worked out again
         self._exploring = 0  # steps of the current exploration still to take
+        self._explored = 0  # explorations begun: whose turn it is among the others
+        self._target = 1  # the current exploration's size
 
     def size(self, limit: int) -> int:
         """One decision per step, cheap beside an AR step: the best size worked out again when
@@ -207,18 +187,27 @@ class Planner:
                 self._best = (rows, step, best_size(self.cost, rows, self.drafting, SIZES[-1]))
             size = self._best[2]
             if self._exploring == 0 and self._since >= self._due:
-                other = self._other(rows, size)
+                others = self.others(rows, size)
+                other = others[self._explored % len(others)]
                 self._due = explore_interval(self.cost, rows, size, other, self.drafting) - 1
-                if self._since >= self._due:  # the cost model keeps learning both choices
+                if self._since >= self._due:  # the cost model and the drafting keep learning
                     self._exploring, self._since, self._due = EXPLORE_STEPS, -1, EXPLORE - 1
+                    self._target, self._explored = other, self._explored + 1
             self._since += 1
-            if self._exploring:  # both choices at this batch
-                size, self._exploring = self._other(rows, size), self._exploring - 1
+            if self._exploring:
+                size, self._exploring = self._target, self._exploring - 1
             self._decided = (step, size)
         return min(self._decided[1], limit)
 
-    def _other(self, rows: int, size: int) -> int:
-        return 1 if size > 1 else best_size(self.cost, rows, self.drafting, SIZES[-1], 2)
+    def others(self, rows: int, size: int) -> list[int]:
+        """The choices that explorations take in turn while `size` is the best: AR and the
+        sizes on either side of it while speculation is (the cost model keeps measuring AR
+        steps, the drafting statistics the sizes it might move to), the best speculative size
+        while AR is."""
+        if size == 1:
+            return [best_size(self.cost, rows, self.drafting, SIZES[-1], 2)]
+        i = SIZES.index(size)
+        return [1] + [s for s in SIZES[max(i - 1, 1) : i + 2] if s != size]
 
 
 def auto(seq: Sequence, planner: Planner, fork: ForkRule = always_fork):
@@ -226,8 +215,7 @@ def auto(seq: Sequence, planner: Planner, fork: ForkRule = always_fork):
 
     def size_rule(seq: Sequence, ready: list[int], limit: int) -> int:
         if len(seq.blocks) > 1:  # the round just finished (blocks[0] is the prefill's token)
-            b = seq.blocks[-1]
-            planner.drafting.observe(b.size, b.draft, b.tokens - 1, b.next_draft)
+            planner.drafting.observe(seq.blocks[-1], seq.blocks[-2])
         return planner.size(limit)
 
     return self_spec(seq, fork=fork, size_rule=size_rule)

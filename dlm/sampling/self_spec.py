@@ -147,8 +147,6 @@ def self_spec(
                 )
         cached += 1 + k  # the pending token and the accepted drafts stay cached
         seq.commit(accepted)
-        seq.blocks.append(
-            BlockStats(len(accepted), 1, draft=len(draft), size=size, next_draft=len(ready))
-        )
+        seq.blocks.append(BlockStats(len(accepted), 1, len(draft), size, forked=bool(branch)))
         pending = accepted[-1]
     seq.block_view = None

@@ -43,7 +43,7 @@ class BlockStats:
     passes: int  # forward passes it took
     draft: int = 0  # self_spec: draft tokens the round verified (tokens - 1 of them accepted)
     size: int = 0  # self_spec: the round's block size (1: an AR step)
-    next_draft: int = 0  # self_spec: the draft it made for the next round
+    forked: bool = False  # self_spec: the round carried the fork
 
 
 @dataclass

@@ -178,6 +178,7 @@ def test_metrics(models):
     assert released(models)
     auto = ("dlm_self_spec_accepted_tokens", (("mode", "auto"), ("model", "dlm")))
     poll_until(lambda: m.get(auto, 0) >= 1, 60, 0.01)
+    assert m[("dlm_self_spec_block_size", (("mode", "auto"), ("model", "dlm")))] >= 1
     pass_time = ("dlm_engine_pass_seconds", (("model", "dlm"), ("rows", "1"), ("tokens", "1")))
     assert m[pass_time] > 0
     assert m[("dlm_engine_live_sequences", (("model", "dlm"),))] == 0
