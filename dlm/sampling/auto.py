@@ -38,7 +38,9 @@ SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)  # candidate block s
 # in 10, its drafts are 3 tokens long on average, and each draft token is accepted, after the
 # ones before it, 4 times in 5 (the shipped model drafts 2-3 tokens and accepts about 0.6 of them).
 PRIOR_FIRST, PRIOR_DRAFT, PRIOR_ACCEPT, PRIOR_ROUNDS = 0.9, 3.0, 0.8, 8
-MEMORY = 256  # rounds of a size: its statistics follow about this many recent ones
+# rounds (of every size): the statistics follow about this many recent ones, about 40 requests
+# of 64 tokens at c=1
+MEMORY = 1024
 # Now and then EXPLORE_STEPS steps in a row take another choice (AR, a neighbouring size or
 # speculation: `Planner.others`, in turn), so that the cost model keeps measuring it (it learns
 # a step only after one of the same shape: the first pays for what the step before left,
@@ -72,8 +74,9 @@ class Drafting:
     every auto request of a scheduler (one request's first rounds say little; an AR step says
     nothing, so the figures stay as they were while load keeps every request on AR steps): per
     size, the tokens a round commits, the draft tokens it verifies and how often it has a draft
-    at all, means that fade over about MEMORY rounds of that size, from PRIOR_ROUNDS rounds at
-    the prior's figures (`_prior`).
+    at all, over the last MEMORY or so rounds of any size (every size's over the same recent
+    requests: the prompts' own acceptance varies more than the sizes' does), from PRIOR_ROUNDS
+    rounds at the prior's figures (`_prior`).
 
     Measured per size, not predicted for one size from the rounds of another: the shipped
     model's drafts and their acceptance depend on the block they are drafted in (in process on
@@ -87,14 +90,23 @@ class Drafting:
     FORK_GAIN, which `round_rate` adds to the choices that fork."""
 
     def __init__(self) -> None:
-        # size -> faded sums over its rounds: [rounds, committed, drafted, rounds with a draft]
+        # size -> sums over its rounds, faded by every round counted since (lazily: `_stats`):
+        # [rounds, committed, drafted, rounds with a draft]
         self._sizes: dict[int, list[float]] = {}
+        self._faded: dict[int, int] = {}  # size -> self._rounds when its sums were last faded
+        self._rounds = 0  # rounds counted, of every size
 
     def _stats(self, size: int) -> list[float]:
+        """The sums of `size` (or the size of SIZES below it), faded to now; a size never seen
+        starts at the prior's figures (a mean is the same however much its sums fade)."""
         size = SIZES[bisect.bisect_right(SIZES, size) - 1]
         if size not in self._sizes:
             self._sizes[size] = [PRIOR_ROUNDS * x for x in (1.0, *_prior(size))]
-        return self._sizes[size]
+        stats, gap = self._sizes[size], self._rounds - self._faded.get(size, self._rounds)
+        if gap:
+            stats[:] = [x * (1.0 - 1.0 / MEMORY) ** gap for x in stats]
+        self._faded[size] = self._rounds
+        return stats
 
     def observe(self, round: BlockStats, before: BlockStats) -> None:
         """A round just finished, after the one `before` it: counted for its size only if that
@@ -106,9 +118,10 @@ class Drafting:
         committed = round.tokens
         if before.forked:  # its draft may have come from the fork
             committed = 1 + (committed - 1) / (1 + FORK_GAIN)
-        keep, stats = 1.0 - 1.0 / MEMORY, self._stats(round.size)
+        self._rounds += 1
+        stats = self._stats(round.size)
         for i, x in enumerate((1.0, committed, round.draft, round.draft > 0)):
-            stats[i] = keep * stats[i] + x
+            stats[i] += x
 
     def _mean(self, size: int, i: int) -> float:
         stats = self._stats(size)
