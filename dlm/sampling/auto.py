@@ -47,14 +47,17 @@ MEMORY = 1024
 # `CostModel.observe`) and the drafting statistics its rounds (`Drafting.observe`: likewise):
 # no more often than every EXPLORE steps, nor than keeps the tokens the other choice is expected
 # to lose within EXPLORE_BUDGET of the steps' (where its steps take 3.5x as long and commit 20%
-# fewer tokens per second, as speculation at 16 rows on the 2-core CPU served, once in 140).
-EXPLORE = 16
+# fewer tokens per second, as speculation at 16 rows on the 2-core CPU served, once in 560).
+# Every switch costs a round more (the first round after it verifies a draft made in another
+# block): in process at c=1 auto ran 0.92-0.96x self_spec block 4 exploring at most every 16
+# steps within 2%, 0.99-1.08x at most every 48 within 0.5% (benchmarks/results/auto_per_size_cpu).
+EXPLORE = 48
 # The best size is worked out again every REDECIDE steps at the same rows (the statistics follow
 # MEMORY rounds; the cost model's overheads about 20 steps): at 16 rows working it out every step
 # took 0.3-0.5 ms of an 8 ms AR step in process on the 2-core CPU (28 pass-time lookups)
 REDECIDE = 4
 EXPLORE_STEPS = 4
-EXPLORE_BUDGET = 0.02
+EXPLORE_BUDGET = 0.005
 
 
 def _prior(size: int) -> tuple[float, float, float]:
