@@ -1,5 +1,5 @@
 #!/bin/bash
-# auto before (17f411f, /tmp/wt_old) and after (per-size drafting, /work/main), alternating,
+# auto before (17f411f, /tmp/wt_old) and after (this commit range, /work/main), alternating,
 # the same engine build and cost table
 E=/work/main/build/engines/default-d5572f97ed
 D=benchmarks/results/bench_auto_cpu/ab_per_size

@@ -8,7 +8,7 @@ for round in 1 2 3; do
     dir=/work/main; [ $side = before ] && dir=/tmp/wt_old
     (cd $dir && .venv/bin/python -m benchmarks.bench --model models/default --engine $E \
       --concurrency 1 4 --modes self_spec_b4 auto self_spec auto \
-      --out /tmp/ab_c14/${side}_$round 2>&1 | grep "^\[" | sed "s/^/$side $round /")
+      --out /tmp/ab_c14/${side}_$round  # (printed lines only: ab_c14.log) 2>&1 | grep "^\[" | sed "s/^/$side $round /")
   done
 done
 echo DONE
