@@ -8,9 +8,9 @@ dlm_requests{mode}                   counter    requests admitted
 dlm_forward_passes{mode}             counter    forward passes run (prefill and commit included)
 dlm_output_tokens{mode}              counter    tokens committed
 dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / passes
-dlm_self_spec_accepted_tokens{mode} histogram  per self_spec/auto round: tokens committed
-dlm_self_spec_draft_tokens{mode}    histogram  per self_spec/auto round: draft tokens verified
-                                               (0: no draft ready, or an AR step)
+dlm_self_spec_accepted_tokens{mode} histogram  per speculative round: tokens committed
+dlm_self_spec_draft_tokens{mode}    histogram  per speculative round: draft tokens verified
+                                               (0: no draft was ready)
 dlm_self_spec_block_size{mode}      histogram  per self_spec/auto round: its block size
                                                (auto: the size it chose; 1 = an AR step)
 dlm_canvas_denoising_steps           histogram  per DiffusionGemma canvas: denoising steps run
@@ -93,7 +93,7 @@ class ServingMetrics:
         )
         self.drafts = per_mode(
             "dlm_self_spec_draft_tokens",
-            "Draft tokens verified per self-speculation round (0: none ready, or an AR step)",
+            "Draft tokens verified per speculative round (0: none was ready)",
             mf.HISTOGRAM,
             buckets=DRAFT_BUCKETS,
         )
@@ -170,9 +170,10 @@ class ServingMetrics:
                 got.append((self.canvas_tpf, block.tokens / max(1, block.passes)))
         if mode in SPECULATIVE:
             for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
-                got.append((self.accepted[mode], block.tokens))
-                got.append((self.drafts[mode], block.draft))
                 got.append((self.sizes[mode], block.size))
+                if block.size > 1:  # an AR step of auto: 1 token, no draft (one IPC, not three)
+                    got.append((self.accepted[mode], block.tokens))
+                    got.append((self.drafts[mode], block.draft))
 
     def in_flight(self, n: int) -> None:
         self._inflight_now = n

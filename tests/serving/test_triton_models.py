@@ -176,9 +176,8 @@ def test_metrics(models):
     assert ("dlm_self_spec_draft_tokens", (("mode", "self_spec"), ("model", "dlm"))) in m
     ensemble(models, mode="auto", max_tokens=20)
     assert released(models)
-    auto = ("dlm_self_spec_accepted_tokens", (("mode", "auto"), ("model", "dlm")))
+    auto = ("dlm_self_spec_block_size", (("mode", "auto"), ("model", "dlm")))  # every round
     poll_until(lambda: m.get(auto, 0) >= 1, 60, 0.01)
-    assert m[("dlm_self_spec_block_size", (("mode", "auto"), ("model", "dlm")))] >= 1
     pass_time = ("dlm_engine_pass_seconds", (("model", "dlm"), ("rows", "1"), ("tokens", "1")))
     assert m[pass_time] > 0
     assert m[("dlm_engine_live_sequences", (("model", "dlm"),))] == 0
