@@ -279,6 +279,39 @@ def test_cost_model_is_measured_cached_and_reused(tmp_path):
     assert min(min(line) for line in m.seconds) <= between <= max(max(x) for x in m.seconds)
 
 
+class Clocked:
+    """An engine whose passes take 1 ms per row per token on a fake clock, and three calls in a
+    row `burst` ms more (a neighbour's burst on a shared machine)."""
+
+    def __init__(self, config, burst_at: int, burst: float = 0.1) -> None:
+        self.config, self.now, self.calls = config, 0.0, 0
+        self.burst_at, self.burst = burst_at, burst
+
+    def clock(self) -> float:
+        return self.now
+
+    def step(self, passes):
+        self.calls += 1
+        self.now += 0.001 * len(passes) * len(passes[0].tokens)
+        if self.burst_at <= self.calls < self.burst_at + 3:
+            self.now += self.burst
+        return []
+
+    def release(self, seq_id) -> None:
+        pass
+
+
+@pytest.mark.parametrize("burst_at", range(2, 40, 3))
+def test_a_burst_of_slow_passes_spoils_no_cell_of_the_table(monkeypatch, burst_at):
+    """The grid is timed in sweeps, each cell once per sweep: three slow calls in a row fall
+    on three cells' timings, each of which has two clean ones (timed three in a row, a cell
+    could get all three)."""
+    engine = Clocked(TorchEngine(tiny_model()).config, burst_at)
+    monkeypatch.setattr(cost.time, "perf_counter", engine.clock)
+    m = cost.measure(engine, rows=(1, 2), tokens=(1, 4, 12))
+    assert m.seconds == [[pytest.approx(0.001 * r * t) for t in (1, 4, 12)] for r in (1, 2)]
+
+
 def test_a_step_is_split_where_padding_costs_more_than_a_second_call():
     prefill_among_ar = [1] * 7 + [96]
     assert dear().split(prefill_among_ar) == 7  # 7 one-token rows apart from the prompt
