@@ -11,8 +11,8 @@ dlm_tokens_per_forward{mode}         histogram  per finished request: tokens / p
 dlm_self_spec_accepted_tokens{mode} histogram  per speculative round: tokens committed
 dlm_self_spec_draft_tokens{mode}    histogram  per speculative round: draft tokens verified
                                                (0: no draft was ready)
-dlm_self_spec_block_size{mode}      histogram  per self_spec/auto round: its block size
-                                               (auto: the size it chose; 1 = an AR step)
+dlm_self_spec_block_size{mode=auto} histogram  per auto round: the block size it chose
+                                               (1 = an AR step)
 dlm_canvas_denoising_steps           histogram  per DiffusionGemma canvas: denoising steps run
 dlm_canvas_tokens_per_step           histogram  per canvas: tokens committed / denoising steps
 dlm_engine_pass_seconds{rows,tokens} gauge     the engine's cost model (dlm.cost), as measured
@@ -97,12 +97,11 @@ class ServingMetrics:
             mf.HISTOGRAM,
             buckets=DRAFT_BUCKETS,
         )
-        self.sizes = per_mode(
-            "dlm_self_spec_block_size",
-            "Block size of each self-speculation round (auto: its choice; 1: an AR step)",
-            mf.HISTOGRAM,
-            buckets=ACCEPT_BUCKETS,
-        )
+        self.sizes = mf(  # self_spec's is the request's block
+            name="dlm_self_spec_block_size",
+            description="Block size auto chose for each of its rounds (1: an AR step)",
+            kind=mf.HISTOGRAM,
+        ).Metric(labels={**label, "mode": "auto"}, buckets=ACCEPT_BUCKETS)
         self.canvas_steps = mf(
             name="dlm_canvas_denoising_steps",
             description="Denoising steps per DiffusionGemma canvas",
@@ -170,7 +169,8 @@ class ServingMetrics:
                 got.append((self.canvas_tpf, block.tokens / max(1, block.passes)))
         if mode in SPECULATIVE:
             for block in seq.blocks[1:]:  # blocks[0] is the prefill's token
-                got.append((self.sizes[mode], block.size))
+                if mode == "auto":
+                    got.append((self.sizes, block.size))
                 if block.size > 1:  # an AR step of auto: 1 token, no draft (one IPC, not three)
                     got.append((self.accepted[mode], block.tokens))
                     got.append((self.drafts[mode], block.draft))
