@@ -93,23 +93,21 @@ class Drafting:
     FORK_GAIN, which `round_rate` adds to the choices that fork."""
 
     def __init__(self) -> None:
-        # size -> sums over its rounds, faded by every round counted since (lazily: `_stats`):
+        # size -> sums over its rounds, faded by every round counted since (lazily, when one
+        # of its own comes: a mean is the same however much its sums fade)
         # [rounds, committed, drafted, rounds with a draft]
         self._sizes: dict[int, list[float]] = {}
         self._faded: dict[int, int] = {}  # size -> self._rounds when its sums were last faded
         self._rounds = 0  # rounds counted, of every size
 
-    def _stats(self, size: int) -> list[float]:
-        """The sums of `size` (or the size of SIZES below it), faded to now; a size never seen
-        starts at the prior's figures (a mean is the same however much its sums fade)."""
+    def _stats(self, size: int) -> tuple[int, list[float]]:
+        """(the size of SIZES at or below `size`, its sums); a size never seen starts at the
+        prior's figures."""
         size = SIZES[bisect.bisect_right(SIZES, size) - 1]
         if size not in self._sizes:
             self._sizes[size] = [PRIOR_ROUNDS * x for x in (1.0, *_prior(size))]
-        stats, gap = self._sizes[size], self._rounds - self._faded.get(size, self._rounds)
-        if gap:
-            stats[:] = [x * (1.0 - 1.0 / MEMORY) ** gap for x in stats]
-        self._faded[size] = self._rounds
-        return stats
+            self._faded[size] = self._rounds
+        return size, self._sizes[size]
 
     def observe(self, round: BlockStats, before: BlockStats) -> None:
         """A round just finished, after the one `before` it: counted for its size only if that
@@ -121,13 +119,15 @@ class Drafting:
         committed = round.tokens
         if before.forked:  # its draft may have come from the fork
             committed = 1 + (committed - 1) / (1 + FORK_GAIN)
-        self._rounds += 1
-        stats = self._stats(round.size)
+        size, stats = self._stats(round.size)
+        self._rounds += 1  # every round fades every size's sums once
+        fade = (1.0 - 1.0 / MEMORY) ** (self._rounds - self._faded[size])
         for i, x in enumerate((1.0, committed, round.draft, round.draft > 0)):
-            stats[i] += x
+            stats[i] = stats[i] * fade + x
+        self._faded[size] = self._rounds
 
     def _mean(self, size: int, i: int) -> float:
-        stats = self._stats(size)
+        stats = self._stats(size)[1]
         return stats[i] / stats[0]
 
     def first(self, size: int) -> float:
